@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh clone with only Python >= 3.11:
+#   make demo   - the demo on embedded Valkey and PostgreSQL
+#   make test   - the test suite on real servers (embedded unless VALKEY_URL / DATABASE_URL)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench doctor clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/atomic-cache demo
+
+bench: $(STAMP)
+	$(BIN)/atomic-cache bench
+
+doctor: $(STAMP)
+	$(BIN)/atomic-cache doctor
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench-results

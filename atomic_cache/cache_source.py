@@ -1,0 +1,257 @@
+"""AppConfigFragmentCacheSource: build keys, call one script, (de)serialise.
+
+Every public call is one server command (one EVALSHA), except that a corrupt entry,
+found on a read, is removed with one more.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from .keys import KeySchema, encode_component, user_component
+from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
+from .resilience import CacheError
+from .scripts import ScriptArg, ScriptRegistry, ValkeyClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_SECONDS = 600
+DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
+
+# The scope words invalidate.lua understands; both domain scopes use the domain's users.
+_SCRIPT_SCOPE = {
+    ScopeType.USER: "user",
+    ScopeType.DOMAIN: "domain",
+    ScopeType.DOMAIN_USER_DEFAULTS: "domain",
+    ScopeType.PUBLIC: "public",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidationTarget:
+    """One slice to invalidate: a scope, its id, and optionally only some names.
+
+    ``names=None`` means every name of the scope; an empty list means nothing.
+    """
+
+    scope_type: ScopeType
+    scope_id: str
+    names: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(
+        cls, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
+    ) -> InvalidationTarget:
+        """Validate and normalise; raises ValueError before any I/O."""
+        try:
+            scope = ScopeType(scope_type)
+        except ValueError:
+            raise ValueError(f"unknown scope type {scope_type!r}") from None
+        if not isinstance(scope_id, str) or not scope_id:
+            raise ValueError(f"{scope.name} scope id must be a non-empty string")
+        if scope is ScopeType.PUBLIC and scope_id != PUBLIC_SCOPE_ID:
+            raise ValueError(f"PUBLIC scope id must be {PUBLIC_SCOPE_ID!r}, not {scope_id!r}")
+        if scope is ScopeType.USER:
+            scope_id = user_component(scope_id)
+        if isinstance(names, str | bytes):
+            raise ValueError("names must be a list of names, not a single string")
+        normalised = None
+        if names is not None:
+            normalised = tuple(dict.fromkeys(names))
+            for name in normalised:
+                encode_component(name, what="name")
+        return cls(scope, scope_id, normalised)
+
+    def script_args(self) -> list[ScriptArg]:
+        if self.scope_type is ScopeType.USER:
+            script_id = self.scope_id
+        elif self.scope_type is ScopeType.PUBLIC:
+            script_id = PUBLIC_SCOPE_ID
+        else:
+            script_id = encode_component(self.scope_id, what="domain")
+        if self.names is None:
+            return [_SCRIPT_SCOPE[self.scope_type], script_id, -1]
+        encoded = [encode_component(name, what="name") for name in self.names]
+        return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class AppConfigFragmentCacheSource:
+    """Merged configs in Valkey, written and invalidated by atomic Lua scripts."""
+
+    def __init__(
+        self,
+        client: ValkeyClient,
+        registry: ScriptRegistry,
+        *,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        keys: KeySchema | None = None,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        self._client = client
+        self._registry = registry
+        self.ttl_seconds = ttl_seconds
+        self.keys = keys or KeySchema()
+        self.max_entry_bytes = max_entry_bytes
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
+        return (await self.lookup(user_id, name)).value
+
+    async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
+        """The cached value, or a miss with the fill token to pass to set_merged_config."""
+        return (await self.lookup_many(user_id, [name]))[name]
+
+    async def lookup_many(self, user_id: uuid.UUID, names: Sequence[str]) -> dict[str, CacheLookup]:
+        """Look up several names of one user in one round trip; one fill token for all."""
+        if isinstance(names, str):
+            raise ValueError("names must be a list of names, not a single string")
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        entry_keys = [self.keys.entry(user_id, name) for name in names]
+        reply = await self._registry.call(self._client, "get", [self.keys.epoch, *entry_keys])
+        if not isinstance(reply, list) or len(reply) != len(names) + 1:
+            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+        token = _text(reply[0])
+        result: dict[str, CacheLookup] = {}
+        corrupt: list[str] = []
+        for name, key, raw in zip(names, entry_keys, reply[1:], strict=True):
+            value = None if raw is None else self._decode(raw, user_id, name)
+            if raw is not None and value is None:
+                corrupt.append(key)
+            result[name] = (
+                CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
+            )
+        if corrupt:
+            log.warning("removing %d undecodable cache entries: %s", len(corrupt), corrupt)
+            await self._client.custom_command(["UNLINK", *corrupt])
+        return result
+
+    def _decode(self, raw: object, user_id: uuid.UUID, name: str) -> AppConfigData | None:
+        if not isinstance(raw, bytes | str):
+            return None  # another type under the key (get.lua answers 0)
+        try:
+            value = AppConfigData.model_validate_json(raw)
+        except ValidationError:
+            return None
+        # An entry must describe the key it sits under; anything else is corruption.
+        if str(value.user_id) != user_component(user_id) or value.name != name:
+            return None
+        return value
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def set_merged_config(
+        self,
+        user_id: uuid.UUID,
+        name: str,
+        merged: AppConfigData,
+        fill_token: str | None = None,
+    ) -> bool:
+        """Store one merged config. False when the fill token is stale or it is too large."""
+        if merged.name != name:
+            raise ValueError(f"merged config is for {merged.name!r}, not {name!r}")
+        return await self.set_many(user_id, [merged], fill_token=fill_token)
+
+    async def set_many(
+        self,
+        user_id: uuid.UUID,
+        merged: Sequence[AppConfigData],
+        fill_token: str | None = None,
+    ) -> bool:
+        """Store several merged configs of one user in one atomic step (all or none).
+
+        With ``fill_token`` (from a lookup) the write is refused, and False returned, if
+        any invalidation ran since that lookup.
+        """
+        if not merged:
+            return True
+        user = user_component(user_id)
+        domains = {item.domain_name for item in merged}
+        if len(domains) != 1:
+            raise ValueError(f"merged configs of one user name several domains: {sorted(domains)}")
+        for item in merged:
+            if str(item.user_id) != user:
+                raise ValueError(f"merged config of user {item.user_id} passed for user {user}")
+        keys = [
+            self.keys.user_names(user),
+            self.keys.domain_users(merged[0].domain_name),
+            self.keys.all_users,
+            self.keys.epoch,
+        ]
+        args: list[ScriptArg] = [
+            self.ttl_seconds,
+            user,
+            fill_token is not None,
+            fill_token or "",
+        ]
+        for item in merged:
+            payload = item.model_dump_json()
+            if len(payload) > self.max_entry_bytes:
+                log.warning(
+                    "not caching %s for user %s: %d bytes exceeds max_entry_bytes=%d",
+                    item.name,
+                    user,
+                    len(payload),
+                    self.max_entry_bytes,
+                )
+                return False
+            keys += [self.keys.entry(user, item.name), self.keys.name_users(item.name)]
+            args += [encode_component(item.name, what="name"), payload]
+        reply = await self._registry.call(self._client, "set", keys, args)
+        return reply == 1
+
+    # -- invalidation --------------------------------------------------------------------
+
+    async def invalidate_for_scope(
+        self, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
+    ) -> int:
+        """Drop every entry of the scope (only ``names`` if given); returns how many."""
+        return await self.invalidate_many([InvalidationTarget.of(scope_type, scope_id, names)])
+
+    async def invalidate_for_policy(self, config_name: str) -> int:
+        """Drop the entries of one config name for every user."""
+        return await self.invalidate_many(
+            [InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [config_name])]
+        )
+
+    async def invalidate_many(
+        self,
+        targets: Iterable[
+            InvalidationTarget
+            | tuple[ScopeType | str, str]
+            | tuple[ScopeType | str, str, Iterable[str] | None]
+        ],
+    ) -> int:
+        """Invalidate several slices in one atomic round trip; returns entries dropped.
+
+        Each target is an InvalidationTarget or a ``(scope_type, scope_id[, names])`` tuple.
+        """
+        checked = [
+            target if isinstance(target, InvalidationTarget) else InvalidationTarget.of(*target)
+            for target in targets
+        ]
+        live = [target for target in checked if target.names is None or target.names]
+        if not live:
+            return 0
+        args: list[ScriptArg] = [self.keys.prefix]
+        for target in live:
+            args += target.script_args()
+        reply = await self._registry.call(
+            self._client, "invalidate", [self.keys.epoch, self.keys.all_users], args
+        )
+        if not isinstance(reply, int):
+            raise CacheError(f"invalidate.lua answered {reply!r:.200}")
+        return reply

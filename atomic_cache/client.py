@@ -1,0 +1,100 @@
+"""create_valkey_client: a glide client from a ``valkey://`` / ``redis://`` URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from glide import (
+    AdvancedGlideClientConfiguration,
+    GlideClient,
+    GlideClientConfiguration,
+    NodeAddress,
+    ServerCredentials,
+)
+
+DEFAULT_REQUEST_TIMEOUT_MS = 250
+DEFAULT_CONNECT_TIMEOUT_MS = 500
+_PLAIN_SCHEMES = {"valkey", "redis"}
+_TLS_SCHEMES = {"valkeys", "rediss"}
+
+
+@dataclass(frozen=True, slots=True)
+class ValkeyURL:
+    """The parts of a Valkey URL that a client needs."""
+
+    host: str
+    port: int
+    use_tls: bool
+    username: str | None
+    password: str | None
+    database: int
+
+    @classmethod
+    def parse(cls, url: str) -> ValkeyURL:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _PLAIN_SCHEMES | _TLS_SCHEMES:
+            raise ValueError(
+                f"unsupported URL scheme {parts.scheme!r}: use valkey://, redis://,"
+                " valkeys:// or rediss://"
+            )
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"database number in {url!r} must be a non-negative integer")
+        try:
+            port = parts.port or 6379
+        except ValueError as error:
+            raise ValueError(f"bad port in Valkey URL: {error}") from None
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            use_tls=scheme in _TLS_SCHEMES,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            database=int(path) if path else 0,
+        )
+
+    def configuration(
+        self,
+        *,
+        request_timeout_ms: int,
+        connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+        client_name: str | None = None,
+    ) -> GlideClientConfiguration:
+        credentials = None
+        if self.password is not None:
+            credentials = ServerCredentials(password=self.password, username=self.username)
+        return GlideClientConfiguration(
+            [NodeAddress(self.host, self.port)],
+            use_tls=self.use_tls,
+            credentials=credentials,
+            request_timeout=request_timeout_ms,
+            database_id=self.database or None,
+            client_name=client_name,
+            # A dead server must never block start-up: connect on the first command.
+            lazy_connect=True,
+            advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_timeout_ms),
+        )
+
+
+async def create_valkey_client(
+    url: str,
+    *,
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
+    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+    client_name: str | None = "atomic_cache",
+) -> GlideClient:
+    """Create a standalone glide client; it connects lazily, on its first command.
+
+    ``request_timeout_ms`` bounds every command, so a stalled server costs at most that
+    much per call (and the breaker of the repositories stops paying it).
+    """
+    if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
+        raise ValueError("request_timeout_ms and connect_timeout_ms must be positive")
+    config = ValkeyURL.parse(url).configuration(
+        request_timeout_ms=request_timeout_ms,
+        connect_timeout_ms=connect_timeout_ms,
+        client_name=client_name,
+    )
+    return await GlideClient.create(config)

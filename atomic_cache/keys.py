@@ -1,0 +1,91 @@
+"""The key schema: every Valkey key this package touches, built in one place.
+
+Pure code, no I/O. Names, domains and ids are percent-encoded before they become part of
+a key, so no value (``a:b``, ``*``, ``{tag}``, spaces, ``%``) can address another entry or
+membership set: the encoding is injective and its output holds only ``[A-Za-z0-9._~%-]``.
+The Lua scripts build the same keys from the same prefix and the encoded set members;
+``tests/test_cache_source.py`` checks that both sides agree.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+DEFAULT_PREFIX = "app_config"
+MAX_COMPONENT_LENGTH = 256
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.\-{}]+(:[A-Za-z0-9_.\-{}]+)*$")
+
+
+def encode_component(value: str, *, what: str = "value") -> str:
+    """Encode one key component (name or domain); raise ValueError on unusable input."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_COMPONENT_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_COMPONENT_LENGTH} characters")
+    return quote(value, safe="")
+
+
+def decode_component(encoded: str) -> str:
+    """Inverse of :func:`encode_component`."""
+    return unquote(encoded)
+
+
+def user_component(user_id: uuid.UUID | str) -> str:
+    """The canonical form of a user id (lower-case hyphenated UUID); ValueError otherwise."""
+    if isinstance(user_id, uuid.UUID):
+        return str(user_id)
+    try:
+        return str(uuid.UUID(str(user_id)))
+    except ValueError:
+        raise ValueError(f"user id {user_id!r} is not a UUID") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    """Key names under one prefix.
+
+    In cluster mode give the prefix a hash tag (``{app_config}``) so that every key a
+    script touches hashes to one slot.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_PATTERN.fullmatch(self.prefix):
+            raise ValueError(
+                f"key prefix {self.prefix!r} must be non-empty words of [A-Za-z0-9_.-{{}}]"
+                " joined by ':'"
+            )
+
+    def entry(self, user_id: uuid.UUID | str, name: str) -> str:
+        """``p:merged:{user}:{name}``: the JSON of one merged config."""
+        return (
+            f"{self.prefix}:merged:{user_component(user_id)}:{encode_component(name, what='name')}"
+        )
+
+    def user_names(self, user_id: uuid.UUID | str) -> str:
+        """``p:user:{user}:names``: names cached for a user."""
+        return f"{self.prefix}:user:{user_component(user_id)}:names"
+
+    def domain_users(self, domain_name: str) -> str:
+        """``p:domain:{domain}:users``: users cached, by their domain at fill time."""
+        return f"{self.prefix}:domain:{encode_component(domain_name, what='domain')}:users"
+
+    def name_users(self, name: str) -> str:
+        """``p:name:{name}:users``: users with an entry for a name."""
+        return f"{self.prefix}:name:{encode_component(name, what='name')}:users"
+
+    @property
+    def all_users(self) -> str:
+        """``p:users``: every user with an entry."""
+        return f"{self.prefix}:users"
+
+    @property
+    def epoch(self) -> str:
+        """``p:epoch``: invalidation counter; fill tokens are its values."""
+        return f"{self.prefix}:epoch"

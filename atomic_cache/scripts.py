@@ -1,0 +1,150 @@
+"""ScriptRegistry: read the packaged Lua scripts, load them once, call them by SHA.
+
+Why EVALSHA and not one FUNCTION library: each ``lua/*.lua`` file stays a plain,
+standalone script (no library wrapper generated around it), a script's identity is its
+SHA-1, so two versions of this package can share a server during a rolling deploy without
+replacing each other's code, and a server that lost its script cache (restart without
+persistence, failover, SCRIPT FLUSH) costs one reload on the next call, which the
+registry does by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TypeAlias
+
+from glide import GlideClient, GlideClusterClient, RequestError
+
+log = logging.getLogger(__name__)
+
+ValkeyClient: TypeAlias = GlideClient | GlideClusterClient
+ScriptArg: TypeAlias = str | bytes | int | float
+# What a script can answer, as glide decodes it.
+ScriptReply: TypeAlias = object
+
+
+class ScriptLoadError(RuntimeError):
+    """A script could not be loaded: names the file and carries the server's message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str  # file name without ".lua"
+    source: str
+    sha1: str
+    read_only: bool  # declared "#!lua flags=no-writes": called with EVALSHA_RO
+
+    @classmethod
+    def from_source(cls, name: str, source: str) -> Script:
+        first_line = source.split("\n", 1)[0]
+        read_only = first_line.startswith("#!lua") and "no-writes" in first_line
+        sha1 = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        return cls(name=name, source=source, sha1=sha1, read_only=read_only)
+
+
+def packaged_scripts_dir() -> Traversable:
+    """``atomic_cache/lua`` in an installed wheel; ``lua/`` beside the package in a checkout."""
+    installed = resources.files("atomic_cache") / "lua"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "lua"
+
+
+def _is_lost_script(error: RequestError) -> bool:
+    # glide reports NOSCRIPT as "... NoScriptError ..."; plain servers say "NOSCRIPT".
+    message = str(error)
+    return "NoScriptError" in message or "NOSCRIPT" in message
+
+
+def _as_arg(value: ScriptArg) -> str | bytes:
+    # glide accepts only str and bytes; an int would raise TypeError deep in the client.
+    if isinstance(value, str | bytes):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+class ScriptRegistry:
+    """The package's Lua scripts, loaded once per server and called by SHA."""
+
+    def __init__(self, directory: Traversable | None = None) -> None:
+        root = directory if directory is not None else packaged_scripts_dir()
+        found = sorted(
+            (entry for entry in root.iterdir() if entry.name.endswith(".lua")),
+            key=lambda entry: entry.name,
+        )
+        if not found:
+            raise ScriptLoadError(f"no .lua scripts found in {root}")
+        self._scripts: dict[str, Script] = {
+            entry.name[: -len(".lua")]: Script.from_source(
+                entry.name[: -len(".lua")], entry.read_text(encoding="utf-8")
+            )
+            for entry in found
+        }
+        self.reloads = 0  # how many times a lost script cache was reloaded
+
+    @property
+    def scripts(self) -> Mapping[str, Script]:
+        return self._scripts
+
+    def __getitem__(self, name: str) -> Script:
+        try:
+            return self._scripts[name]
+        except KeyError:
+            raise KeyError(f"no script named {name!r}; known: {sorted(self._scripts)}") from None
+
+    async def load(self, client: ValkeyClient) -> None:
+        """SCRIPT LOAD every script; a rejected script fails with its file and the reason."""
+        for script in self._scripts.values():
+            try:
+                sha = await client.custom_command(["SCRIPT", "LOAD", script.source])
+            except RequestError as error:
+                raise ScriptLoadError(
+                    f"{script.name}.lua was rejected by the server: {error}"
+                ) from error
+            loaded = sha.decode() if isinstance(sha, bytes) else str(sha)
+            if loaded != script.sha1:
+                raise ScriptLoadError(
+                    f"{script.name}.lua loaded as {loaded}, expected {script.sha1}"
+                )
+
+    async def loaded(self, client: ValkeyClient) -> dict[str, bool]:
+        """Which scripts the server holds now (SCRIPT EXISTS), by name."""
+        reply = await client.custom_command(
+            ["SCRIPT", "EXISTS", *(s.sha1 for s in self._scripts.values())]
+        )
+        flags = reply if isinstance(reply, list) else []
+        return {name: bool(flag) for name, flag in zip(self._scripts, flags, strict=False)}
+
+    async def call(
+        self,
+        client: ValkeyClient,
+        name: str,
+        keys: Sequence[str],
+        args: Iterable[ScriptArg] = (),
+    ) -> ScriptReply:
+        """Run one script by SHA: one server command; reload and retry once if it was lost."""
+        script = self[name]
+        command = [
+            "EVALSHA_RO" if script.read_only else "EVALSHA",
+            script.sha1,
+            str(len(keys)),
+            *keys,
+            *(_as_arg(arg) for arg in args),
+        ]
+        try:
+            return await client.custom_command(command)
+        except RequestError as error:
+            if not _is_lost_script(error):
+                raise
+        log.info("script cache lost on the server; reloading %d scripts", len(self._scripts))
+        self.reloads += 1
+        await self.load(client)
+        return await client.custom_command(command)

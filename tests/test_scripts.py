@@ -1,0 +1,121 @@
+"""ScriptRegistry: packaged scripts, load once, errors, reload after a flush."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from glide import GlideClient
+
+from atomic_cache import AppConfigFragmentCacheSource, ScriptLoadError, ScriptRegistry
+from atomic_cache.scripts import packaged_scripts_dir
+
+from .valkey_tools import monitor
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED = {"get", "set", "invalidate"}
+
+
+def test_registry_reads_every_packaged_script() -> None:
+    registry = ScriptRegistry()
+    assert set(registry.scripts) == EXPECTED
+    assert {p.stem for p in (ROOT / "lua").glob("*.lua")} == EXPECTED
+    assert registry["get"].read_only is True
+    assert registry["set"].read_only is False
+    assert registry["invalidate"].read_only is False
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_script_header_states_keys_argv_and_reply(name: str) -> None:
+    source = (Path(str(packaged_scripts_dir())) / f"{name}.lua").read_text()
+    header = "\n".join(line for line in source.splitlines() if line.startswith("--"))
+    for word in ("KEYS[1]", "ARGV", "Reply"):
+        assert word in header, f"{name}.lua header lacks {word}"
+
+
+def test_unknown_script_name() -> None:
+    with pytest.raises(KeyError, match="nope"):
+        ScriptRegistry()["nope"]
+
+
+def test_empty_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ScriptLoadError, match=r"no \.lua scripts"):
+        ScriptRegistry(tmp_path)
+
+
+async def test_rejected_script_fails_load_with_file_and_reason(
+    tmp_path: Path, valkey: GlideClient
+) -> None:
+    (tmp_path / "fine.lua").write_text("return 1\n")
+    (tmp_path / "broken.lua").write_text("return (\n")
+    with pytest.raises(
+        ScriptLoadError, match=r"broken\.lua was rejected by the server: .*Error compiling"
+    ):
+        await ScriptRegistry(tmp_path).load(valkey)
+
+
+async def test_load_puts_every_script_on_the_server(valkey: GlideClient) -> None:
+    registry = ScriptRegistry()
+    await valkey.custom_command(["SCRIPT", "FLUSH"])
+    assert await registry.loaded(valkey) == dict.fromkeys(sorted(EXPECTED), False)
+    await registry.load(valkey)
+    assert await registry.loaded(valkey) == dict.fromkeys(sorted(EXPECTED), True)
+
+
+async def test_calls_go_by_sha_and_survive_a_flush(
+    cache: AppConfigFragmentCacheSource,
+    registry: ScriptRegistry,
+    valkey: GlideClient,
+    valkey_url: str,
+) -> None:
+    user = uuid.uuid4()
+    async with monitor(valkey_url, valkey) as sent:
+        await cache.lookup(user, "webui")
+    assert sent.commands[0].startswith(f'"EVALSHA_RO" "{registry["get"].sha1}"')
+
+    await valkey.custom_command(["SCRIPT", "FLUSH"])
+    before = registry.reloads
+    async with monitor(valkey_url, valkey) as sent:
+        found = await cache.lookup(user, "webui")
+    assert found.fill_token is not None
+    assert registry.reloads == before + 1
+    # The failed call, one SCRIPT LOAD per script, the retried call; never the source per call.
+    assert sent.names == ["EVALSHA_RO", *["SCRIPT"] * len(EXPECTED), "EVALSHA_RO"]
+    assert await registry.loaded(valkey) == dict.fromkeys(sorted(EXPECTED), True)
+
+
+async def test_integer_arguments_are_converted(
+    registry: ScriptRegistry, valkey: GlideClient
+) -> None:
+    key = f"t{uuid.uuid4().hex}"
+    reply = await registry.call(
+        valkey, "invalidate", [f"{key}:epoch", f"{key}:users"], [key, "public", "public", -1]
+    )
+    assert reply == 0
+
+
+def test_wheel_carries_the_lua_scripts(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("atomic_cache-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {f"atomic_cache/lua/{name}.lua" for name in EXPECTED} <= names
+    assert "atomic_cache/py.typed" in names

@@ -1,0 +1,80 @@
+"""Helpers for tests that look at the server directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from glide import GlideClient
+
+from atomic_cache.client import ValkeyURL
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def smembers(client: GlideClient, key: str) -> set[str]:
+    return {text(member) for member in await client.smembers(key)}
+
+
+async def keys_under(client: GlideClient, prefix: str) -> set[str]:
+    found: set[str] = set()
+    cursor: object = "0"
+    while True:
+        reply = await client.custom_command(
+            ["SCAN", text(cursor), "MATCH", f"{prefix}:*", "COUNT", "1000"]
+        )
+        assert isinstance(reply, list)
+        cursor, batch = reply
+        found.update(text(key) for key in batch)
+        if text(cursor) == "0":
+            return found
+
+
+@dataclass
+class CommandLog:
+    """The commands one client sent, as MONITOR saw them (in-script commands excluded)."""
+
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [command.split(" ", 1)[0].strip('"').upper() for command in self.commands]
+
+
+@asynccontextmanager
+async def monitor(url: str, client: GlideClient) -> AsyncIterator[CommandLog]:
+    """Record what ``client`` sends inside the block, through a raw MONITOR connection.
+
+    MONITOR tags a command a script runs with ``lua]``; the client's own commands carry its
+    address. A sentinel ECHO from the same client marks the end of the block.
+    """
+    info = text(await client.custom_command(["CLIENT", "INFO"]))
+    address = next(part[5:] for part in info.split() if part.startswith("addr="))
+    parsed = ValkeyURL.parse(url)
+    reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+    if parsed.password is not None:
+        user = parsed.username or "default"
+        writer.write(f"AUTH {user} {parsed.password}\r\n".encode())
+        await reader.readline()
+    writer.write(b"MONITOR\r\n")
+    assert (await reader.readline()).startswith(b"+OK")
+    log = CommandLog()
+    try:
+        yield log
+        sentinel = "monitor-sentinel"
+        await client.custom_command(["ECHO", sentinel])
+        while True:
+            line = (await asyncio.wait_for(reader.readline(), 10)).decode(errors="replace")
+            if f"{address}]" not in line:
+                continue
+            command = line.split("] ", 1)[1].strip()
+            if command == f'"ECHO" "{sentinel}"':
+                break
+            log.commands.append(command)
+    finally:
+        writer.close()
+        await writer.wait_closed()
