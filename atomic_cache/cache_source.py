@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .keys import KeySchema, encode_component, user_component
+from .keys import KeySchema, decode_component, encode_component, user_component
 from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from .resilience import CacheError
 from .scripts import ScriptArg, ScriptRegistry, ValkeyClient
@@ -80,6 +80,20 @@ class InvalidationTarget:
         return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
 
 
+@dataclass(frozen=True, slots=True)
+class AllLookup:
+    """``lookup_all``: the catalogue of names (None if not cached), the cached values by
+    name (None for a miss), and the fill token for whatever is missing."""
+
+    fill_token: str
+    names: list[str] | None
+    values: dict[str, AppConfigData | None]
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name, value in self.values.items() if value is None]
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -134,10 +148,44 @@ class AppConfigFragmentCacheSource:
             result[name] = (
                 CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
             )
-        if corrupt:
-            log.warning("removing %d undecodable cache entries: %s", len(corrupt), corrupt)
-            await self._client.custom_command(["UNLINK", *corrupt])
+        await self._remove_corrupt(corrupt)
         return result
+
+    async def lookup_all(self, user_id: uuid.UUID) -> AllLookup:
+        """Every cached config of a user, with the catalogue of names, in one round trip.
+
+        ``names`` is None when the catalogue itself is not cached.
+        """
+        user = user_component(user_id)
+        reply = await self._registry.call(
+            self._client,
+            "get_all",
+            [self.keys.epoch, self.keys.catalogue],
+            [self.keys.prefix, user],
+        )
+        if not isinstance(reply, list) or len(reply) not in (2, 3):
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        token = _text(reply[0])
+        if len(reply) == 2:
+            return AllLookup(fill_token=token, names=None, values={})
+        encoded_names, raws = reply[1], reply[2]
+        if not isinstance(encoded_names, list) or not isinstance(raws, list):
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        values: dict[str, AppConfigData | None] = {}
+        corrupt: list[str] = []
+        for encoded, raw in zip(encoded_names, raws, strict=True):
+            name = decode_component(_text(encoded))
+            value = None if raw is None else self._decode(raw, user_id, name)
+            if raw is not None and value is None:
+                corrupt.append(self.keys.entry(user, name))
+            values[name] = value
+        await self._remove_corrupt(corrupt)
+        return AllLookup(fill_token=token, names=sorted(values), values=values)
+
+    async def _remove_corrupt(self, keys: list[str]) -> None:
+        if keys:
+            log.warning("removing %d undecodable cache entries: %s", len(keys), keys)
+            await self._client.custom_command(["UNLINK", *keys])
 
     def _decode(self, raw: object, user_id: uuid.UUID, name: str) -> AppConfigData | None:
         if not isinstance(raw, bytes | str):
@@ -170,11 +218,14 @@ class AppConfigFragmentCacheSource:
         user_id: uuid.UUID,
         merged: Sequence[AppConfigData],
         fill_token: str | None = None,
+        *,
+        catalogue: Iterable[str] | None = None,
     ) -> bool:
         """Store several merged configs of one user in one atomic step (all or none).
 
         With ``fill_token`` (from a lookup) the write is refused, and False returned, if
-        any invalidation ran since that lookup.
+        any invalidation ran since that lookup. ``catalogue``, when given, replaces the
+        cached list of every config name (what ``lookup_all`` needs to answer alone).
         """
         if not merged:
             return True
@@ -190,13 +241,14 @@ class AppConfigFragmentCacheSource:
             self.keys.domain_users(merged[0].domain_name),
             self.keys.all_users,
             self.keys.epoch,
+            self.keys.catalogue,
         ]
-        args: list[ScriptArg] = [
-            self.ttl_seconds,
-            user,
-            fill_token is not None,
-            fill_token or "",
-        ]
+        args: list[ScriptArg] = [self.ttl_seconds, user, fill_token is not None, fill_token or ""]
+        if catalogue is None:
+            args.append(-1)
+        else:
+            names = list(dict.fromkeys(catalogue))
+            args += [len(names), *(encode_component(n, what="name") for n in names)]
         for item in merged:
             payload = item.model_dump_json()
             if len(payload) > self.max_entry_bytes:
@@ -221,10 +273,12 @@ class AppConfigFragmentCacheSource:
         """Drop every entry of the scope (only ``names`` if given); returns how many."""
         return await self.invalidate_many([InvalidationTarget.of(scope_type, scope_id, names)])
 
-    async def invalidate_for_policy(self, config_name: str) -> int:
-        """Drop the entries of one config name for every user."""
+    async def invalidate_for_policy(self, config_name: str, *, drop_catalogue: bool = True) -> int:
+        """Drop the entries of one config name for every user, and (by default) the cached
+        list of config names, since a created or deleted policy changes it."""
         return await self.invalidate_many(
-            [InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [config_name])]
+            [InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [config_name])],
+            drop_catalogue=drop_catalogue,
         )
 
     async def invalidate_many(
@@ -234,23 +288,30 @@ class AppConfigFragmentCacheSource:
             | tuple[ScopeType | str, str]
             | tuple[ScopeType | str, str, Iterable[str] | None]
         ],
+        *,
+        drop_catalogue: bool = False,
     ) -> int:
         """Invalidate several slices in one atomic round trip; returns entries dropped.
 
         Each target is an InvalidationTarget or a ``(scope_type, scope_id[, names])`` tuple.
+        ``drop_catalogue`` also forgets the cached list of config names (a policy was
+        created or deleted).
         """
         checked = [
             target if isinstance(target, InvalidationTarget) else InvalidationTarget.of(*target)
             for target in targets
         ]
         live = [target for target in checked if target.names is None or target.names]
-        if not live:
+        if not live and not drop_catalogue:
             return 0
-        args: list[ScriptArg] = [self.keys.prefix]
+        args: list[ScriptArg] = [self.keys.prefix, drop_catalogue]
         for target in live:
             args += target.script_args()
         reply = await self._registry.call(
-            self._client, "invalidate", [self.keys.epoch, self.keys.all_users], args
+            self._client,
+            "invalidate",
+            [self.keys.epoch, self.keys.all_users, self.keys.catalogue],
+            args,
         )
         if not isinstance(reply, int):
             raise CacheError(f"invalidate.lua answered {reply!r:.200}")

@@ -86,6 +86,11 @@ class KeySchema:
         return f"{self.prefix}:users"
 
     @property
+    def catalogue(self) -> str:
+        """``p:names``: every config name that has a policy (encoded)."""
+        return f"{self.prefix}:names"
+
+    @property
     def epoch(self) -> str:
         """``p:epoch``: invalidation counter; fill tokens are its values."""
         return f"{self.prefix}:epoch"

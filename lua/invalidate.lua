@@ -4,9 +4,11 @@
 --
 -- KEYS[1]      p:epoch    invalidation counter (fill tokens are its values)
 -- KEYS[2]      p:users    set of every user with an entry
+-- KEYS[3]      p:names    the catalogue of config names (see get_all.lua)
 -- ARGV[1]      the key prefix p; the other keys are built from it and the set members,
 --              so every key shares the prefix (and its hash tag, in cluster mode)
--- ARGV[2..]    targets, each: scope, id, count, then `count` encoded names
+-- ARGV[2]      "1" to drop the catalogue too (a policy was created or deleted), else "0"
+-- ARGV[3..]    targets, each: scope, id, count, then `count` encoded names
 --                scope "user"    id = user id
 --                scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
 --                scope "public"  id = "public"
@@ -77,8 +79,11 @@ if redis.call('EXISTS', epoch_key) == 0 then
   redis.call('SET', epoch_key, now[1] .. string.format('%06d', tonumber(now[2])))
 end
 redis.call('INCR', epoch_key)
+if ARGV[2] == '1' then
+  redis.call('UNLINK', KEYS[3])
+end
 
-local i = 2
+local i = 3
 while i <= #ARGV do
   local scope, id, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local names = nil

@@ -17,7 +17,7 @@ from atomic_cache.scripts import packaged_scripts_dir
 from .valkey_tools import monitor
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = {"get", "set", "invalidate"}
+EXPECTED = {"get", "get_all", "set", "invalidate"}
 
 
 def test_registry_reads_every_packaged_script() -> None:
@@ -93,7 +93,10 @@ async def test_integer_arguments_are_converted(
 ) -> None:
     key = f"t{uuid.uuid4().hex}"
     reply = await registry.call(
-        valkey, "invalidate", [f"{key}:epoch", f"{key}:users"], [key, "public", "public", -1]
+        valkey,
+        "invalidate",
+        [f"{key}:epoch", f"{key}:users", f"{key}:names"],
+        [key, 0, "public", "public", -1],
     )
     assert reply == 0
 
