@@ -1,32 +1,58 @@
 """atomic_cache: a Valkey cache for BEP-1052 app configs, written and invalidated by
 atomic Lua scripts."""
 
-from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .cache_source import AllLookup, AppConfigFragmentCacheSource, InvalidationTarget
 from .client import create_valkey_client
+from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
 from .models import (
     AppConfigData,
     AppConfigFragment,
     AppConfigPolicy,
+    BulkFailure,
+    BulkResult,
     CacheLookup,
+    FragmentInput,
+    FragmentKey,
+    MyFragmentInput,
     ScopeType,
+)
+from .repository import (
+    AppConfigFragmentRepository,
+    AppConfigPolicyRepository,
+    PolicyExistsError,
+    PolicyInUseError,
 )
 from .resilience import CACHE_ERRORS, CacheError, suppress_with_log
 from .scripts import ScriptLoadError, ScriptRegistry
+from .validation import ConfigLimits
 
 __all__ = [
     "CACHE_ERRORS",
+    "AllLookup",
     "AppConfigData",
     "AppConfigFragment",
     "AppConfigFragmentCacheSource",
+    "AppConfigFragmentRepository",
     "AppConfigPolicy",
+    "AppConfigPolicyRepository",
+    "BulkFailure",
+    "BulkResult",
     "CacheError",
     "CacheLookup",
+    "ConfigLimits",
+    "FragmentInput",
+    "FragmentKey",
     "InvalidationTarget",
     "KeySchema",
+    "MyFragmentInput",
+    "PolicyExistsError",
+    "PolicyInUseError",
     "ScopeType",
     "ScriptLoadError",
     "ScriptRegistry",
+    "UnknownPolicyError",
+    "UnknownUserError",
     "create_valkey_client",
     "suppress_with_log",
 ]

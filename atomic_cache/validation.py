@@ -61,7 +61,9 @@ def _depth(value: Any) -> int:
 def check_extra_config(value: Any, limits: ConfigLimits) -> Problem | None:
     """A JSON object within the limits, or the problem with it."""
     if not isinstance(value, dict):
-        return Problem(INVALID_CONFIG, f"extra_config must be a JSON object, not {type(value).__name__}")
+        return Problem(
+            INVALID_CONFIG, f"extra_config must be a JSON object, not {type(value).__name__}"
+        )
     try:
         # Deep structures would exhaust the recursion of the encoder: check depth first.
         depth = _depth(value)
@@ -73,10 +75,11 @@ def check_extra_config(value: Any, limits: ConfigLimits) -> Problem | None:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:
         return Problem(INVALID_CONFIG, f"extra_config is not JSON: {error}")
-    if len(encoded.encode()) > limits.max_bytes:
+    size = len(encoded.encode())
+    if size > limits.max_bytes:
         return Problem(
             CONFIG_TOO_LARGE,
-            f"extra_config is {len(encoded.encode())} bytes of JSON; the limit is {limits.max_bytes}",
+            f"extra_config is {size} bytes of JSON; the limit is {limits.max_bytes}",
         )
     return None
 
@@ -85,15 +88,21 @@ def canonical_scope_id(scope_type: ScopeType, scope_id: str) -> str | Problem:
     """The stored form of a scope id: 'public', the domain name, or a canonical UUID."""
     if scope_type is ScopeType.PUBLIC:
         if scope_id != PUBLIC_SCOPE_ID:
-            return Problem(INVALID_SCOPE_ID, f"a PUBLIC fragment's scope_id must be 'public', not {scope_id!r}")
+            return Problem(
+                INVALID_SCOPE_ID, f"a PUBLIC fragment's scope_id must be 'public', not {scope_id!r}"
+            )
         return scope_id
     if scope_type is ScopeType.USER:
         try:
             return str(uuid.UUID(scope_id))
         except (ValueError, AttributeError, TypeError):
-            return Problem(INVALID_SCOPE_ID, f"a USER fragment's scope_id must be a UUID, not {scope_id!r}")
+            return Problem(
+                INVALID_SCOPE_ID, f"a USER fragment's scope_id must be a UUID, not {scope_id!r}"
+            )
     if not scope_id or len(scope_id) > 64:
-        return Problem(INVALID_SCOPE_ID, "a domain scope_id must be a domain name of 1-64 characters")
+        return Problem(
+            INVALID_SCOPE_ID, "a domain scope_id must be a domain name of 1-64 characters"
+        )
     return scope_id
 
 
@@ -106,6 +115,7 @@ def check_policy(key: FragmentKey, policies: dict[str, AppConfigPolicy]) -> Prob
         allowed = ", ".join(scope.name for scope in policy.scope_sources) or "none"
         return Problem(
             SCOPE_NOT_ALLOWED,
-            f"policy {key.name!r} does not allow {key.scope_type.name} fragments (allowed: {allowed})",
+            f"policy {key.name!r} does not allow {key.scope_type.name} fragments"
+            f" (allowed: {allowed})",
         )
     return None

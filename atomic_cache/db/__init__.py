@@ -1,6 +1,13 @@
 """The PostgreSQL side: BEP-1052 tables and the SQL of the merged view and bulk writes."""
 
-from .schema import app_config_fragments, app_config_policies, create_schema, domains, metadata, users
+from .schema import (
+    app_config_fragments,
+    app_config_policies,
+    create_schema,
+    domains,
+    metadata,
+    users,
+)
 
 __all__ = [
     "app_config_fragments",

@@ -51,9 +51,14 @@ def _merged_view_statement(user_id: uuid.UUID, names: Sequence[str] | None) -> A
     policy = app_config_policies
     fragment = app_config_fragments
     applies_to_user = or_(
-        and_(fragment.c.scope_type == ScopeType.PUBLIC.value, fragment.c.scope_id == PUBLIC_SCOPE_ID),
+        and_(
+            fragment.c.scope_type == ScopeType.PUBLIC.value, fragment.c.scope_id == PUBLIC_SCOPE_ID
+        ),
         and_(fragment.c.scope_type.in_(_DOMAIN_SCOPES), fragment.c.scope_id == user.c.domain_name),
-        and_(fragment.c.scope_type == ScopeType.USER.value, fragment.c.scope_id == cast(user.c.uuid, String)),
+        and_(
+            fragment.c.scope_type == ScopeType.USER.value,
+            fragment.c.scope_id == cast(user.c.uuid, String),
+        ),
     )
     statement = (
         select(
@@ -154,12 +159,16 @@ class AppConfigDBSource:
         }
 
     @staticmethod
-    async def existing_users(conn: AsyncConnection, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    async def existing_users(
+        conn: AsyncConnection, ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, str]:
         """The given users that exist, with their domain."""
         wanted = set(ids)
         if not wanted:
             return {}
-        rows = await conn.execute(select(users.c.uuid, users.c.domain_name).where(users.c.uuid.in_(wanted)))
+        rows = await conn.execute(
+            select(users.c.uuid, users.c.domain_name).where(users.c.uuid.in_(wanted))
+        )
         return {row.uuid: row.domain_name for row in rows}
 
     @staticmethod
@@ -217,7 +226,9 @@ class AppConfigDBSource:
     @classmethod
     async def delete_fragment(cls, conn: AsyncConnection, key: FragmentKey) -> bool:
         result = await conn.execute(
-            delete(app_config_fragments).where(cls._matches(key)).returning(app_config_fragments.c.id)
+            delete(app_config_fragments)
+            .where(cls._matches(key))
+            .returning(app_config_fragments.c.id)
         )
         return result.first() is not None
 
@@ -230,7 +241,11 @@ class AppConfigDBSource:
         row = (
             await conn.execute(
                 insert(app_config_policies)
-                .values(id=uuid.uuid4(), config_name=name, scope_sources=[s.value for s in scope_sources])
+                .values(
+                    id=uuid.uuid4(),
+                    config_name=name,
+                    scope_sources=[s.value for s in scope_sources],
+                )
                 .returning(app_config_policies.c.id)
             )
         ).one()
@@ -255,14 +270,18 @@ class AppConfigDBSource:
     @staticmethod
     async def count_fragments(conn: AsyncConnection, name: str) -> int:
         count = await conn.scalar(
-            select(func.count()).select_from(app_config_fragments).where(app_config_fragments.c.name == name)
+            select(func.count())
+            .select_from(app_config_fragments)
+            .where(app_config_fragments.c.name == name)
         )
         return int(count or 0)
 
     @staticmethod
     async def delete_policy(conn: AsyncConnection, name: str, *, cascade: bool) -> bool:
         if cascade:
-            await conn.execute(delete(app_config_fragments).where(app_config_fragments.c.name == name))
+            await conn.execute(
+                delete(app_config_fragments).where(app_config_fragments.c.name == name)
+            )
         result = await conn.execute(
             delete(app_config_policies)
             .where(app_config_policies.c.config_name == name)
@@ -272,10 +291,14 @@ class AppConfigDBSource:
 
     @staticmethod
     async def list_policies(conn: AsyncConnection) -> list[AppConfigPolicy]:
-        rows = await conn.execute(select(app_config_policies).order_by(app_config_policies.c.config_name))
+        rows = await conn.execute(
+            select(app_config_policies).order_by(app_config_policies.c.config_name)
+        )
         return [
             AppConfigPolicy(
-                id=row.id, config_name=row.config_name, scope_sources=[ScopeType(s) for s in row.scope_sources]
+                id=row.id,
+                config_name=row.config_name,
+                scope_sources=[ScopeType(s) for s in row.scope_sources],
             )
             for row in rows
         ]

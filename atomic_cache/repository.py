@@ -1,0 +1,431 @@
+"""Repositories: read around the cache, write to PostgreSQL, invalidate after commit.
+
+``AppConfigFragmentRepository`` serves merged configs from Valkey after the first read
+and invalidates exactly the slices a bulk write changed before it returns;
+``AppConfigPolicyRepository`` does the same for policies. Both keep working, correctly,
+when Valkey fails: every cache call falls through to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
+from .guard import GuardedCache
+from .keys import MAX_COMPONENT_LENGTH
+from .models import (
+    AppConfigData,
+    AppConfigFragment,
+    AppConfigPolicy,
+    BulkFailure,
+    BulkResult,
+    FragmentInput,
+    FragmentKey,
+    MyFragmentInput,
+    ScopeType,
+)
+from .validation import (
+    ALREADY_EXISTS,
+    DUPLICATE_ITEM,
+    NOT_FOUND,
+    UNKNOWN_DOMAIN,
+    UNKNOWN_POLICY,
+    UNKNOWN_USER,
+    ConfigLimits,
+    Problem,
+    canonical_scope_id,
+    check_extra_config,
+    check_policy,
+)
+
+log = logging.getLogger("atomic_cache")
+
+T = TypeVar("T")
+Operation = Literal["create", "update", "delete"]
+
+
+class PolicyExistsError(ValueError):
+    """A policy with that config name exists already."""
+
+
+class PolicyInUseError(ValueError):
+    """The policy still has fragments; delete them first or pass ``cascade=True``."""
+
+
+class SingleFlight:
+    """Concurrent callers with the same key share one in-flight computation."""
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(compute())
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        # shield: one caller giving up must not cancel the others' shared work.
+        result: T = await asyncio.shield(flight)
+        return result
+
+    def _landed(self, key: Hashable, flight: asyncio.Future[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so an unawaited failure is never reported
+
+
+def _by_name(configs: Sequence[AppConfigData]) -> list[AppConfigData]:
+    return sorted(configs, key=lambda config: config.name)
+
+
+def _target(key: FragmentKey) -> InvalidationTarget:
+    """The cache slice a change of this fragment can affect."""
+    return InvalidationTarget.of(key.scope_type, key.scope_id, [key.name])
+
+
+class AppConfigFragmentRepository:
+    """Merged app configs, read around the cache; bulk fragment writes with invalidation."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None = None,
+        *,
+        limits: ConfigLimits | None = None,
+    ) -> None:
+        self._db = AppConfigDBSource(engine)
+        self._engine = engine
+        self._cache = GuardedCache.of(cache)
+        self._limits = limits or ConfigLimits()
+        self._flights = SingleFlight()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def app_config(self, user_id: uuid.UUID, name: str) -> AppConfigData:
+        """The merged config of one name for one user (``config`` None without fragments).
+
+        Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
+        """
+        found = await self._cache.call("read", lambda cache: cache.lookup(user_id, name))
+        if found is not None and found.value is not None:
+            return found.value
+        if found is None or found.fill_token is None:
+            # No cache answer: no fill token, so no sharing either. A flight started
+            # before a write returned could hand its older result to a read started after.
+            return await self._load(user_id, name)
+        token = found.fill_token
+        # Readers that saw the same epoch share one query; after an invalidation the epoch
+        # (and so the key) differs, so no reader joins a flight older than a write it saw.
+        return await self._flights.run(
+            (user_id, name, token), lambda: self._load_and_fill(user_id, name, token)
+        )
+
+    async def _load(self, user_id: uuid.UUID, name: str) -> AppConfigData:
+        loaded = await self._db.merged_configs(user_id, [name])
+        if not loaded:
+            raise UnknownPolicyError(f"no app-config policy named {name!r}")
+        return loaded[0]
+
+    async def _load_and_fill(self, user_id: uuid.UUID, name: str, fill_token: str) -> AppConfigData:
+        data = await self._load(user_id, name)
+        await self._fill(user_id, [data], fill_token)
+        return data
+
+    async def _fill(
+        self,
+        user_id: uuid.UUID,
+        data: Sequence[AppConfigData],
+        fill_token: str,
+        catalogue: Sequence[str] | None = None,
+    ) -> None:
+        await self._cache.call(
+            "fill",
+            lambda cache: cache.set_many(user_id, data, fill_token=fill_token, catalogue=catalogue),
+        )
+
+    async def my_app_configs(self, user_id: uuid.UUID) -> list[AppConfigData]:
+        """The merged config of every policy name for one user, sorted by name.
+
+        Warm: one Valkey round trip and no SQL. Otherwise the missing names come from one
+        SQL statement and are filled in one round trip.
+        """
+        found = await self._cache.call("read", lambda cache: cache.lookup_all(user_id))
+        if found is None:
+            return _by_name(await self._db.merged_configs(user_id))
+        if found.names is None:
+            loaded = await self._db.merged_configs(user_id)
+            await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
+            return _by_name(loaded)
+        present = [value for value in found.values.values() if value is not None]
+        missing = found.missing
+        if not missing:
+            return _by_name(present)
+        loaded = await self._db.merged_configs(user_id, missing)
+        await self._fill(user_id, loaded, found.fill_token)
+        return _by_name([*present, *loaded])
+
+    # -- the "my" bulk paths: USER fragments of the caller -------------------------------
+
+    async def bulk_create_my(
+        self, user_id: uuid.UUID, items: Sequence[MyFragmentInput]
+    ) -> BulkResult[AppConfigFragment]:
+        return await self._write_fragments("create", [self._mine(user_id, item) for item in items])
+
+    async def bulk_update_my(
+        self, user_id: uuid.UUID, items: Sequence[MyFragmentInput]
+    ) -> BulkResult[AppConfigFragment]:
+        return await self._write_fragments("update", [self._mine(user_id, item) for item in items])
+
+    async def bulk_delete_my(
+        self, user_id: uuid.UUID, names: Sequence[str]
+    ) -> BulkResult[FragmentKey]:
+        if isinstance(names, str):
+            raise ValueError("names must be a list of names, not a single string")
+        keys = [
+            FragmentKey(scope_type=ScopeType.USER, scope_id=str(user_id), name=name)
+            for name in names
+        ]
+        return await self._delete_fragments(keys)
+
+    @staticmethod
+    def _mine(user_id: uuid.UUID, item: MyFragmentInput) -> FragmentInput:
+        return FragmentInput(
+            scope_type=ScopeType.USER,
+            scope_id=str(user_id),
+            name=item.name,
+            extra_config=item.extra_config,
+        )
+
+    # -- the admin bulk paths: any scope the policy allows -------------------------------
+
+    async def admin_bulk_create(
+        self, items: Sequence[FragmentInput]
+    ) -> BulkResult[AppConfigFragment]:
+        return await self._write_fragments("create", items)
+
+    async def admin_bulk_update(
+        self, items: Sequence[FragmentInput]
+    ) -> BulkResult[AppConfigFragment]:
+        return await self._write_fragments("update", items)
+
+    async def admin_bulk_delete(self, keys: Sequence[FragmentKey]) -> BulkResult[FragmentKey]:
+        return await self._delete_fragments(keys)
+
+    # -- the bulk machinery --------------------------------------------------------------
+
+    async def _write_fragments(
+        self, operation: Operation, items: Sequence[FragmentInput]
+    ) -> BulkResult[AppConfigFragment]:
+        result: BulkResult[AppConfigFragment] = BulkResult()
+        touched: list[InvalidationTarget] = []
+
+        async def apply(conn: AsyncConnection, index: int, key: FragmentKey) -> Problem | None:
+            config = items[index].extra_config
+            if operation == "create":
+                try:
+                    async with conn.begin_nested():
+                        written = await self._db.insert_fragment(conn, key, config)
+                except IntegrityError:
+                    return Problem(ALREADY_EXISTS, f"{_describe(key)} exists already")
+            else:
+                async with conn.begin_nested():
+                    found = await self._db.update_fragment(conn, key, config)
+                if found is None:
+                    return Problem(NOT_FOUND, f"{_describe(key)} does not exist")
+                written = found
+            result.successes.append(written)
+            touched.append(_target(key))
+            return None
+
+        await self._bulk(operation, items, apply, result)
+        await self._cache.invalidate(touched)
+        return result
+
+    async def _delete_fragments(self, keys: Sequence[FragmentKey]) -> BulkResult[FragmentKey]:
+        result: BulkResult[FragmentKey] = BulkResult()
+        touched: list[InvalidationTarget] = []
+
+        async def apply(conn: AsyncConnection, index: int, key: FragmentKey) -> Problem | None:
+            async with conn.begin_nested():
+                deleted = await self._db.delete_fragment(conn, key)
+            if not deleted:
+                return Problem(NOT_FOUND, f"{_describe(key)} does not exist")
+            result.successes.append(key)
+            touched.append(_target(key))
+            return None
+
+        await self._bulk("delete", keys, apply, result)
+        await self._cache.invalidate(touched)
+        return result
+
+    async def _bulk(
+        self,
+        operation: Operation,
+        items: Sequence[FragmentKey],
+        apply: Callable[[AsyncConnection, int, FragmentKey], Awaitable[Problem | None]],
+        result: BulkResult[Any],
+    ) -> None:
+        """Validate every item, apply the valid ones each in its own savepoint, commit once."""
+
+        def fail(index: int, problem: Problem) -> None:
+            result.failures.append(
+                BulkFailure(index=index, code=problem.code, message=problem.message)
+            )
+
+        checked: list[tuple[int, FragmentKey]] = []
+        for index, item in enumerate(items):
+            outcome = self._check_item(operation, item)
+            if isinstance(outcome, Problem):
+                fail(index, outcome)
+            else:
+                checked.append((index, outcome))
+
+        async with self._engine.begin() as conn:
+            policies = await self._db.policies(conn, {key.name for _, key in checked})
+            known_users = await self._db.existing_users(
+                conn, [uuid.UUID(k.scope_id) for _, k in checked if k.scope_type is ScopeType.USER]
+            )
+            known_domains = await self._db.existing_domains(
+                conn, [k.scope_id for _, k in checked if k.scope_type in _DOMAIN_SCOPES]
+            )
+            seen: set[FragmentKey] = set()
+            for index, key in checked:
+                problem = None
+                if key in seen:
+                    problem = Problem(
+                        DUPLICATE_ITEM, f"{_describe(key)} appears twice in this call"
+                    )
+                elif operation != "delete":
+                    problem = check_policy(key, policies) or _check_scope_owner(
+                        key, known_users, known_domains
+                    )
+                seen.add(key)
+                problem = problem or await apply(conn, index, key)
+                if problem is not None:
+                    fail(index, problem)
+        result.failures.sort(key=lambda failure: failure.index)
+
+    def _check_item(self, operation: Operation, item: FragmentKey) -> FragmentKey | Problem:
+        """Checks that need no database: scope id form, name, extra_config."""
+        scope_id = canonical_scope_id(item.scope_type, item.scope_id)
+        if isinstance(scope_id, Problem):
+            return scope_id
+        if not item.name or len(item.name) > min(64, MAX_COMPONENT_LENGTH):
+            return Problem(UNKNOWN_POLICY, "a config name must have 1-64 characters")
+        if operation != "delete" and isinstance(item, FragmentInput):
+            problem = check_extra_config(item.extra_config, self._limits)
+            if problem is not None:
+                return problem
+        return FragmentKey(scope_type=item.scope_type, scope_id=scope_id, name=item.name)
+
+
+_DOMAIN_SCOPES = (ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS)
+
+
+def _describe(key: FragmentKey) -> str:
+    return f"the {key.scope_type.name} fragment {key.name!r} of {key.scope_id!r}"
+
+
+def _check_scope_owner(
+    key: FragmentKey, known_users: dict[uuid.UUID, str], known_domains: set[str]
+) -> Problem | None:
+    if key.scope_type is ScopeType.USER and uuid.UUID(key.scope_id) not in known_users:
+        return Problem(UNKNOWN_USER, f"no user {key.scope_id}")
+    if key.scope_type in _DOMAIN_SCOPES and key.scope_id not in known_domains:
+        return Problem(UNKNOWN_DOMAIN, f"no domain {key.scope_id!r}")
+    return None
+
+
+class AppConfigPolicyRepository:
+    """App-config policies; every change invalidates that name's slice for everyone."""
+
+    def __init__(
+        self, engine: AsyncEngine, cache: AppConfigFragmentCacheSource | None = None
+    ) -> None:
+        self._db = AppConfigDBSource(engine)
+        self._engine = engine
+        self._cache = GuardedCache.of(cache)
+
+    @staticmethod
+    def _checked(name: str, scope_sources: Sequence[ScopeType | str]) -> list[ScopeType]:
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise ValueError("a config name must have 1-64 characters")
+        if isinstance(scope_sources, str):
+            raise ValueError("scope_sources must be a list of scopes, not a single string")
+        try:
+            scopes = [ScopeType(scope) for scope in scope_sources]
+        except ValueError as error:
+            raise ValueError(f"unknown scope in scope_sources: {error}") from None
+        if not scopes:
+            raise ValueError("scope_sources must name at least one scope")
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("scope_sources names a scope twice")
+        return scopes
+
+    async def get(self, name: str) -> AppConfigPolicy | None:
+        async with self._engine.connect() as conn:
+            return (await self._db.policies(conn, [name])).get(name)
+
+    async def list(self) -> list[AppConfigPolicy]:
+        async with self._engine.connect() as conn:
+            return await self._db.list_policies(conn)
+
+    async def create(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
+        scopes = self._checked(name, scope_sources)
+        try:
+            async with self._engine.begin() as conn:
+                policy = await self._db.insert_policy(conn, name, scopes)
+        except IntegrityError:
+            raise PolicyExistsError(f"a policy named {name!r} exists already") from None
+        await self._cache.invalidate(
+            [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])], drop_catalogue=True
+        )
+        return policy
+
+    async def update(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
+        """Replace the scope list (and so the merge order) of a policy."""
+        scopes = self._checked(name, scope_sources)
+        async with self._engine.begin() as conn:
+            policy = await self._db.update_policy(conn, name, scopes)
+        if policy is None:
+            raise UnknownPolicyError(f"no app-config policy named {name!r}")
+        await self._cache.invalidate([InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])])
+        return policy
+
+    async def delete(self, name: str, *, cascade: bool = False) -> None:
+        """Delete a policy; refused while it has fragments unless ``cascade`` deletes them."""
+        async with self._engine.begin() as conn:
+            in_use = await self._db.count_fragments(conn, name)
+            if in_use and not cascade:
+                raise PolicyInUseError(
+                    f"policy {name!r} still has {in_use} fragment(s); delete them first"
+                    " or pass cascade=True"
+                )
+            if not await self._db.delete_policy(conn, name, cascade=cascade):
+                raise UnknownPolicyError(f"no app-config policy named {name!r}")
+        await self._cache.invalidate(
+            [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])], drop_catalogue=True
+        )
+
+
+__all__ = [
+    "AppConfigFragmentRepository",
+    "AppConfigPolicyRepository",
+    "PolicyExistsError",
+    "PolicyInUseError",
+    "SingleFlight",
+    "UnknownPolicyError",
+    "UnknownUserError",
+]

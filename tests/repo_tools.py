@@ -1,0 +1,75 @@
+"""Helpers for repository tests: a small world of domains, users and policies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atomic_cache import AppConfigFragmentCacheSource, AppConfigPolicyRepository, ScopeType
+from atomic_cache.db import domains, users
+
+ALL_SCOPES = [ScopeType.PUBLIC, ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS, ScopeType.USER]
+
+
+@dataclass
+class World:
+    """alpha: a1, a2; beta: b1. Policies webui, theme, limits allow every scope."""
+
+    domains: dict[str, list[uuid.UUID]] = field(default_factory=dict)
+    names: tuple[str, ...] = ("limits", "theme", "webui")
+
+    @property
+    def users(self) -> list[uuid.UUID]:
+        return [user for members in self.domains.values() for user in members]
+
+    def domain_of(self, user: uuid.UUID) -> str:
+        return next(d for d, members in self.domains.items() if user in members)
+
+
+async def add_users(engine: AsyncEngine, layout: dict[str, int]) -> dict[str, list[uuid.UUID]]:
+    made = {domain: [uuid.uuid4() for _ in range(count)] for domain, count in layout.items()}
+    async with engine.begin() as conn:
+        await conn.execute(insert(domains), [{"name": d} for d in made])
+        rows = [{"uuid": u, "domain_name": d} for d, members in made.items() for u in members]
+        if rows:
+            await conn.execute(insert(users), rows)
+    return made
+
+
+async def make_world(engine: AsyncEngine, cache: AppConfigFragmentCacheSource | None) -> World:
+    world = World(domains=await add_users(engine, {"alpha": 2, "beta": 1}))
+    policies = AppConfigPolicyRepository(engine, cache=cache)
+    for name in world.names:
+        await policies.create(name, ALL_SCOPES)
+    return world
+
+
+@dataclass
+class StatementCounter:
+    statements: list[str] = field(default_factory=list)
+    parameters: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.statements)
+
+
+@contextmanager
+def count_sql(engine: AsyncEngine) -> Iterator[StatementCounter]:
+    """Every SQL statement the engine sends inside the block."""
+    counter = StatementCounter()
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        counter.statements.append(statement)
+        counter.parameters.append(repr(parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield counter
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
