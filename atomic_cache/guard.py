@@ -2,17 +2,21 @@
 
 A cache failure never reaches a repository's caller: reads return None (the caller goes
 to the database) and a failed post-commit invalidation is logged with exactly the slices
-it did not reach. One GuardedCache is shared by every repository of a cache source.
+it did not reach, kept in a bounded queue, and replayed before this process trusts a
+cache read again; until then, cached values of those slices are not served. One
+GuardedCache is shared by every repository of a cache source.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .models import AppConfigData, ScopeType
 from .resilience import CACHE_ERRORS
 
 log = logging.getLogger("atomic_cache")
@@ -51,11 +55,65 @@ def merge_targets(targets: Sequence[InvalidationTarget]) -> list[InvalidationTar
     ]
 
 
+def covers(target: InvalidationTarget, value: AppConfigData) -> bool:
+    """Whether an invalidation of ``target`` would drop the cached ``value``."""
+    if target.names is not None and value.name not in target.names:
+        return False
+    if target.scope_type is ScopeType.USER:
+        return target.scope_id == str(value.user_id)
+    if target.scope_type is ScopeType.PUBLIC:
+        return True
+    return target.scope_id == value.domain_name
+
+
+DEFAULT_MAX_PENDING = 1000
+_EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
+
+
+class PendingInvalidations:
+    """Invalidations that failed after their commit, waiting to be replayed.
+
+    Bounded: past ``max_targets`` the queue collapses into "drop every entry", which
+    covers anything it held.
+    """
+
+    def __init__(self, max_targets: int = DEFAULT_MAX_PENDING) -> None:
+        self.max_targets = max_targets
+        self.targets: list[InvalidationTarget] = []
+        self.drop_catalogue = False
+
+    def __bool__(self) -> bool:
+        return bool(self.targets) or self.drop_catalogue
+
+    def add(self, targets: Sequence[InvalidationTarget], drop_catalogue: bool) -> None:
+        self.targets = merge_targets([*self.targets, *targets])
+        self.drop_catalogue = self.drop_catalogue or drop_catalogue
+        if len(self.targets) > self.max_targets:
+            log.error(
+                "more than %d invalidations pending: every cached entry will be dropped",
+                self.max_targets,
+            )
+            self.targets = [_EVERYTHING]
+            self.drop_catalogue = True
+
+    def take(self) -> tuple[list[InvalidationTarget], bool]:
+        taken = (self.targets, self.drop_catalogue)
+        self.targets, self.drop_catalogue = [], False
+        return taken
+
+    def covers(self, value: AppConfigData) -> bool:
+        return any(covers(target, value) for target in self.targets)
+
+
 class GuardedCache:
     """Wraps an optional cache source so that its failures become fall-throughs."""
 
-    def __init__(self, source: AppConfigFragmentCacheSource | None) -> None:
+    def __init__(
+        self, source: AppConfigFragmentCacheSource | None, *, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> None:
         self.source = source
+        self.pending = PendingInvalidations(max_pending)
+        self._replay_lock = asyncio.Lock()
 
     @classmethod
     def of(cls, source: AppConfigFragmentCacheSource | None) -> GuardedCache:
@@ -83,12 +141,45 @@ class GuardedCache:
             log.warning("cache %s failed, falling through to the database: %s", what, error)
             return None
 
+    async def read(
+        self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
+    ) -> T | None:
+        """A cache read, made only once no missed invalidation is pending (replayed first)."""
+        if self.pending and not await self.replay():
+            return None
+        return await self.call("read", operation)
+
+    def servable(self, value: AppConfigData) -> bool:
+        """False for a value that a still-pending invalidation covers."""
+        return not (self.pending and self.pending.covers(value))
+
+    async def replay(self) -> bool:
+        """Send the pending invalidations, once, however many readers ask; True when none
+        is pending any more."""
+        async with self._replay_lock:
+            if not self.pending:
+                return True
+            targets, drop_catalogue = self.pending.take()
+            dropped = await self.invalidate(targets, drop_catalogue=drop_catalogue)
+            if dropped is not None:
+                log.warning(
+                    "replayed missed invalidations (%s): %d entries dropped",
+                    describe(targets, drop_catalogue),
+                    dropped,
+                )
+            return dropped is not None
+
     async def invalidate(
         self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool = False
     ) -> int | None:
-        """Invalidate after a commit: entries dropped, or None if it could not be done."""
+        """Invalidate after a commit: entries dropped, or None if it could not be done
+        (then the slices wait in ``pending``). Pending ones ride along."""
         if self.source is None:
             return None
+        if self.pending:
+            queued, queued_catalogue = self.pending.take()
+            targets = [*queued, *targets]
+            drop_catalogue = drop_catalogue or queued_catalogue
         merged = merge_targets(targets)
         if not merged and not drop_catalogue:
             return 0
@@ -96,8 +187,9 @@ class GuardedCache:
             return await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
         except CACHE_ERRORS as error:
             log.error(
-                "cache invalidation failed after commit; not invalidated: %s (%s)",
+                "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
                 describe(merged, drop_catalogue),
                 error,
             )
+            self.pending.add(merged, drop_catalogue)
             return None

@@ -118,8 +118,8 @@ class AppConfigFragmentRepository:
 
         Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
         """
-        found = await self._cache.call("read", lambda cache: cache.lookup(user_id, name))
-        if found is not None and found.value is not None:
+        found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
+        if found is not None and found.value is not None and self._cache.servable(found.value):
             return found.value
         if found is None or found.fill_token is None:
             # No cache answer: no fill token, so no sharing either. A flight started
@@ -147,9 +147,11 @@ class AppConfigFragmentRepository:
         self,
         user_id: uuid.UUID,
         data: Sequence[AppConfigData],
-        fill_token: str,
+        fill_token: str | None,
         catalogue: Sequence[str] | None = None,
     ) -> None:
+        """Store what was read from the database, unless an invalidation ran since the
+        lookup that handed out ``fill_token``."""
         await self._cache.call(
             "fill",
             lambda cache: cache.set_many(user_id, data, fill_token=fill_token, catalogue=catalogue),
@@ -161,15 +163,16 @@ class AppConfigFragmentRepository:
         Warm: one Valkey round trip and no SQL. Otherwise the missing names come from one
         SQL statement and are filled in one round trip.
         """
-        found = await self._cache.call("read", lambda cache: cache.lookup_all(user_id))
+        found = await self._cache.read(lambda cache: cache.lookup_all(user_id))
         if found is None:
             return _by_name(await self._db.merged_configs(user_id))
         if found.names is None:
             loaded = await self._db.merged_configs(user_id)
             await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
             return _by_name(loaded)
-        present = [value for value in found.values.values() if value is not None]
-        missing = found.missing
+        present = [v for v in found.values.values() if v is not None and self._cache.servable(v)]
+        served = {value.name for value in present}
+        missing = [name for name in found.values if name not in served]
         if not missing:
             return _by_name(present)
         loaded = await self._db.merged_configs(user_id, missing)

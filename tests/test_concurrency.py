@@ -1,0 +1,143 @@
+"""After a write returns, no read returns an older value — and without fill tokens,
+the same scenarios do serve stale values, so these tests can fail."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atomic_cache import (
+    AppConfigData,
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    MyFragmentInput,
+)
+
+from .repo_tools import make_world
+
+
+class RacyRepository(AppConfigFragmentRepository):
+    """Widens the window between the database read and the fill, and can drop the fill
+    token (the unsafe, classic cache-aside)."""
+
+    def __init__(
+        self, *args: object, use_tokens: bool, gate: asyncio.Event | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.use_tokens = use_tokens
+        self.gate = gate
+        self.read_db = asyncio.Event()
+
+    async def _fill(
+        self,
+        user_id: uuid.UUID,
+        data: Sequence[AppConfigData],
+        fill_token: str | None,
+        catalogue: Sequence[str] | None = None,
+    ) -> None:
+        self.read_db.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(random.uniform(0, 0.015))
+        await super()._fill(user_id, data, fill_token if self.use_tokens else None, catalogue)
+
+
+def version(data: AppConfigData) -> int:
+    assert data.config is not None
+    return int(data.config["v"])
+
+
+@pytest.mark.parametrize("use_tokens", [True, False], ids=["fill-tokens", "no-tokens"])
+async def test_fill_that_raced_a_write_never_lands(
+    clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource, use_tokens: bool
+) -> None:
+    world = await make_world(clean_db, cache)
+    user = world.users[0]
+    writer = AppConfigFragmentRepository(clean_db, cache=cache)
+    await writer.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 0})])
+
+    gate = asyncio.Event()
+    slow = RacyRepository(clean_db, cache=cache, use_tokens=use_tokens, gate=gate)
+    reader = asyncio.create_task(slow.app_config(user, "webui"))
+    await slow.read_db.wait()  # it has read v0 from the database and holds its fill
+    await writer.bulk_update_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
+    gate.set()
+    assert version(await reader) == 0  # it began before the write returned: allowed
+
+    after = await writer.app_config(user, "webui")  # begins after the write returned
+    if use_tokens:
+        assert version(after) == 1
+    else:
+        assert version(after) == 0  # the stale fill landed: what fill tokens prevent
+
+
+async def run_mixed_load(
+    engine: AsyncEngine, cache: AppConfigFragmentCacheSource, use_tokens: bool
+) -> tuple[int, int]:
+    """Writers bump versions while readers read; returns (reads, stale reads), where a
+    read is stale if it returns a version older than one whose write had returned
+    before the read began."""
+    world = await make_world(engine, cache)
+    users = world.users[:2]
+    names = ["webui", "theme"]
+    writer = AppConfigFragmentRepository(engine, cache=cache)
+    for user in users:
+        await writer.bulk_create_my(
+            user, [MyFragmentInput(name=n, extra_config={"v": 0}) for n in names]
+        )
+    readers = RacyRepository(engine, cache=cache, use_tokens=use_tokens)
+    floor = {(u, n): 0 for u in users for n in names}
+    done = asyncio.Event()
+    reads = stale = 0
+
+    async def write(user: uuid.UUID, name: str) -> None:
+        for v in range(1, 16):
+            await writer.bulk_update_my(user, [MyFragmentInput(name=name, extra_config={"v": v})])
+            floor[(user, name)] = v
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    async def read(seed: int) -> None:
+        nonlocal reads, stale
+        rng = random.Random(seed)
+        while not done.is_set():
+            user, name = rng.choice(users), rng.choice(names)
+            expected_at_least = floor[(user, name)]
+            if rng.random() < 0.5:
+                got = version(await readers.app_config(user, name))
+            else:
+                got = next(version(d) for d in await readers.my_app_configs(user) if d.name == name)
+            reads += 1
+            stale += got < expected_at_least
+
+    reader_tasks = [asyncio.create_task(read(seed)) for seed in range(12)]
+    await asyncio.gather(*(write(u, n) for u in users for n in names))
+    done.set()
+    await asyncio.gather(*reader_tasks)
+    # After everything settled, the cache agrees with the database.
+    for user in users:
+        for name in names:
+            final = version(await AppConfigFragmentRepository(engine).app_config(user, name))
+            stale += version(await readers.app_config(user, name)) != final
+    return reads, stale
+
+
+async def test_many_readers_and_writers_never_read_stale(
+    clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource
+) -> None:
+    reads, stale = await run_mixed_load(clean_db, cache, use_tokens=True)
+    assert reads > 100
+    assert stale == 0
+
+
+async def test_same_load_without_fill_tokens_reads_stale(
+    clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource
+) -> None:
+    reads, stale = await run_mixed_load(clean_db, cache, use_tokens=False)
+    assert reads > 100
+    assert stale > 0
