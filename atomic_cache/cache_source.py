@@ -180,7 +180,8 @@ class AppConfigFragmentCacheSource:
                 corrupt.append(self.keys.entry(user, name))
             values[name] = value
         await self._remove_corrupt(corrupt)
-        return AllLookup(fill_token=token, names=sorted(values), values=values)
+        ordered = dict(sorted(values.items()))
+        return AllLookup(fill_token=token, names=list(ordered), values=ordered)
 
     async def _remove_corrupt(self, keys: list[str]) -> None:
         if keys:

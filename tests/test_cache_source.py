@@ -489,3 +489,37 @@ async def test_epoch_is_one_number_per_prefix(
     await cache.invalidate_for_policy("webui")
     assert int(text(await valkey.get(keys.epoch))) == int(first) + 1
     assert await valkey.ttl(keys.epoch) == -1  # never expires
+
+
+async def test_lookup_all_needs_the_catalogue_and_reads_every_name(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, valkey_url: str
+) -> None:
+    user = uuid.uuid4()
+    empty = await cache.lookup_all(user)
+    assert empty.names is None and empty.values == {} and empty.fill_token == ""
+    values = [merged(user, "d", name, n=name) for name in ("webui", "a:b")]
+    assert await cache.set_many(user, values, fill_token="", catalogue=["webui", "a:b", "theme"])
+    assert await smembers(valkey, keys.catalogue) == {"webui", "a%3Ab", "theme"}
+    assert 590 <= await valkey.ttl(keys.catalogue) <= 600
+    async with monitor(valkey_url, valkey) as sent:
+        found = await cache.lookup_all(user)
+    assert sent.names == ["EVALSHA_RO"]
+    assert found.names == ["a:b", "theme", "webui"]
+    assert found.values == {"webui": values[0], "a:b": values[1], "theme": None}
+    assert found.missing == ["theme"]
+    # Another user sees the catalogue and only misses.
+    other = await cache.lookup_all(uuid.uuid4())
+    assert other.missing == ["a:b", "theme", "webui"]
+
+
+async def test_policy_invalidation_drops_the_catalogue(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    user = uuid.uuid4()
+    assert await cache.set_many(user, [merged(user, "d", "webui")], catalogue=["webui", "theme"])
+    assert await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["theme"]) == 0
+    assert await valkey.exists([keys.catalogue]) == 1  # a fragment change keeps it
+    assert await cache.invalidate_for_policy("theme") == 0
+    assert await valkey.exists([keys.catalogue]) == 0
+    assert (await cache.lookup_all(user)).names is None
+    assert await cache.get_merged_config(user, "webui") is not None
