@@ -73,19 +73,23 @@ _EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
 class PendingInvalidations:
     """Invalidations that failed after their commit, waiting to be replayed.
 
-    Bounded: past ``max_targets`` the queue collapses into "drop every entry", which
-    covers anything it held.
+    An entry leaves the queue only once a replay that carried it has succeeded, so a
+    reader never sees an empty queue while a replay is still in flight. Bounded: past
+    ``max_targets`` the queue collapses into "drop every entry", which covers anything
+    it held.
     """
 
     def __init__(self, max_targets: int = DEFAULT_MAX_PENDING) -> None:
         self.max_targets = max_targets
         self.targets: list[InvalidationTarget] = []
         self.drop_catalogue = False
+        self._version = 0  # bumped on every change: a replay clears only what it sent
 
     def __bool__(self) -> bool:
         return bool(self.targets) or self.drop_catalogue
 
     def add(self, targets: Sequence[InvalidationTarget], drop_catalogue: bool) -> None:
+        self._version += 1
         self.targets = merge_targets([*self.targets, *targets])
         self.drop_catalogue = self.drop_catalogue or drop_catalogue
         if len(self.targets) > self.max_targets:
@@ -96,10 +100,14 @@ class PendingInvalidations:
             self.targets = [_EVERYTHING]
             self.drop_catalogue = True
 
-    def take(self) -> tuple[list[InvalidationTarget], bool]:
-        taken = (self.targets, self.drop_catalogue)
-        self.targets, self.drop_catalogue = [], False
-        return taken
+    def snapshot(self) -> tuple[list[InvalidationTarget], bool, int]:
+        return list(self.targets), self.drop_catalogue, self._version
+
+    def replayed(self, version: int) -> None:
+        """A replay of the snapshot taken at ``version`` succeeded."""
+        if version == self._version:
+            self.targets, self.drop_catalogue = [], False
+            self._version += 1
 
     def covers(self, value: AppConfigData) -> bool:
         return any(covers(target, value) for target in self.targets)
@@ -159,8 +167,8 @@ class GuardedCache:
         async with self._replay_lock:
             if not self.pending:
                 return True
-            targets, drop_catalogue = self.pending.take()
-            dropped = await self.invalidate(targets, drop_catalogue=drop_catalogue)
+            targets, drop_catalogue, _ = self.pending.snapshot()
+            dropped = await self.invalidate([])
             if dropped is not None:
                 log.warning(
                     "replayed missed invalidations (%s): %d entries dropped",
@@ -176,15 +184,13 @@ class GuardedCache:
         (then the slices wait in ``pending``). Pending ones ride along."""
         if self.source is None:
             return None
-        if self.pending:
-            queued, queued_catalogue = self.pending.take()
-            targets = [*queued, *targets]
-            drop_catalogue = drop_catalogue or queued_catalogue
-        merged = merge_targets(targets)
+        queued, queued_catalogue, version = self.pending.snapshot()
+        merged = merge_targets([*queued, *targets])
+        drop_catalogue = drop_catalogue or queued_catalogue
         if not merged and not drop_catalogue:
             return 0
         try:
-            return await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
+            dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
         except CACHE_ERRORS as error:
             log.error(
                 "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
@@ -193,3 +199,6 @@ class GuardedCache:
             )
             self.pending.add(merged, drop_catalogue)
             return None
+        if queued or queued_catalogue:
+            self.pending.replayed(version)
+        return dropped

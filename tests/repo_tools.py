@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from glide import GlideClient
 from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from atomic_cache import AppConfigFragmentCacheSource, AppConfigPolicyRepository, ScopeType
+from atomic_cache import (
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    AppConfigPolicyRepository,
+    ScopeType,
+    ScriptRegistry,
+    create_valkey_client,
+)
 from atomic_cache.db import domains, users
+from atomic_cache.embedded import EmbeddedValkey
 
 ALL_SCOPES = [ScopeType.PUBLIC, ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS, ScopeType.USER]
 
@@ -73,3 +83,36 @@ def count_sql(engine: AsyncEngine) -> Iterator[StatementCounter]:
         yield counter
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@dataclass
+class Rig:
+    server: EmbeddedValkey
+    client: GlideClient
+    cache: AppConfigFragmentCacheSource
+    repo: AppConfigFragmentRepository
+    world: World
+    engine: AsyncEngine
+
+
+async def open_rig(engine: AsyncEngine, server: EmbeddedValkey) -> Rig:
+    client = await create_valkey_client(server.url, request_timeout_ms=300, connect_timeout_ms=300)
+    registry = ScriptRegistry()
+    await registry.load(client)
+    cache = AppConfigFragmentCacheSource(client, registry)
+    world = await make_world(engine, cache)
+    return Rig(
+        server, client, cache, AppConfigFragmentRepository(engine, cache=cache), world, engine
+    )
+
+
+async def until_cached(rig: Rig, user: object, name: str) -> None:
+    """Read until a read is served by Valkey (the client reconnects on its own schedule)."""
+    for _ in range(100):
+        await rig.repo.app_config(user, name)  # type: ignore[arg-type]
+        with count_sql(rig.engine) as sql:
+            await rig.repo.app_config(user, name)  # type: ignore[arg-type]
+        if len(sql) == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("Valkey never served the entry again")

@@ -53,11 +53,6 @@ def test_inputs_are_not_modified(base: dict[str, Any], override: dict[str, Any])
     assert (base, override) == before
 
 
-@given(objects, objects, objects)
-def test_merge_is_associative(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> None:
-    assert deep_merge(deep_merge(a, b), c) == deep_merge(a, deep_merge(b, c))
-
-
 @given(objects)
 def test_identity_and_idempotence(a: dict[str, Any]) -> None:
     assert deep_merge({}, a) == a

@@ -3,46 +3,18 @@ commit, and after Valkey is back no read is stale."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
-from glide import GlideClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import (
-    AppConfigFragmentCacheSource,
-    AppConfigFragmentRepository,
     MyFragmentInput,
-    ScriptRegistry,
-    create_valkey_client,
 )
 from atomic_cache.embedded import EmbeddedValkey
 
-from .repo_tools import World, count_sql, make_world
-
-
-@dataclass
-class Rig:
-    server: EmbeddedValkey
-    client: GlideClient
-    cache: AppConfigFragmentCacheSource
-    repo: AppConfigFragmentRepository
-    world: World
-    engine: AsyncEngine
-
-
-async def open_rig(engine: AsyncEngine, server: EmbeddedValkey) -> Rig:
-    client = await create_valkey_client(server.url, request_timeout_ms=300, connect_timeout_ms=300)
-    registry = ScriptRegistry()
-    await registry.load(client)
-    cache = AppConfigFragmentCacheSource(client, registry)
-    world = await make_world(engine, cache)
-    return Rig(
-        server, client, cache, AppConfigFragmentRepository(engine, cache=cache), world, engine
-    )
+from .repo_tools import Rig, open_rig, until_cached
 
 
 @pytest.fixture(params=[False, True], ids=["no-persistence", "aof"])
@@ -51,18 +23,6 @@ async def rig(request: pytest.FixtureRequest, clean_db: AsyncEngine) -> AsyncIte
         made = await open_rig(clean_db, server)
         yield made
         await made.client.close()
-
-
-async def until_cached(rig: Rig, user: object, name: str) -> None:
-    """Read until a read is served by Valkey (the client reconnects on its own schedule)."""
-    for _ in range(100):
-        await rig.repo.app_config(user, name)  # type: ignore[arg-type]
-        with count_sql(rig.engine) as sql:
-            await rig.repo.app_config(user, name)  # type: ignore[arg-type]
-        if len(sql) == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("Valkey never served the entry again")
 
 
 async def test_valkey_killed_then_restarted(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:

@@ -78,3 +78,41 @@ async def monitor(url: str, client: GlideClient) -> AsyncIterator[CommandLog]:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+async def raw_command(port: int, *args: str) -> bytes:
+    """One command on a fresh plain connection; the first reply line (enough for checks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_resp(*args))
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def busy_script(port: int) -> AsyncIterator[None]:
+    """Keep the server inside an endless read-only script until the block ends, then
+    SCRIPT KILL it: other clients get BUSY meanwhile."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_resp("EVAL", "while true do end", "0"))
+    await writer.drain()
+    try:
+        await asyncio.sleep(0.2)  # past busy-reply-threshold
+        yield
+    finally:
+        for _ in range(50):
+            if (await raw_command(port, "SCRIPT", "KILL")).startswith(b"+OK"):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(reader.readline(), 10)  # the killed script's error reply
+        writer.close()

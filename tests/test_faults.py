@@ -1,0 +1,240 @@
+"""Fault injection on a real valkey-server: every request is answered (from PostgreSQL
+when it must), no write is lost, and once Valkey recovers no read is stale."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atomic_cache import AppConfigFragmentRepository, MyFragmentInput, create_valkey_client
+from atomic_cache.embedded import EmbeddedValkey
+
+from .repo_tools import Rig, count_sql, open_rig, until_cached
+from .valkey_tools import busy_script, raw_command, text
+
+
+@pytest.fixture
+async def rig(clean_db: AsyncEngine) -> AsyncIterator[Rig]:
+    with EmbeddedValkey(extra_args=["--busy-reply-threshold", "50"]) as server:
+        made = await open_rig(clean_db, server)
+        yield made
+        await made.client.close()
+
+
+async def write_version(rig: Rig, user: uuid.UUID, name: str, v: int) -> None:
+    result = await rig.repo.bulk_update_my(
+        user, [MyFragmentInput(name=name, extra_config={"v": v})]
+    )
+    assert result.failures == [] and len(result.successes) == 1
+
+
+async def config_of(rig: Rig, user: uuid.UUID, name: str) -> object:
+    return (await rig.repo.app_config(user, name)).config
+
+
+async def seed(rig: Rig) -> tuple[uuid.UUID, uuid.UUID]:
+    a1, a2 = rig.world.domains["alpha"]
+    for user in (a1, a2):
+        await rig.repo.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 0})])
+        await until_cached(rig, user, "webui")
+    return a1, a2
+
+
+async def test_busy_server(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    a1, a2 = await seed(rig)
+    with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+        async with busy_script(rig.server.port):
+            assert await config_of(rig, a1, "webui") == {"v": 0}
+            await write_version(rig, a1, "webui", 1)
+            assert await config_of(rig, a1, "webui") == {"v": 1}
+    assert "BUSY" in caplog.text
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+    await until_cached(rig, a1, "webui")
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+    assert await config_of(rig, a2, "webui") == {"v": 0}
+
+
+async def test_full_server_with_noeviction(rig: Rig) -> None:
+    a1, a2 = await seed(rig)
+    admin = rig.client
+    memory = text(await admin.custom_command(["INFO", "memory"])).splitlines()
+    used = int(next(line.split(":")[1] for line in memory if line.startswith("used_memory:")))
+    await admin.custom_command(["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+    await admin.custom_command(["CONFIG", "SET", "maxmemory", str(used)])
+    try:
+        # Reads still hit (get.lua is no-writes); a write's invalidation still runs
+        # (invalidate.lua is allow-oom); refills fail with OOM and fall through.
+        with count_sql(rig.engine) as sql:
+            assert await config_of(rig, a2, "webui") == {"v": 0}
+        assert len(sql) == 0
+        await write_version(rig, a1, "webui", 1)
+        assert not rig.repo._cache.pending
+        for _ in range(3):
+            assert await config_of(rig, a1, "webui") == {"v": 1}
+        miss = await rig.cache.lookup(a1, "webui")
+        assert miss.value is None  # the fill was refused for memory
+    finally:
+        await admin.custom_command(["CONFIG", "SET", "maxmemory", "0"])
+    await until_cached(rig, a1, "webui")
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+
+
+async def test_script_flush_under_traffic(rig: Rig) -> None:
+    a1, _ = await seed(rig)
+    floor = 0
+    stale = 0
+    done = asyncio.Event()
+
+    async def flusher() -> None:
+        while not done.is_set():
+            await raw_command(rig.server.port, "SCRIPT", "FLUSH")
+            await asyncio.sleep(0.005)
+
+    async def reader() -> None:
+        nonlocal stale
+        while not done.is_set():
+            expected = floor
+            got = await config_of(rig, a1, "webui")
+            assert isinstance(got, dict)
+            stale += got["v"] < expected
+
+    async def writer() -> None:
+        nonlocal floor
+        for v in range(1, 20):
+            await write_version(rig, a1, "webui", v)
+            floor = v
+        done.set()
+
+    await asyncio.gather(flusher(), writer(), *(reader() for _ in range(5)))
+    assert stale == 0
+    assert rig.cache._registry.reloads > 0
+    await until_cached(rig, a1, "webui")
+    assert await config_of(rig, a1, "webui") == {"v": 19}
+
+
+async def test_client_kill(rig: Rig) -> None:
+    a1, _ = await seed(rig)
+    await raw_command(rig.server.port, "CLIENT", "KILL", "TYPE", "normal")
+    assert await config_of(rig, a1, "webui") == {"v": 0}
+    await raw_command(rig.server.port, "CLIENT", "KILL", "TYPE", "normal")
+    await write_version(rig, a1, "webui", 1)
+    await raw_command(rig.server.port, "CLIENT", "KILL", "TYPE", "normal")
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+    await until_cached(rig, a1, "webui")
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+
+
+async def wait_for_sync(port: int) -> None:
+    for _ in range(200):
+        info = await raw_info(port, "replication")
+        if "master_link_status:up" in info:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the replica never synced")
+
+
+async def raw_info(port: int, section: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"INFO {section}\r\n".encode())
+        header = await reader.readline()  # $<length>
+        body = await reader.readexactly(int(header[1:]) + 2)
+        return body.decode()
+    finally:
+        writer.close()
+
+
+async def test_replica_promoted(clean_db: AsyncEngine) -> None:
+    with (
+        EmbeddedValkey() as primary,
+        EmbeddedValkey(extra_args=["--replicaof", "127.0.0.1", "0"]) as replica,
+    ):
+        await raw_command(replica.port, "REPLICAOF", "127.0.0.1", str(primary.port))
+        await wait_for_sync(replica.port)
+        rig = await open_rig(clean_db, primary)
+        try:
+            a1, a2 = await seed(rig)
+            # Failover: the replica becomes primary, the old primary follows it. This
+            # process still talks to the old one, now a read-only replica.
+            await raw_command(replica.port, "REPLICAOF", "NO", "ONE")
+            await raw_command(primary.port, "REPLICAOF", "127.0.0.1", str(replica.port))
+            await wait_for_sync(primary.port)
+            await write_version(rig, a1, "webui", 1)  # invalidation: READONLY, kept for replay
+            assert rig.repo._cache.pending
+            for _ in range(3):
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+                assert await config_of(rig, a2, "webui") == {"v": 0}
+
+            # Traffic moves to the new primary: its script cache is empty (scripts do not
+            # replicate) and it still holds a1's old entry; the registry reloads and the
+            # pending invalidation is replayed before any read is trusted.
+            moved = await create_valkey_client(replica.url, request_timeout_ms=300)
+            rig.cache._client = moved
+            try:
+                for _ in range(3):
+                    assert await config_of(rig, a1, "webui") == {"v": 1}
+                assert not rig.repo._cache.pending
+                await until_cached(rig, a1, "webui")
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+                assert await config_of(rig, a2, "webui") == {"v": 0}
+            finally:
+                await moved.close()
+        finally:
+            await rig.client.close()
+
+
+async def test_random_kill_and_pause_under_load(clean_db: AsyncEngine) -> None:
+    """Readers and a writer run while the server is killed, paused and restarted."""
+    with EmbeddedValkey(persistence=True) as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            a1, _ = await seed(rig)
+            floor = 0
+            stale = 0
+            done = asyncio.Event()
+            rng = random.Random(7)
+
+            async def chaos() -> None:
+                while not done.is_set():
+                    action = rng.choice(["kill", "pause", "none"])
+                    if action == "kill":
+                        server.kill()
+                        await asyncio.sleep(0.2)
+                        server.start()
+                    elif action == "pause":
+                        server.pause()
+                        await asyncio.sleep(0.4)
+                        server.resume()
+                    await asyncio.sleep(0.1)
+
+            async def reader() -> None:
+                nonlocal stale
+                while not done.is_set():
+                    expected = floor
+                    got = await config_of(rig, a1, "webui")
+                    assert isinstance(got, dict)
+                    stale += got["v"] < expected
+                    await asyncio.sleep(0.005)
+
+            async def writer() -> None:
+                nonlocal floor
+                for v in range(1, 25):
+                    await write_version(rig, a1, "webui", v)
+                    floor = v
+                    await asyncio.sleep(0.08)
+                done.set()
+
+            await asyncio.gather(chaos(), writer(), *(reader() for _ in range(4)))
+            assert stale == 0
+            await until_cached(rig, a1, "webui")
+            assert await config_of(rig, a1, "webui") == {"v": 24}
+            fresh = AppConfigFragmentRepository(clean_db, cache=rig.cache)
+            assert (await fresh.app_config(a1, "webui")).config == {"v": 24}
+        finally:
+            await rig.client.close()
