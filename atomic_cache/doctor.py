@@ -1,0 +1,365 @@
+"""``atomic-cache doctor``: is this Valkey (or Redis) server fit to hold the cache?
+
+The checks are pure functions of the server's replies (:class:`ServerFacts`), so they are
+unit-tested on canned replies; :func:`gather_facts` is the thin part that asks a live
+server, read-only (INFO, CONFIG GET, COMMAND LIST, SCRIPT EXISTS).
+
+Statuses: ``OK``; ``WARN`` when the cache works but an invariant can be lost in some
+event (eviction, crash, failover) or a fact could not be read; ``FAIL`` when the cache
+cannot work on this server (too old, a required command missing).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from glide import GlideError, RequestError
+
+from .scripts import ScriptRegistry, ValkeyClient
+
+# Every command the scripts and the cache source send, directly or from inside a script.
+REQUIRED_COMMANDS: tuple[str, ...] = (
+    "EVALSHA",
+    "EVALSHA_RO",
+    "SCRIPT",
+    "UNLINK",
+    "SINTER",
+    "SADD",
+    "SREM",
+    "EXPIRE",
+    "TTL",
+    "SET",
+    "GET",
+    "INCR",
+    "SMEMBERS",
+    "TIME",
+)
+# EVALSHA_RO and `#!lua flags=...` arrived in Redis 7.0; every Valkey has them.
+MIN_REDIS_VERSION = (7, 0)
+CONFIG_PARAMETERS: tuple[str, ...] = ("maxmemory-policy", "save", "appendonly", "appendfsync")
+
+
+class Status(enum.StrEnum):
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What the checks look at: the server's replies, decoded.
+
+    ``info``: the fields of ``INFO`` (default sections), see :func:`parse_info`.
+    ``config``: ``CONFIG GET`` answers by parameter; a parameter the server would not
+    disclose (CONFIG disabled or renamed, as on some managed services) is absent.
+    ``commands``: lower-case names of the commands the server knows, None if unknown.
+    ``scripts_loaded``: SCRIPT EXISTS of each packaged script, None if unknown.
+    """
+
+    info: Mapping[str, str]
+    config: Mapping[str, str] = field(default_factory=dict)
+    commands: frozenset[str] | None = None
+    scripts_loaded: Mapping[str, bool] | None = None
+
+
+def parse_info(text: str | bytes) -> dict[str, str]:
+    """``INFO`` text (``field:value`` lines, ``# Section`` headers) as a dict."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        fields[key] = value
+    return fields
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> ``(7, 0, 15)``; anything unparsable -> ``()``."""
+    parts: list[int] = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def server_identity(info: Mapping[str, str]) -> tuple[str, str]:
+    """(server name, version) as the server reports itself: Valkey sends ``server_name``
+    and ``valkey_version``; Redis only ``redis_version``."""
+    name = info.get("server_name", "redis")
+    version = info.get(f"{name}_version") or info.get("redis_version", "unknown")
+    return name, version
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+
+def check_server(info: Mapping[str, str]) -> Check:
+    name, version = server_identity(info)
+    # Valkey reports the Redis version it is compatible with (7.2.4) as redis_version.
+    compatible = parse_version(info.get("redis_version", ""))
+    label = f"{name} {version}"
+    if not compatible:
+        return Check("server", Status.WARN, f"{label}: could not read redis_version from INFO")
+    if compatible < MIN_REDIS_VERSION:
+        return Check(
+            "server",
+            Status.FAIL,
+            f"{label}: Redis >= 7.0 (or any Valkey) is required for EVALSHA_RO and"
+            " `#!lua flags=` script flags",
+        )
+    mode = info.get("server_mode") or info.get("redis_mode") or "standalone"
+    return Check("server", Status.OK, f"{label} ({mode})")
+
+
+def check_commands(commands: frozenset[str] | None) -> Check:
+    if commands is None:
+        return Check(
+            "commands",
+            Status.WARN,
+            "could not list the server's commands (COMMAND LIST needs Redis 7.0+ and the"
+            " permission to run it)",
+        )
+    missing = [command for command in REQUIRED_COMMANDS if command.lower() not in commands]
+    if missing:
+        return Check(
+            "commands",
+            Status.FAIL,
+            f"missing: {', '.join(missing)} (renamed or disabled, or the server is too old)",
+        )
+    return Check("commands", Status.OK, f"all {len(REQUIRED_COMMANDS)} required commands present")
+
+
+def check_scripts(loaded: Mapping[str, bool] | None) -> Check:
+    if loaded is None:
+        return Check("scripts", Status.WARN, "could not ask SCRIPT EXISTS")
+    absent = sorted(name for name, present in loaded.items() if not present)
+    if not absent:
+        return Check("scripts", Status.OK, f"all {len(loaded)} scripts loaded")
+    return Check(
+        "scripts",
+        Status.WARN,
+        f"{len(loaded) - len(absent)}/{len(loaded)} loaded; not loaded: {', '.join(absent)}."
+        " The registry loads them at start-up and again on the first NOSCRIPT;"
+        " `atomic-cache scripts load` preloads them",
+    )
+
+
+def check_eviction(info: Mapping[str, str], config: Mapping[str, str]) -> Check:
+    policy = config.get("maxmemory-policy") or info.get("maxmemory_policy")
+    if not policy:
+        return Check("maxmemory-policy", Status.WARN, "could not read the eviction policy")
+    limit = info.get("maxmemory", "")
+    unlimited = limit == "0"
+    limit_note = (
+        " (maxmemory is 0, so nothing is evicted until a limit is set)" if unlimited else ""
+    )
+    if policy == "noeviction":
+        return Check(
+            "maxmemory-policy",
+            Status.OK,
+            "noeviction: a full server refuses cache writes (the repository then serves from"
+            " SQL) while invalidate.lua (allow-oom) still runs",
+        )
+    if policy.startswith("allkeys-"):
+        return Check(
+            "maxmemory-policy",
+            Status.WARN,
+            f"{policy}: a membership set can be evicted before the entries it indexes, and an"
+            " invalidation then misses them (stale reads until their TTL). Use noeviction,"
+            f" or a volatile-* policy on a server shared with TTL-less data{limit_note}",
+        )
+    if policy.startswith("volatile-"):
+        return Check(
+            "maxmemory-policy",
+            Status.WARN,
+            f"{policy}: spares keys without a TTL, but every cache key (entries and membership"
+            " sets) carries one, so a set can still be evicted before its entries and an"
+            f" invalidation then misses them. noeviction keeps every invariant{limit_note}",
+        )
+    return Check("maxmemory-policy", Status.WARN, f"unknown policy {policy!r}{limit_note}")
+
+
+def check_persistence(info: Mapping[str, str], config: Mapping[str, str]) -> Check:
+    aof = info.get("aof_enabled") == "1" or config.get("appendonly") == "yes"
+    save = config.get("save")
+    fsync = config.get("appendfsync")
+    scripts_note = (
+        "the script cache is never persisted: after a restart the registry reloads the"
+        " scripts on the first call (NOSCRIPT)"
+    )
+    if aof:
+        if fsync == "always":
+            return Check(
+                "persistence",
+                Status.OK,
+                f"AOF, appendfsync always: entries and the epoch survive a restart; {scripts_note}",
+            )
+        return Check(
+            "persistence",
+            Status.WARN,
+            f"AOF with appendfsync {fsync or 'unknown'}: a crash can lose the last second of"
+            " writes, invalidations included, so entries they deleted can come back (until"
+            f" their TTL); use appendfsync always or no persistence for the cache; {scripts_note}",
+        )
+    if save is None:
+        return Check(
+            "persistence",
+            Status.WARN,
+            f"AOF off; could not read the RDB `save` setting (CONFIG GET refused); {scripts_note}",
+        )
+    if save.strip():
+        return Check(
+            "persistence",
+            Status.WARN,
+            f"RDB snapshots (save {save!r}) without AOF: after a crash the server loads the"
+            " last snapshot, bringing back entries invalidated since then (until their TTL)"
+            " and an older epoch; prefer no persistence for a cache (an empty cache and a lost"
+            f" epoch are safe: the epoch restarts from the server clock); {scripts_note}",
+        )
+    return Check(
+        "persistence",
+        Status.OK,
+        "none: a restart empties the cache and the epoch restarts from the server clock, so"
+        f" no old fill token can match; {scripts_note}",
+    )
+
+
+def check_replication(info: Mapping[str, str]) -> Check:
+    role = info.get("role", "")
+    if role in ("slave", "replica"):
+        primary = f"{info.get('master_host', '?')}:{info.get('master_port', '?')}"
+        return Check(
+            "replication",
+            Status.WARN,
+            f"this server is a replica of {primary}: writes and invalidations fail here"
+            " (READONLY); point the cache at the primary (reads by EVALSHA_RO may use replicas)",
+        )
+    if role != "master":
+        return Check("replication", Status.WARN, f"could not read the replication role ({role!r})")
+    replicas = int(info.get("connected_slaves", "0") or 0)
+    if replicas == 0:
+        return Check("replication", Status.OK, "primary without replicas")
+    return Check(
+        "replication",
+        Status.OK,
+        f"primary with {replicas} replica(s): replication is asynchronous, so an invalidation"
+        " acknowledged just before a failover can be lost; the promoted replica has no"
+        " script cache of its own and the registry reloads the scripts on the first call",
+    )
+
+
+def check_cluster(info: Mapping[str, str]) -> Check | None:
+    if info.get("cluster_enabled") != "1":
+        return None
+    return Check(
+        "cluster",
+        Status.WARN,
+        "cluster mode: give the key prefix a hash tag ({app_config}) so every key a script"
+        " touches is in one slot, and use GlideClusterClient; this command looked at one node",
+    )
+
+
+def run_checks(facts: ServerFacts) -> list[Check]:
+    """Every check, in display order."""
+    checks = [
+        check_server(facts.info),
+        check_commands(facts.commands),
+        check_scripts(facts.scripts_loaded),
+        check_eviction(facts.info, facts.config),
+        check_persistence(facts.info, facts.config),
+        check_replication(facts.info),
+    ]
+    cluster = check_cluster(facts.info)
+    if cluster is not None:
+        checks.append(cluster)
+    return checks
+
+
+def exit_code(checks: Iterable[Check], *, strict: bool = False) -> int:
+    """1 when any check failed (or, with ``strict``, warned); else 0."""
+    statuses = {check.status for check in checks}
+    if Status.FAIL in statuses or (strict and Status.WARN in statuses):
+        return 1
+    return 0
+
+
+# -- asking a live server -----------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+async def _known_commands(client: ValkeyClient) -> frozenset[str] | None:
+    # COMMAND INFO would tell the same per command, but glide 2.6 cannot decode its reply
+    # on Redis 7+ / Valkey (key specs: SystemError in parse_response); COMMAND LIST (7.0+)
+    # is a plain array of names.
+    try:
+        reply = await client.custom_command(["COMMAND", "LIST"])
+    except RequestError:
+        reply = None
+    if isinstance(reply, list):
+        return frozenset(_text(name).lower() for name in reply)
+    # Servers before 7.0 have no COMMAND LIST; their COMMAND INFO replies carry no key
+    # specs and decode fine.
+    found: set[str] = set()
+    for command in REQUIRED_COMMANDS:
+        try:
+            info = await client.custom_command(["COMMAND", "INFO", command])
+        except (GlideError, SystemError):
+            return None
+        if isinstance(info, list) and info and info[0] is not None:
+            found.add(command.lower())
+    return frozenset(found)
+
+
+async def _config(client: ValkeyClient) -> dict[str, str]:
+    # One parameter per call: CONFIG GET of several needs Redis 7.0, and a managed service
+    # may refuse some (or all) of them.
+    answers: dict[str, str] = {}
+    for parameter in CONFIG_PARAMETERS:
+        try:
+            reply = await client.custom_command(["CONFIG", "GET", parameter])
+        except RequestError:
+            continue
+        if isinstance(reply, dict):
+            pairs = [(_text(key), _text(value)) for key, value in reply.items()]
+        elif isinstance(reply, list):  # RESP2 shape: [name, value, ...]
+            pairs = [(_text(reply[i]), _text(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
+        else:
+            pairs = []
+        answers.update(pairs)
+    return answers
+
+
+async def gather_facts(client: ValkeyClient, registry: ScriptRegistry) -> ServerFacts:
+    """Ask the server what the checks need; read-only. Connection errors propagate."""
+    info = parse_info(_text(await client.custom_command(["INFO"])))
+    try:
+        loaded: dict[str, bool] | None = await registry.loaded(client)
+    except RequestError:
+        loaded = None
+    return ServerFacts(
+        info=info,
+        config=await _config(client),
+        commands=await _known_commands(client),
+        scripts_loaded=loaded,
+    )
+
+
+async def diagnose(client: ValkeyClient, registry: ScriptRegistry | None = None) -> list[Check]:
+    """Gather the facts from a live server and run every check."""
+    return run_checks(await gather_facts(client, registry or ScriptRegistry()))

@@ -1,0 +1,285 @@
+"""The atomic-cache command on real servers: scripts, doctor, bench, and clean exits.
+
+Each command runs its own event loop (asyncio.run), so CliRunner runs in a worker thread
+while the test awaits it on the session loop. That is not a detail: glide 2.6 delivers
+every client's replies through one process-wide pipe read by the first event loop that
+created a client, until that loop is closed; a command run on the main thread while the
+session loop (which owns the reader) is idle would wait forever, past its own timeouts.
+With the session loop running, glide hands replies over to the command's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from glide import GlideClient
+
+from atomic_cache import ScriptRegistry
+from atomic_cache.bench import SCENARIOS
+from atomic_cache.cli import main
+from atomic_cache.embedded import EmbeddedValkey, free_port
+
+from .valkey_tools import keys_under
+
+# Wide enough that no table row wraps: assertions can read one row per line.
+WIDE = {"COLUMNS": "250"}
+
+
+def _invoke(args: list[str], env: dict[str, str | None]) -> Result:
+    return CliRunner().invoke(main, args, env={**WIDE, **env})
+
+
+async def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    return await asyncio.to_thread(_invoke, list(args), env or {})
+
+
+def status_of(output: str, check: str) -> str:
+    match = re.search(rf"│ {re.escape(check)}\s+│ (OK|WARN|FAIL)\s+│", output)
+    assert match, f"no {check} row in:\n{output}"
+    return match.group(1)
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Temp dirs of embedded servers started in this test land here, to be checked."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def assert_no_embedded_leftovers(directory: Path) -> None:
+    assert not list(directory.glob("atomic-cache-valkey-*")), "temp dir left behind"
+    assert processes_mentioning(str(directory)) == [], "valkey-server left running"
+
+
+# -- scripts ------------------------------------------------------------------------------
+
+
+async def test_scripts_load_then_list_shows_every_script_loaded(valkey_url: str) -> None:
+    registry = ScriptRegistry()
+    loaded = await invoke("scripts", "load", "--valkey-url", valkey_url)
+    assert loaded.exit_code == 0, loaded.output
+    for name, script in registry.scripts.items():
+        assert re.search(rf"^loaded {name}\s+{script.sha1}$", loaded.output, re.MULTILINE)
+
+    listed = await invoke(
+        "--valkey-url", valkey_url, "scripts", "list"
+    )  # the group option works too
+    assert listed.exit_code == 0, listed.output
+    for name, script in registry.scripts.items():
+        read_only = r"yes \(EVALSHA_RO\)" if script.read_only else "no"
+        row = rf"│ {name}\s+│ {script.sha1}\s+│ {read_only}\s+│ yes\s+│"
+        assert re.search(row, listed.output), listed.output
+    assert registry["get"].read_only and not registry["set"].read_only
+
+
+async def test_scripts_list_on_the_embedded_server_shows_none_loaded_and_cleans_up(
+    private_tmp: Path,
+) -> None:
+    listed = await invoke("scripts", "list", env={"VALKEY_URL": None})
+    assert listed.exit_code == 0, listed.output
+    for name in ScriptRegistry().scripts:
+        assert re.search(rf"│ {name}\s+│ [0-9a-f]{{40}}\s+│ .+│ no\s+│", listed.output)
+    assert_no_embedded_leftovers(private_tmp)
+
+
+async def test_scripts_load_fails_naming_the_rejected_script() -> None:
+    with EmbeddedValkey(extra_args=["--rename-command", "SCRIPT", ""]) as server:
+        result = await invoke("scripts", "load", "--valkey-url", server.url)
+    assert result.exit_code == 1
+    assert "Error: get.lua was rejected by the server" in result.output
+    assert "unknown command 'SCRIPT'" in result.output
+
+
+async def test_the_command_url_wins_over_the_group_and_environment(valkey_url: str) -> None:
+    dead = f"valkey://127.0.0.1:{free_port()}/0"
+    result = await invoke(
+        "--valkey-url", dead, "scripts", "list", "--valkey-url", valkey_url,
+        env={"VALKEY_URL": dead},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+# -- doctor -------------------------------------------------------------------------------
+
+
+async def test_doctor_exits_0_on_a_healthy_server(valkey_url: str) -> None:
+    assert (await invoke("scripts", "load", "--valkey-url", valkey_url)).exit_code == 0
+    result = await invoke("doctor", "--valkey-url", valkey_url)
+    assert result.exit_code == 0, result.output
+    for check in ("server", "commands", "scripts", "maxmemory-policy"):
+        assert status_of(result.output, check) == "OK"
+    assert status_of(result.output, "replication") in ("OK", "WARN")
+    assert re.search(r"(valkey|redis) \d+\.\d+", result.output)
+
+
+async def test_doctor_warns_on_allkeys_lru_and_fails_only_with_strict(private_tmp: Path) -> None:
+    with EmbeddedValkey(extra_args=["--maxmemory-policy", "allkeys-lru"]) as server:
+        result = await invoke("doctor", "--valkey-url", server.url)
+        strict = await invoke("doctor", "--strict", "--valkey-url", server.url)
+    assert result.exit_code == 0, result.output
+    assert status_of(result.output, "maxmemory-policy") == "WARN"
+    assert "allkeys-lru" in result.output
+    assert status_of(result.output, "server") == "OK"
+    assert strict.exit_code == 1
+    assert_no_embedded_leftovers(private_tmp)
+
+
+async def test_doctor_fails_on_a_missing_command() -> None:
+    with EmbeddedValkey(extra_args=["--rename-command", "UNLINK", ""]) as server:
+        result = await invoke("doctor", "--valkey-url", server.url)
+    assert result.exit_code == 1
+    assert status_of(result.output, "commands") == "FAIL"
+    assert "missing: UNLINK" in result.output
+
+
+async def test_doctor_fails_when_nothing_answers() -> None:
+    result = await invoke(
+        "doctor", "--valkey-url", f"valkey://user:s3cret@127.0.0.1:{free_port()}/0"
+    )
+    assert result.exit_code == 1
+    assert status_of(result.output, "connection") == "FAIL"
+    assert "s3cret" not in result.output
+
+
+async def test_doctor_on_the_embedded_server(private_tmp: Path) -> None:
+    result = await invoke("doctor", env={"VALKEY_URL": None})
+    assert result.exit_code == 0, result.output
+    assert status_of(result.output, "server") == "OK"
+    assert status_of(result.output, "scripts") == "WARN"  # a fresh server holds none
+    assert_no_embedded_leftovers(private_tmp)
+
+
+# -- bench --------------------------------------------------------------------------------
+
+
+async def test_bench_writes_markdown_json_and_png(
+    valkey_url: str, valkey: GlideClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    result = await invoke("bench", "--tiny", "--out", str(out), "--valkey-url", valkey_url)
+    assert result.exit_code == 0, result.output
+    assert {path.name for path in out.iterdir()} == {"bench.md", "bench.json", "bench.png"}
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    scenarios = {row["scenario"] for row in rows}
+    for key in ("a", "c", "d", "e", "f"):
+        assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
+    assert {"a. cached read, 1 task", "a. cached read, 50 tasks"} <= scenarios
+    assert report["skipped"] == []
+
+    # Every comparison has its baseline and every timed row its percentiles.
+    for scenario in scenarios:
+        timed = [row for row in rows if row["scenario"] == scenario and row["p99_us"]]
+        if scenario.startswith(("a.", "c. cache write")):
+            assert sum(row["baseline"] for row in timed) == 1
+            assert all(row["p50_us"] <= row["p99_us"] for row in timed)
+
+    # The fill token never lets a stale fill land; each race shape ran at both concurrencies.
+    races = [row for row in rows if row["scenario"] == "c. fill vs invalidation races"]
+    assert len(races) == 6
+    for row in races:
+        if "with fill token" in row["variant"]:
+            assert row["extra"]["stale_entries"] == 0
+        assert row["samples"] == 20
+
+    # Each domain invalidation dropped exactly its users' entries.
+    fanout = [row for row in rows if row["scenario"] == "d. domain invalidation"]
+    assert [row["extra"]["users"] for row in fanout] == [50, 50, 200, 200]
+    assert [row["extra"]["dropped"] for row in fanout] == [250, 50, 1000, 200]
+    assert all(row["extra"]["server_block_us"] > 0 for row in fanout)
+
+    memory = {row["variant"]: row["extra"] for row in rows if row["scenario"].startswith("e.")}
+    assert memory["entry key, MEMORY USAGE"]["bytes_per_entry"] > 0
+    assert memory["JSON payload alone"]["bytes_per_entry"] > 0
+
+    costs = {row["variant"]: row["extra"] for row in rows if row["scenario"].startswith("f.")}
+    assert costs["get.lua (get_merged_config)"]["commands_per_call"] == "GET x2"
+    assert all(extra["server_us_per_call"] > 0 for extra in costs.values())
+
+    markdown = (out / "bench.md").read_text()
+    assert "| scenario | variant | n | p50 µs | p99 µs | ops/s | p50 ratio | notes |" in markdown
+    assert markdown.count("\n| ") == len(rows) + 1
+
+    # The run left no keys and no changed settings behind.
+    assert await keys_under(valkey, report["meta"]["key_prefix"] + "*") == set()
+    threshold = await valkey.custom_command(["CONFIG", "GET", "slowlog-log-slower-than"])
+    assert threshold != {b"slowlog-log-slower-than": b"0"}
+
+
+async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Path) -> None:
+    result = await invoke(
+        "bench", "--tiny", "-s", "e", "--out", str(tmp_path), "--valkey-url", valkey_url
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
+    assert [scenario.key for scenario in SCENARIOS] == ["a", "c", "d", "e", "f"]
+
+
+# -- clean exits --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_bench_stops_the_embedded_server(tmp_path: Path, how: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "VALKEY_URL"}
+    env["TMPDIR"] = str(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "atomic_cache.cli", "bench", "--quick", "--out", str(tmp_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 30
+        seen = []
+        while time.monotonic() < deadline:  # wait until the bench is under way
+            line = process.stderr.readline()
+            seen.append(line)
+            if "scenario a" in line:
+                break
+        else:
+            pytest.fail("the bench never started:\n" + "".join(seen))
+        assert list(tmp_path.glob("atomic-cache-valkey-*")), "no embedded server started"
+        time.sleep(0.5)
+        if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    assert not (tmp_path / "bench.json").exists()
+    assert_no_embedded_leftovers(tmp_path)
