@@ -348,6 +348,33 @@ def _report_table(report: bench_module.BenchReport) -> Table:
 @main.command()
 @valkey_url_option
 @database_url_option
+@click.option("--users", default=5000, show_default=True, help="Users to seed.")
+@click.option("--domains", default=20, show_default=True, help="Domains to seed.")
+@click.option("--readers", default=50, show_default=True, help="Concurrent readers.")
+@click.pass_obj
+def demo(options: ServerOptions, users: int, domains: int, readers: int) -> None:
+    """Seed a realistic data set into PostgreSQL, read it through the cache, write at
+    every scope, and show what the cache did. Embedded servers unless URLs are given
+    (the demo resets the BEP-1052 tables of the database it is given)."""
+    from .demo import run_demo, summary
+    from .seed import SeedPlan
+
+    plan = SeedPlan(domains=domains, users=users)
+    with valkey_server(options.valkey_url) as url, database_server(options.database_url) as db:
+
+        async def body() -> list[Table]:
+            async with connected(url) as client:
+                return summary(await run_demo(client, db, console, plan, readers))
+
+        tables = run(body(), url=url)
+    out_console = console if console.is_terminal else Console(width=120)
+    for table in tables:
+        out_console.print(table)
+
+
+@main.command()
+@valkey_url_option
+@database_url_option
 @click.option("--quick", is_flag=True, help="A reduced run, well under a minute (CI).")
 @click.option("--tiny", is_flag=True, hidden=True, help="A few seconds: for the test suite.")
 @click.option(

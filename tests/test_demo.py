@@ -1,0 +1,34 @@
+"""The demo, on a small data set, against the real servers of the suite."""
+
+from __future__ import annotations
+
+import io
+
+from glide import GlideClient
+from rich.console import Console
+
+from atomic_cache.demo import run_demo, summary
+from atomic_cache.seed import SeedPlan
+
+
+async def test_demo_runs_and_reports_exact_invalidations(
+    valkey: GlideClient, database_url: str
+) -> None:
+    out = io.StringIO()
+    report = await run_demo(
+        valkey, database_url, Console(file=out, width=120), SeedPlan(domains=3, users=60), readers=5
+    )
+    assert report.reads == 120
+    assert report.hit_ratio == 0.5  # the cold pass fills, the warm pass only hits
+    assert report.commands_per_read == 1.5  # cold: read + fill; warm: read
+    dropped = {row.label.split(":")[0]: row.dropped for row in report.writes}
+    assert dropped["USER"] == 1
+    assert dropped["PUBLIC"] == 60 and dropped["policy update"] == 60
+    for row in report.writes:
+        assert row.refills == row.dropped == row.sql_statements
+    assert 0 < dropped["DOMAIN"] < 60
+    rendered = io.StringIO()
+    console = Console(file=rendered, width=160)
+    for table in summary(report):
+        console.print(table)
+    assert "hit ratio 50.0%" in rendered.getvalue()
