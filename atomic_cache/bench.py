@@ -20,6 +20,7 @@ commandstats`` and the slow log and briefly lowers ``slowlog-log-slower-than`` (
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import math
@@ -508,6 +509,71 @@ async def scenario_reads(ctx: BenchContext) -> list[BenchRow]:
     return rows
 
 
+# -- scenario b: the repository, cached vs the SQL merged view ----------------------------
+
+
+async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
+    """``app_config`` and ``my_app_configs`` served from Valkey vs computed by SQL, side by
+    side, on the seeded data set. Resets the BEP-1052 tables of the database it is given."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .db import create_schema
+    from .repository import AppConfigFragmentRepository
+    from .seed import SeedPlan, plan_rows, reset, write_rows
+
+    assert ctx.database_url is not None
+    engine = create_async_engine(ctx.database_url, pool_size=ctx.sizes.tasks, max_overflow=10)
+    try:
+        await create_schema(engine)
+        await reset(engine)
+        plan = SeedPlan(domains=20, users=max(200, ctx.sizes.memory_users // 10))
+        data = await write_rows(engine, plan_rows(plan))
+        users = list(data.users)
+        cached = AppConfigFragmentRepository(engine, cache=ctx.cache(ctx.keys("b")))
+        sql = AppConfigFragmentRepository(engine)
+        await gather_limited(
+            [functools.partial(cached.my_app_configs, u) for u in users],
+            ctx.sizes.fill_concurrency,
+        )
+
+        def user(i: int) -> uuid.UUID:
+            return users[i % len(users)]
+
+        groups: list[tuple[str, list[tuple[str, Op]]]] = [
+            (
+                "b. app_config",
+                [
+                    ("SQL merged view (no cache)", lambda i: sql.app_config(user(i), "webui")),
+                    ("cached app_config", lambda i: cached.app_config(user(i), "webui")),
+                ],
+            ),
+            (
+                "b. my_app_configs (5 names)",
+                [
+                    ("SQL merged view (no cache)", lambda i: sql.my_app_configs(user(i))),
+                    ("cached, warm", lambda i: cached.my_app_configs(user(i))),
+                ],
+            ),
+        ]
+        rounds = max(2, ctx.sizes.rounds // 4)
+        rows: list[BenchRow] = []
+        for title, variants in groups:
+            for tasks, ops in (
+                (1, max(20, ctx.sizes.ops_per_round // 5)),
+                (ctx.sizes.tasks, max(4, ctx.sizes.ops_per_task // 4)),
+            ):
+                scenario = f"{title}, {tasks} task{'s' if tasks > 1 else ''}"
+                ctx.log(f"{scenario}: {len(variants)} variants x {rounds} rounds")
+                results = await compare(variants, rounds=rounds, ops=ops, tasks=tasks)
+                for index, (name, _) in enumerate(variants):
+                    row = results[name].row(scenario, name, baseline=index == 0)
+                    row.extra["users"] = len(users)
+                    rows.append(row)
+        return rows
+    finally:
+        await engine.dispose()
+
+
 # -- scenario c: the Lua write vs client-side batches; fill races ---------------------------
 
 
@@ -926,6 +992,7 @@ async def scenario_server_cost(ctx: BenchContext) -> list[BenchRow]:
 
 SCENARIOS: list[Scenario] = [
     Scenario("a", "cached read vs raw GET, 1 and 50 tasks", scenario_reads),
+    Scenario("b", "repository: cached vs SQL merged view", scenario_sql, needs_database=True),
     Scenario("c", "Lua write vs client-side batches; fill vs invalidation races", scenario_writes),
     Scenario("d", "domain invalidation fan-out: wall time and server block", scenario_fanout),
     Scenario("e", "memory per cached entry, membership sets included", scenario_memory),

