@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -85,34 +85,52 @@ async def test_full_server_with_noeviction(rig: Rig) -> None:
     assert await config_of(rig, a1, "webui") == {"v": 1}
 
 
-async def test_script_flush_under_traffic(rig: Rig) -> None:
-    a1, _ = await seed(rig)
+async def versioned_load(
+    rig: Rig,
+    user: uuid.UUID,
+    disturb: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    versions: int,
+    readers: int,
+    write_gap_s: float = 0.0,
+    read_gap_s: float = 0.0,
+) -> int:
+    """A writer bumps the version while readers read and ``disturb`` runs until the
+    writer is done; returns the stale reads (older than a write that had returned)."""
     floor = 0
     stale = 0
     done = asyncio.Event()
-
-    async def flusher() -> None:
-        while not done.is_set():
-            await raw_command(rig.server.port, "SCRIPT", "FLUSH")
-            await asyncio.sleep(0.005)
 
     async def reader() -> None:
         nonlocal stale
         while not done.is_set():
             expected = floor
-            got = await config_of(rig, a1, "webui")
+            got = await config_of(rig, user, "webui")
             assert isinstance(got, dict)
             stale += got["v"] < expected
+            await asyncio.sleep(read_gap_s)
 
     async def writer() -> None:
         nonlocal floor
-        for v in range(1, 20):
-            await write_version(rig, a1, "webui", v)
+        for v in range(1, versions + 1):
+            await write_version(rig, user, "webui", v)
             floor = v
+            await asyncio.sleep(write_gap_s)
         done.set()
 
-    await asyncio.gather(flusher(), writer(), *(reader() for _ in range(5)))
-    assert stale == 0
+    await asyncio.gather(disturb(done), writer(), *(reader() for _ in range(readers)))
+    return stale
+
+
+async def test_script_flush_under_traffic(rig: Rig) -> None:
+    a1, _ = await seed(rig)
+
+    async def flusher(done: asyncio.Event) -> None:
+        while not done.is_set():
+            await raw_command(rig.server.port, "SCRIPT", "FLUSH")
+            await asyncio.sleep(0.005)
+
+    assert await versioned_load(rig, a1, flusher, versions=19, readers=5) == 0
     assert rig.cache._registry.reloads > 0
     await until_cached(rig, a1, "webui")
     assert await config_of(rig, a1, "webui") == {"v": 19}
@@ -195,12 +213,9 @@ async def test_random_kill_and_pause_under_load(clean_db: AsyncEngine) -> None:
         rig = await open_rig(clean_db, server)
         try:
             a1, _ = await seed(rig)
-            floor = 0
-            stale = 0
-            done = asyncio.Event()
             rng = random.Random(7)
 
-            async def chaos() -> None:
+            async def chaos(done: asyncio.Event) -> None:
                 while not done.is_set():
                     action = rng.choice(["kill", "pause", "none"])
                     if action == "kill":
@@ -213,24 +228,9 @@ async def test_random_kill_and_pause_under_load(clean_db: AsyncEngine) -> None:
                         server.resume()
                     await asyncio.sleep(0.1)
 
-            async def reader() -> None:
-                nonlocal stale
-                while not done.is_set():
-                    expected = floor
-                    got = await config_of(rig, a1, "webui")
-                    assert isinstance(got, dict)
-                    stale += got["v"] < expected
-                    await asyncio.sleep(0.005)
-
-            async def writer() -> None:
-                nonlocal floor
-                for v in range(1, 25):
-                    await write_version(rig, a1, "webui", v)
-                    floor = v
-                    await asyncio.sleep(0.08)
-                done.set()
-
-            await asyncio.gather(chaos(), writer(), *(reader() for _ in range(4)))
+            stale = await versioned_load(
+                rig, a1, chaos, versions=24, readers=4, write_gap_s=0.08, read_gap_s=0.005
+            )
             assert stale == 0
             await until_cached(rig, a1, "webui")
             assert await config_of(rig, a1, "webui") == {"v": 24}
