@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .circuit import CircuitBreaker
 from .models import AppConfigData, ScopeType
 from .resilience import CACHE_ERRORS
 
@@ -117,9 +118,15 @@ class GuardedCache:
     """Wraps an optional cache source so that its failures become fall-throughs."""
 
     def __init__(
-        self, source: AppConfigFragmentCacheSource | None, *, max_pending: int = DEFAULT_MAX_PENDING
+        self,
+        source: AppConfigFragmentCacheSource | None,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.source = source
+        self.breaker = breaker or CircuitBreaker()
+        self.bypassed = 0  # cache calls skipped while the breaker was open
         self.pending = PendingInvalidations(max_pending)
         self._replay_lock = asyncio.Lock()
 
@@ -140,14 +147,21 @@ class GuardedCache:
     async def call(
         self, what: str, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
     ) -> T | None:
-        """Run one cache operation; None when there is no cache or it failed."""
+        """Run one cache operation; None when there is no cache, the breaker is open, or
+        it failed."""
         if self.source is None:
             return None
+        if not self.breaker.allow():
+            self.bypassed += 1
+            return None
         try:
-            return await operation(self.source)
+            result = await operation(self.source)
         except CACHE_ERRORS as error:
+            self.breaker.record_failure(error)
             log.warning("cache %s failed, falling through to the database: %s", what, error)
             return None
+        self.breaker.record_success()
+        return result
 
     async def read(
         self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
@@ -189,9 +203,18 @@ class GuardedCache:
         drop_catalogue = drop_catalogue or queued_catalogue
         if not merged and not drop_catalogue:
             return 0
+        if not self.breaker.allow():
+            self.bypassed += 1
+            log.error(
+                "cache circuit open; not invalidated: %s; kept for replay",
+                describe(merged, drop_catalogue),
+            )
+            self.pending.add(merged, drop_catalogue)
+            return None
         try:
             dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
         except CACHE_ERRORS as error:
+            self.breaker.record_failure(error)
             log.error(
                 "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
                 describe(merged, drop_catalogue),
@@ -199,6 +222,7 @@ class GuardedCache:
             )
             self.pending.add(merged, drop_catalogue)
             return None
+        self.breaker.record_success()
         if queued or queued_catalogue:
             self.pending.replayed(version)
         return dropped

@@ -21,8 +21,10 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
+from atomic_cache.circuit import CircuitBreaker
 from atomic_cache.db import domains, users
 from atomic_cache.embedded import EmbeddedValkey
+from atomic_cache.guard import GuardedCache
 
 ALL_SCOPES = [ScopeType.PUBLIC, ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS, ScopeType.USER]
 
@@ -100,6 +102,8 @@ async def open_rig(engine: AsyncEngine, server: EmbeddedValkey) -> Rig:
     registry = ScriptRegistry()
     await registry.load(client)
     cache = AppConfigFragmentCacheSource(client, registry)
+    # A short cool-down: fault tests wait for recovery in tenths of a second, not seconds.
+    GuardedCache.of(cache).breaker = CircuitBreaker(cooldown_s=0.05)
     world = await make_world(engine, cache)
     return Rig(
         server, client, cache, AppConfigFragmentRepository(engine, cache=cache), world, engine

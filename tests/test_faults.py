@@ -197,8 +197,8 @@ async def test_replica_promoted(clean_db: AsyncEngine) -> None:
             try:
                 for _ in range(3):
                     assert await config_of(rig, a1, "webui") == {"v": 1}
-                assert not rig.repo._cache.pending
                 await until_cached(rig, a1, "webui")
+                assert not rig.repo._cache.pending
                 assert await config_of(rig, a1, "webui") == {"v": 1}
                 assert await config_of(rig, a2, "webui") == {"v": 0}
             finally:

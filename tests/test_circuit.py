@@ -1,0 +1,132 @@
+"""The circuit breaker: states on a fake clock, and on a dead real server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from glide import ConnectionError as GlideConnectionError
+from glide import RequestError
+from glide import TimeoutError as GlideTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atomic_cache import MyFragmentInput
+from atomic_cache.circuit import BreakerState, CircuitBreaker, counts_against_health
+from atomic_cache.embedded import EmbeddedValkey
+from atomic_cache.guard import GuardedCache
+
+from .repo_tools import open_rig, until_cached
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    return breaker.state  # a call, so the checker does not narrow between transitions
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_threshold_probes_once_and_closes(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=5, clock=clock)
+    timeout = GlideTimeoutError("timed out")
+    with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+        for _ in range(2):
+            assert breaker.allow()
+            breaker.record_failure(timeout)
+        assert state_of(breaker) is BreakerState.CLOSED
+        breaker.record_failure(timeout)
+        assert state_of(breaker) is BreakerState.OPEN
+        assert [breaker.allow() for _ in range(5)] == [False] * 5
+        clock.now += 5
+        assert breaker.allow() is True  # the one probe
+        assert state_of(breaker) is BreakerState.HALF_OPEN
+        assert breaker.allow() is False  # others keep bypassing while it is out
+        breaker.record_failure(timeout)
+        assert state_of(breaker) is BreakerState.OPEN and breaker.allow() is False
+        clock.now += 5
+        assert breaker.allow() is True
+        breaker.record_success()
+        assert state_of(breaker) is BreakerState.CLOSED and breaker.allow() is True
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "cache circuit closed -> open",
+        "cache circuit open -> half_open",
+        "cache circuit half_open -> open",
+        "cache circuit open -> half_open",
+        "cache circuit half_open -> closed",
+    ]
+    assert breaker.transitions == 5
+
+
+def test_a_success_resets_the_count() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, clock=FakeClock())
+    breaker.record_failure(GlideConnectionError("refused"))
+    breaker.record_success()
+    breaker.record_failure(GlideConnectionError("refused"))
+    assert state_of(breaker) is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("error", "counts"),
+    [
+        (GlideTimeoutError("timed out"), True),
+        (GlideConnectionError("Connection refused"), True),
+        (RequestError("BUSY Valkey is busy running a script"), True),
+        (RequestError("LOADING Valkey is loading the dataset in memory"), True),
+        (RequestError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (RequestError("OOM command not allowed when used memory > 'maxmemory'"), False),
+        (RequestError("READONLY You can't write against a read only replica."), False),
+        (ValueError("bad argument"), False),
+    ],
+)
+def test_which_errors_count(error: BaseException, counts: bool) -> None:
+    assert counts_against_health(error) is counts
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ValueError, match="failure_threshold"):
+        CircuitBreaker(failure_threshold=0)
+
+
+async def test_dead_valkey_is_bypassed_then_used_again(clean_db: AsyncEngine) -> None:
+    with EmbeddedValkey() as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            clock = FakeClock()
+            guard = GuardedCache.of(rig.cache)
+            guard.breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
+            a1 = rig.world.users[0]
+            await rig.repo.bulk_create_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
+            )
+            await until_cached(rig, a1, "webui")
+
+            server.kill()
+            for _ in range(10):
+                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+            assert state_of(guard.breaker) is BreakerState.OPEN
+            assert guard.bypassed == 10 - 3  # three reads paid the timeout, then none
+            result = await rig.repo.bulk_update_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
+            )
+            assert len(result.successes) == 1 and guard.pending  # kept for replay, no I/O
+            assert guard.bypassed == 10 - 3 + 1
+
+            server.start()
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # still open
+            for _ in range(100):  # the client reconnects on its own schedule
+                clock.now += 30
+                await rig.repo.app_config(a1, "webui")
+                if state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending:
+                    break
+                await asyncio.sleep(0.05)
+            await until_cached(rig, a1, "webui")
+            assert state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
+        finally:
+            await rig.client.close()
