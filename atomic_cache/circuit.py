@@ -41,6 +41,25 @@ def counts_against_health(error: BaseException) -> bool:
     return not any(marker in message for marker in _NOT_HEALTH)
 
 
+def cause_of(error: BaseException) -> str:
+    """A stable cause label for metrics and logs."""
+    from glide import ConnectionError as GlideConnectionError
+    from glide import TimeoutError as GlideTimeoutError
+
+    if isinstance(error, GlideTimeoutError):
+        return "timeout"
+    message = str(error)
+    for marker, cause in (
+        ("BUSY", "busy"), ("LOADING", "loading"), ("OOM", "oom"), ("READONLY", "readonly"),
+        ("WRONGTYPE", "wrongtype"), ("timed out", "timeout"),
+    ):  # fmt: skip
+        if marker in message:
+            return cause
+    if isinstance(error, GlideConnectionError) or "onnect" in message or "losing" in message:
+        return "connection"
+    return "error"
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -57,6 +76,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self.transitions = 0
+        self.on_change: Callable[[BreakerState], None] | None = None
 
     def allow(self) -> bool:
         """May a cache call go out now? In half-open, only the single probe may."""
@@ -90,3 +110,5 @@ class CircuitBreaker:
         log.warning("cache circuit %s -> %s: %s", self.state.value, state.value, why)
         self.state = state
         self.transitions += 1
+        if self.on_change is not None:
+            self.on_change(state)

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
-from .circuit import CircuitBreaker
+from .circuit import BreakerState, CircuitBreaker, cause_of
+from .metrics import CacheMetrics
 from .models import AppConfigData, ScopeType
 from .resilience import CACHE_ERRORS
 
@@ -125,10 +126,23 @@ class GuardedCache:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.source = source
-        self.breaker = breaker or CircuitBreaker()
+        self.metrics = CacheMetrics()
         self.bypassed = 0  # cache calls skipped while the breaker was open
+        self.breaker = breaker or CircuitBreaker()
         self.pending = PendingInvalidations(max_pending)
         self._replay_lock = asyncio.Lock()
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    @breaker.setter
+    def breaker(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        breaker.on_change = self._breaker_moved
+
+    def _breaker_moved(self, state: BreakerState) -> None:
+        self.metrics.breaker_transitions[state.value] += 1
 
     @classmethod
     def of(cls, source: AppConfigFragmentCacheSource | None) -> GuardedCache:
@@ -153,11 +167,13 @@ class GuardedCache:
             return None
         if not self.breaker.allow():
             self.bypassed += 1
+            self.metrics.fall_throughs["circuit_open"] += 1
             return None
         try:
             result = await operation(self.source)
         except CACHE_ERRORS as error:
             self.breaker.record_failure(error)
+            self.metrics.fall_throughs[cause_of(error)] += 1
             log.warning("cache %s failed, falling through to the database: %s", what, error)
             return None
         self.breaker.record_success()
@@ -168,6 +184,7 @@ class GuardedCache:
     ) -> T | None:
         """A cache read, made only once no missed invalidation is pending (replayed first)."""
         if self.pending and not await self.replay():
+            self.metrics.fall_throughs["pending_invalidation"] += 1
             return None
         return await self.call("read", operation)
 
@@ -210,6 +227,7 @@ class GuardedCache:
                 describe(merged, drop_catalogue),
             )
             self.pending.add(merged, drop_catalogue)
+            self.metrics.failed_invalidations += 1
             return None
         try:
             dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
@@ -221,8 +239,12 @@ class GuardedCache:
                 error,
             )
             self.pending.add(merged, drop_catalogue)
+            self.metrics.failed_invalidations += 1
             return None
         self.breaker.record_success()
+        self.metrics.invalidations += 1
+        self.metrics.entries_dropped += dropped
         if queued or queued_catalogue:
             self.pending.replayed(version)
+            self.metrics.replayed_invalidations += 1
         return dropped

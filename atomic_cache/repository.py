@@ -21,6 +21,7 @@ from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .guard import GuardedCache
 from .keys import MAX_COMPONENT_LENGTH
+from .metrics import CacheStats
 from .models import (
     AppConfigData,
     AppConfigFragment,
@@ -120,7 +121,10 @@ class AppConfigFragmentRepository:
         """
         found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
         if found is not None and found.value is not None and self._cache.servable(found.value):
+            self._cache.metrics.hits += 1
             return found.value
+        if found is not None:
+            self._cache.metrics.misses += 1
         if found is None or found.fill_token is None:
             # No cache answer: no fill token, so no sharing either. A flight started
             # before a write returned could hand its older result to a read started after.
@@ -152,10 +156,14 @@ class AppConfigFragmentRepository:
     ) -> None:
         """Store what was read from the database, unless an invalidation ran since the
         lookup that handed out ``fill_token``."""
-        await self._cache.call(
+        stored = await self._cache.call(
             "fill",
             lambda cache: cache.set_many(user_id, data, fill_token=fill_token, catalogue=catalogue),
         )
+        if stored is True:
+            self._cache.metrics.fills += len(data)
+        elif stored is False:
+            self._cache.metrics.refused_fills += len(data)
 
     async def my_app_configs(self, user_id: uuid.UUID) -> list[AppConfigData]:
         """The merged config of every policy name for one user, sorted by name.
@@ -168,16 +176,24 @@ class AppConfigFragmentRepository:
             return _by_name(await self._db.merged_configs(user_id))
         if found.names is None:
             loaded = await self._db.merged_configs(user_id)
+            self._cache.metrics.misses += len(loaded)
             await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
             return _by_name(loaded)
         present = [v for v in found.values.values() if v is not None and self._cache.servable(v)]
         served = {value.name for value in present}
         missing = [name for name in found.values if name not in served]
+        self._cache.metrics.hits += len(present)
+        self._cache.metrics.misses += len(missing)
         if not missing:
             return _by_name(present)
         loaded = await self._db.merged_configs(user_id, missing)
         await self._fill(user_id, loaded, found.fill_token)
         return _by_name([*present, *loaded])
+
+    def stats(self) -> CacheStats:
+        """What the cache did for this process (shared by every repository of the cache
+        source): hits, misses, fills, refused fills, fall-throughs by cause..."""
+        return self._cache.metrics.stats()
 
     # -- the "my" bulk paths: USER fragments of the caller -------------------------------
 
