@@ -5,6 +5,7 @@ from .cache_source import AllLookup, AppConfigFragmentCacheSource, InvalidationT
 from .client import create_valkey_client
 from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
+from .metrics import CacheStats, register_prometheus
 from .models import (
     AppConfigData,
     AppConfigFragment,
@@ -40,6 +41,7 @@ __all__ = [
     "BulkResult",
     "CacheError",
     "CacheLookup",
+    "CacheStats",
     "ConfigLimits",
     "FragmentInput",
     "FragmentKey",
@@ -54,5 +56,6 @@ __all__ = [
     "UnknownPolicyError",
     "UnknownUserError",
     "create_valkey_client",
+    "register_prometheus",
     "suppress_with_log",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from .keys import KeySchema, decode_component, encode_component, user_component
+from .metrics import CacheMetrics
 from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from .resilience import CacheError
 from .scripts import ScriptArg, ScriptRegistry, ValkeyClient
@@ -117,6 +118,12 @@ class AppConfigFragmentCacheSource:
         self.ttl_seconds = ttl_seconds
         self.keys = keys or KeySchema()
         self.max_entry_bytes = max_entry_bytes
+        self.metrics = CacheMetrics()  # bumped by the repositories' guard, and here
+
+    @property
+    def script_reloads(self) -> int:
+        """How often the script registry reloaded a lost script cache."""
+        return self._registry.reloads
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -187,6 +194,7 @@ class AppConfigFragmentCacheSource:
         if keys:
             log.warning("removing %d undecodable cache entries: %s", len(keys), keys)
             await self._client.custom_command(["UNLINK", *keys])
+            self.metrics.corrupt_entries_removed += len(keys)
 
     def _decode(self, raw: object, user_id: uuid.UUID, name: str) -> AppConfigData | None:
         if not isinstance(raw, bytes | str):

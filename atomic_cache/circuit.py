@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from glide import GlideError
+from glide import ClosingError, GlideError
+from glide import ConnectionError as GlideConnectionError
+from glide import TimeoutError as GlideTimeoutError
 
 log = logging.getLogger("atomic_cache")
 
@@ -41,21 +43,30 @@ def counts_against_health(error: BaseException) -> bool:
     return not any(marker in message for marker in _NOT_HEALTH)
 
 
-def cause_of(error: BaseException) -> str:
-    """A stable cause label for metrics and logs."""
-    from glide import ConnectionError as GlideConnectionError
-    from glide import TimeoutError as GlideTimeoutError
+# Server error prefixes and the cause label each gets in metrics and logs.
+_CAUSES = (
+    ("BUSY", "busy"),
+    ("LOADING", "loading"),
+    ("READONLY", "readonly"),
+    ("OOM", "oom"),
+    ("WRONGTYPE", "wrongtype"),
+)
 
+
+def cause_of(error: BaseException) -> str:
+    """A stable cause label (one of ``metrics.FALL_THROUGH_CAUSES``) for a failed call."""
     if isinstance(error, GlideTimeoutError):
         return "timeout"
+    if isinstance(error, GlideConnectionError | ClosingError):
+        return "connection"
     message = str(error)
-    for marker, cause in (
-        ("BUSY", "busy"), ("LOADING", "loading"), ("OOM", "oom"), ("READONLY", "readonly"),
-        ("WRONGTYPE", "wrongtype"), ("timed out", "timeout"),
-    ):  # fmt: skip
+    for marker, cause in _CAUSES:
         if marker in message:
             return cause
-    if isinstance(error, GlideConnectionError) or "onnect" in message or "losing" in message:
+    # glide reports a broken or refused connection as a plain RequestError at times.
+    if isinstance(error, GlideError) and any(
+        word in message.lower() for word in ("connection", "broken pipe", "closed")
+    ):
         return "connection"
     return "error"
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
 from .circuit import BreakerState, CircuitBreaker, cause_of
-from .metrics import CacheMetrics
+from .metrics import CacheMetrics, CacheStats
 from .models import AppConfigData, ScopeType
 from .resilience import CACHE_ERRORS
 
@@ -126,7 +126,9 @@ class GuardedCache:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.source = source
-        self.metrics = CacheMetrics()
+        # The counters live on the source, so that every guard and the source itself
+        # (corrupt entries it removes) count into one place.
+        self.metrics = source.metrics if source is not None else CacheMetrics()
         self.bypassed = 0  # cache calls skipped while the breaker was open
         self.breaker = breaker or CircuitBreaker()
         self.pending = PendingInvalidations(max_pending)
@@ -157,6 +159,24 @@ class GuardedCache:
     @property
     def enabled(self) -> bool:
         return self.source is not None
+
+    def stats(self) -> CacheStats:
+        """The counters now, with the breaker's state and the pending replays."""
+        return self.metrics.snapshot(
+            script_reloads=self.source.script_reloads if self.source is not None else 0,
+            breaker_state=self.breaker.state.value,
+            pending_invalidations=len(self.pending.targets) + self.pending.drop_catalogue,
+        )
+
+    def record_lookups(self, *, hits: int, misses: int) -> None:
+        self.metrics.hits += hits
+        self.metrics.misses += misses
+
+    def record_fill(self, *, stored: bool, entries: int) -> None:
+        if stored:
+            self.metrics.fills += entries
+        else:
+            self.metrics.refused_fills += entries
 
     async def call(
         self, what: str, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]

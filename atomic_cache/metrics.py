@@ -1,7 +1,9 @@
-"""CacheMetrics: in-process counters of what the cache did, a ``stats()`` snapshot, and an
-optional Prometheus collector (``pip install atomic_cache[prometheus]``).
+"""What the cache did for this process: counters, a ``stats()`` snapshot, and an optional
+Prometheus collector (``pip install 'atomic_cache[prometheus]'``).
 
-Plain ints mutated from one event loop: no locks needed.
+The counters are plain ints bumped from one event loop, so they need no lock and cost a
+dict lookup at most. One ``CacheMetrics`` belongs to one cache source and is shared by
+every repository that uses it; ``repository.stats()`` snapshots it.
 """
 
 from __future__ import annotations
@@ -9,42 +11,73 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, computed_field
+
+# Why a read was served by the database although a cache is configured. ``circuit_open``
+# and ``pending_invalidation`` cost no I/O; the others are the error that a cache call met.
+FALL_THROUGH_CAUSES = (
+    "circuit_open",
+    "pending_invalidation",
+    "connection",
+    "timeout",
+    "busy",
+    "loading",
+    "readonly",
+    "oom",
+    "wrongtype",
+    "error",
+)
 
 
-@dataclass(frozen=True)
-class CacheStats:
-    hits: int
-    misses: int
-    fills: int
-    refused_fills: int
-    fall_throughs: dict[str, int]
-    invalidations: int
-    entries_dropped: int
-    failed_invalidations: int
-    replayed_invalidations: int
-    breaker_transitions: dict[str, int]
+class CacheStats(BaseModel):
+    """A snapshot of the counters (all monotonic since start-up, except the last three)."""
 
+    model_config = ConfigDict(frozen=True)
+
+    hits: int = 0  # values served from Valkey
+    misses: int = 0  # names Valkey did not hold, read from PostgreSQL
+    fills: int = 0  # values stored after a miss
+    refused_fills: int = 0  # fills refused: an invalidation ran since the lookup, or too large
+    fall_throughs: dict[str, int] = {}  # cache calls that failed or were skipped, by cause
+    invalidations: int = 0  # invalidation round trips that succeeded (replays included)
+    entries_dropped: int = 0  # cached entries those invalidations removed
+    failed_invalidations: int = 0  # post-commit invalidations kept for replay
+    replayed_invalidations: int = 0  # successful round trips that carried a replay
+    corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
+    script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
+    breaker_transitions: dict[str, int] = {}  # circuit breaker changes, by the new state
+    breaker_state: str = "closed"  # now: closed, open or half_open
+    pending_invalidations: int = 0  # now: slices waiting for a replay
+
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def hit_ratio(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        """Hits over hits + misses (fall-throughs are counted apart, by cause)."""
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
 
 
 @dataclass
 class CacheMetrics:
+    """The live counters of one cache source."""
+
     hits: int = 0
     misses: int = 0
     fills: int = 0
     refused_fills: int = 0
-    fall_throughs: Counter[str] = field(default_factory=Counter)  # by cause
+    fall_throughs: Counter[str] = field(default_factory=Counter)
     invalidations: int = 0
     entries_dropped: int = 0
     failed_invalidations: int = 0
     replayed_invalidations: int = 0
-    breaker_transitions: Counter[str] = field(default_factory=Counter)  # by new state
+    corrupt_entries_removed: int = 0
+    breaker_transitions: Counter[str] = field(default_factory=Counter)
 
-    def stats(self) -> CacheStats:
+    def snapshot(
+        self, *, script_reloads: int, breaker_state: str, pending_invalidations: int
+    ) -> CacheStats:
         return CacheStats(
             hits=self.hits,
             misses=self.misses,
@@ -55,49 +88,91 @@ class CacheMetrics:
             entries_dropped=self.entries_dropped,
             failed_invalidations=self.failed_invalidations,
             replayed_invalidations=self.replayed_invalidations,
+            corrupt_entries_removed=self.corrupt_entries_removed,
+            script_reloads=script_reloads,
             breaker_transitions=dict(self.breaker_transitions),
+            breaker_state=breaker_state,
+            pending_invalidations=pending_invalidations,
         )
 
-    def reset(self) -> None:
-        fresh = CacheMetrics()
-        self.__dict__.update(fresh.__dict__)
+
+class HasStats(Protocol):
+    """A repository, or anything else that can snapshot the cache's counters."""
+
+    def stats(self) -> CacheStats: ...
+
+
+_COUNTERS: dict[str, str] = {
+    "hits": "Merged configs served from Valkey",
+    "misses": "Merged configs Valkey did not hold, read from PostgreSQL",
+    "fills": "Merged configs stored in Valkey after a miss",
+    "refused_fills": "Fills refused because an invalidation ran since the lookup, or too large",
+    "invalidations": "Invalidation round trips that succeeded",
+    "entries_dropped": "Cached entries removed by invalidations",
+    "failed_invalidations": "Post-commit invalidations that failed and were kept for replay",
+    "replayed_invalidations": "Invalidation round trips that replayed missed invalidations",
+    "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
+    "script_reloads": "Script caches reloaded after NOSCRIPT",
+}
+_BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def register_prometheus(
-    metrics: CacheMetrics, registry: Any = None, namespace: str = "atomic_cache"
+    source: HasStats, registry: Any = None, namespace: str = "atomic_cache"
 ) -> Any:
-    """Expose ``metrics`` to Prometheus, read at scrape time (no double bookkeeping)."""
+    """Expose ``source.stats()`` to Prometheus, read at scrape time (no second set of
+    counters to keep in step). Returns the collector; ``registry.unregister`` removes it.
+
+    Counters are named ``{namespace}_{counter}_total``; fall-throughs carry a ``cause``
+    label and breaker transitions a ``state`` label; ``{namespace}_breaker_state`` is 1 for
+    the current state, and ``{namespace}_pending_invalidations`` a gauge.
+    """
     try:
         from prometheus_client import REGISTRY
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise RuntimeError(
-            "the Prometheus exporter needs prometheus_client: install atomic_cache[prometheus]"
+            "the Prometheus exporter needs prometheus_client:"
+            " pip install 'atomic_cache[prometheus]'"
         ) from error
 
-    class Collector:
+    class AtomicCacheCollector:
         def collect(self) -> Iterator[Any]:
-            stats = metrics.stats()
-            for name in (
-                "hits", "misses", "fills", "refused_fills", "invalidations",
-                "entries_dropped", "failed_invalidations", "replayed_invalidations",
-            ):  # fmt: skip
+            stats = source.stats()
+            for name, help_text in _COUNTERS.items():
                 yield CounterMetricFamily(
-                    f"{namespace}_{name}", f"atomic_cache {name}", value=getattr(stats, name)
+                    f"{namespace}_{name}", help_text, value=getattr(stats, name)
                 )
-            by_cause = CounterMetricFamily(
-                f"{namespace}_fall_throughs", "cache calls served by the database", labels=["cause"]
+            fall_throughs = CounterMetricFamily(
+                f"{namespace}_fall_throughs",
+                "Cache calls served by PostgreSQL instead, by cause",
+                labels=["cause"],
             )
-            for cause, count in sorted(stats.fall_throughs.items()):
-                by_cause.add_metric([cause], count)
-            yield by_cause
-            breaker = CounterMetricFamily(
-                f"{namespace}_breaker_transitions", "circuit breaker changes", labels=["state"]
+            for cause in sorted({*FALL_THROUGH_CAUSES, *stats.fall_throughs}):
+                fall_throughs.add_metric([cause], stats.fall_throughs.get(cause, 0))
+            yield fall_throughs
+            transitions = CounterMetricFamily(
+                f"{namespace}_breaker_transitions",
+                "Circuit breaker state changes, by the new state",
+                labels=["state"],
             )
-            for state, count in sorted(stats.breaker_transitions.items()):
-                breaker.add_metric([state], count)
-            yield breaker
+            for state in _BREAKER_STATES:
+                transitions.add_metric([state], stats.breaker_transitions.get(state, 0))
+            yield transitions
+            state_now = GaugeMetricFamily(
+                f"{namespace}_breaker_state",
+                "1 for the circuit breaker's current state",
+                labels=["state"],
+            )
+            for state in _BREAKER_STATES:
+                state_now.add_metric([state], 1.0 if stats.breaker_state == state else 0.0)
+            yield state_now
+            yield GaugeMetricFamily(
+                f"{namespace}_pending_invalidations",
+                "Invalidated slices waiting to be replayed",
+                value=stats.pending_invalidations,
+            )
 
-    collector = Collector()
+    collector = AtomicCacheCollector()
     (registry if registry is not None else REGISTRY).register(collector)
     return collector

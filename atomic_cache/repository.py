@@ -121,10 +121,10 @@ class AppConfigFragmentRepository:
         """
         found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
         if found is not None and found.value is not None and self._cache.servable(found.value):
-            self._cache.metrics.hits += 1
+            self._cache.record_lookups(hits=1, misses=0)
             return found.value
         if found is not None:
-            self._cache.metrics.misses += 1
+            self._cache.record_lookups(hits=0, misses=1)
         if found is None or found.fill_token is None:
             # No cache answer: no fill token, so no sharing either. A flight started
             # before a write returned could hand its older result to a read started after.
@@ -160,10 +160,8 @@ class AppConfigFragmentRepository:
             "fill",
             lambda cache: cache.set_many(user_id, data, fill_token=fill_token, catalogue=catalogue),
         )
-        if stored is True:
-            self._cache.metrics.fills += len(data)
-        elif stored is False:
-            self._cache.metrics.refused_fills += len(data)
+        if stored is not None:
+            self._cache.record_fill(stored=stored, entries=len(data))
 
     async def my_app_configs(self, user_id: uuid.UUID) -> list[AppConfigData]:
         """The merged config of every policy name for one user, sorted by name.
@@ -176,14 +174,13 @@ class AppConfigFragmentRepository:
             return _by_name(await self._db.merged_configs(user_id))
         if found.names is None:
             loaded = await self._db.merged_configs(user_id)
-            self._cache.metrics.misses += len(loaded)
+            self._cache.record_lookups(hits=0, misses=len(loaded))
             await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
             return _by_name(loaded)
         present = [v for v in found.values.values() if v is not None and self._cache.servable(v)]
         served = {value.name for value in present}
         missing = [name for name in found.values if name not in served]
-        self._cache.metrics.hits += len(present)
-        self._cache.metrics.misses += len(missing)
+        self._cache.record_lookups(hits=len(present), misses=len(missing))
         if not missing:
             return _by_name(present)
         loaded = await self._db.merged_configs(user_id, missing)
@@ -191,9 +188,10 @@ class AppConfigFragmentRepository:
         return _by_name([*present, *loaded])
 
     def stats(self) -> CacheStats:
-        """What the cache did for this process (shared by every repository of the cache
-        source): hits, misses, fills, refused fills, fall-throughs by cause..."""
-        return self._cache.metrics.stats()
+        """What the cache did in this process: hits, misses, fills, fall-throughs by
+        cause, invalidations, breaker state... One set of counters per cache source, shared
+        by every repository that uses it (all zero without a cache)."""
+        return self._cache.stats()
 
     # -- the "my" bulk paths: USER fragments of the caller -------------------------------
 
@@ -376,6 +374,10 @@ class AppConfigPolicyRepository:
         self._db = AppConfigDBSource(engine)
         self._engine = engine
         self._cache = GuardedCache.of(cache)
+
+    def stats(self) -> CacheStats:
+        """The cache's counters (the same snapshot as the fragment repository's)."""
+        return self._cache.stats()
 
     @staticmethod
     def _checked(name: str, scope_sources: Sequence[ScopeType | str]) -> list[ScopeType]:

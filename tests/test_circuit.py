@@ -7,12 +7,13 @@ import logging
 
 import pytest
 from glide import ConnectionError as GlideConnectionError
-from glide import RequestError
+from glide import ClosingError, RequestError
 from glide import TimeoutError as GlideTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from atomic_cache import MyFragmentInput
-from atomic_cache.circuit import BreakerState, CircuitBreaker, counts_against_health
+from atomic_cache import CacheError, MyFragmentInput
+from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
+from atomic_cache.metrics import FALL_THROUGH_CAUSES
 from atomic_cache.embedded import EmbeddedValkey
 from atomic_cache.guard import GuardedCache
 
@@ -72,20 +73,29 @@ def test_a_success_resets_the_count() -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "counts"),
+    ("error", "counts", "cause"),
     [
-        (GlideTimeoutError("timed out"), True),
-        (GlideConnectionError("Connection refused"), True),
-        (RequestError("BUSY Valkey is busy running a script"), True),
-        (RequestError("LOADING Valkey is loading the dataset in memory"), True),
-        (RequestError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
-        (RequestError("OOM command not allowed when used memory > 'maxmemory'"), False),
-        (RequestError("READONLY You can't write against a read only replica."), False),
-        (ValueError("bad argument"), False),
+        (GlideTimeoutError("timed out"), True, "timeout"),
+        (GlideConnectionError("Connection refused"), True, "connection"),
+        (ClosingError("the client was closed"), True, "connection"),
+        (RequestError("Received connection error `Broken pipe`"), True, "connection"),
+        (RequestError("BUSY Valkey is busy running a script"), True, "busy"),
+        (RequestError("LOADING Valkey is loading the dataset in memory"), True, "loading"),
+        (
+            RequestError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            False,
+            "wrongtype",
+        ),
+        (RequestError("OOM command not allowed when used memory > 'maxmemory'"), False, "oom"),
+        (RequestError("READONLY You can't write against a read only replica."), False, "readonly"),
+        (CacheError("get.lua answered 'x'"), False, "error"),
+        (ValueError("bad argument"), False, "error"),
     ],
 )
-def test_which_errors_count(error: BaseException, counts: bool) -> None:
+def test_which_errors_count_and_their_cause(error: BaseException, counts: bool, cause: str) -> None:
     assert counts_against_health(error) is counts
+    assert cause_of(error) == cause
+    assert cause in FALL_THROUGH_CAUSES
 
 
 def test_bad_settings() -> None:
