@@ -14,6 +14,7 @@ This breaker counts them, trips after three, and also covers BUSY and LOADING.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -24,10 +25,6 @@ from glide import TimeoutError as GlideTimeoutError
 
 log = logging.getLogger("atomic_cache")
 
-# Server replies that mean "the data is odd", not "the server is unwell": they must not
-# open the breaker (reads keep working under OOM or on a read-only replica).
-_NOT_HEALTH = ("WRONGTYPE", "OOM", "READONLY", "NoScriptError", "NOSCRIPT")
-
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -35,22 +32,24 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-def counts_against_health(error: BaseException) -> bool:
-    """Connection trouble, timeouts, BUSY, LOADING: yes. Data and capacity errors: no."""
-    if not isinstance(error, GlideError):
-        return False
-    message = str(error)
-    return not any(marker in message for marker in _NOT_HEALTH)
-
-
-# Server error prefixes and the cause label each gets in metrics and logs.
-_CAUSES = (
-    ("BUSY", "busy"),
-    ("LOADING", "loading"),
-    ("READONLY", "readonly"),
-    ("OOM", "oom"),
-    ("WRONGTYPE", "wrongtype"),
+# How a server error reads once glide has passed it on, and its cause label. glide keeps
+# the code of some errors ("BUSY: Valkey is busy...", "OOM: ...", "WRONGTYPE: ...") but
+# renames others ("- BusyLoadingError: Valkey is loading...", "- ReadOnly: You can't
+# write...", "- NoScriptError: ..."); both spellings are matched, as whole words, in order.
+_SERVER_ERRORS = (
+    (re.compile(r"\b(BusyLoadingError|LOADING)\b"), "loading"),
+    (re.compile(r"\bBUSY\b"), "busy"),
+    (re.compile(r"\b(ReadOnly|READONLY)\b"), "readonly"),
+    (re.compile(r"\bOOM\b"), "oom"),
+    (re.compile(r"\bWRONGTYPE\b"), "wrongtype"),
+    (re.compile(r"\b(NoScriptError|NOSCRIPT)\b"), "noscript"),
 )
+_CONNECTION_WORDS = re.compile(r"connection|broken pipe|closed", re.IGNORECASE)
+
+# Causes that mean "the data is odd or the server is full", not "the server is unwell":
+# they must not open the breaker (reads keep working under OOM or on a read-only replica,
+# and a lost script is reloaded by the registry).
+_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript"})
 
 
 def cause_of(error: BaseException) -> str:
@@ -60,15 +59,19 @@ def cause_of(error: BaseException) -> str:
     if isinstance(error, GlideConnectionError | ClosingError):
         return "connection"
     message = str(error)
-    for marker, cause in _CAUSES:
-        if marker in message:
+    for pattern, cause in _SERVER_ERRORS:
+        if pattern.search(message):
             return cause
     # glide reports a broken or refused connection as a plain RequestError at times.
-    if isinstance(error, GlideError) and any(
-        word in message.lower() for word in ("connection", "broken pipe", "closed")
-    ):
+    if isinstance(error, GlideError) and _CONNECTION_WORDS.search(message):
         return "connection"
     return "error"
+
+
+def counts_against_health(error: BaseException) -> bool:
+    """Connection trouble, timeouts, BUSY, LOADING, other server errors: yes. Data and
+    capacity errors (WRONGTYPE, OOM, READONLY, a lost script) and our own errors: no."""
+    return isinstance(error, GlideError) and cause_of(error) not in _NOT_HEALTH
 
 
 class CircuitBreaker:

@@ -240,26 +240,18 @@ class GuardedCache:
         drop_catalogue = drop_catalogue or queued_catalogue
         if not merged and not drop_catalogue:
             return 0
+        fresh = bool(targets)  # a write's own invalidation, not only a replay
         if not self.breaker.allow():
             self.bypassed += 1
-            log.error(
-                "cache circuit open; not invalidated: %s; kept for replay",
-                describe(merged, drop_catalogue),
+            self._kept_for_replay(
+                merged, drop_catalogue, fresh, "circuit_open", "cache circuit open"
             )
-            self.pending.add(merged, drop_catalogue)
-            self.metrics.failed_invalidations += 1
             return None
         try:
             dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
         except CACHE_ERRORS as error:
             self.breaker.record_failure(error)
-            log.error(
-                "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
-                describe(merged, drop_catalogue),
-                error,
-            )
-            self.pending.add(merged, drop_catalogue)
-            self.metrics.failed_invalidations += 1
+            self._kept_for_replay(merged, drop_catalogue, fresh, cause_of(error), str(error))
             return None
         self.breaker.record_success()
         self.metrics.invalidations += 1
@@ -268,3 +260,23 @@ class GuardedCache:
             self.pending.replayed(version)
             self.metrics.replayed_invalidations += 1
         return dropped
+
+    def _kept_for_replay(
+        self,
+        targets: Sequence[InvalidationTarget],
+        drop_catalogue: bool,
+        fresh: bool,
+        cause: str,
+        why: str,
+    ) -> None:
+        self.pending.add(targets, drop_catalogue)
+        self.metrics.fall_throughs[cause] += 1
+        if fresh:
+            self.metrics.failed_invalidations += 1
+            log.error(
+                "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
+                describe(targets, drop_catalogue),
+                why,
+            )
+        # A replay that fails again is not logged: reads retry it, and the breaker already
+        # logs each change of state, so an outage costs a few lines, not one per request.

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-# Why a read was served by the database although a cache is configured. ``circuit_open``
-# and ``pending_invalidation`` cost no I/O; the others are the error that a cache call met.
+# Why a cache call (read, fill or invalidation) did not happen or failed, so that the
+# database answered alone. ``circuit_open`` and ``pending_invalidation`` (a read skipped
+# because a missed invalidation could not be replayed yet) cost no I/O; the others name the
+# error the call met.
 FALL_THROUGH_CAUSES = (
     "circuit_open",
     "pending_invalidation",
@@ -27,6 +29,7 @@ FALL_THROUGH_CAUSES = (
     "readonly",
     "oom",
     "wrongtype",
+    "noscript",
     "error",
 )
 
@@ -40,7 +43,7 @@ class CacheStats(BaseModel):
     misses: int = 0  # names Valkey did not hold, read from PostgreSQL
     fills: int = 0  # values stored after a miss
     refused_fills: int = 0  # fills refused: an invalidation ran since the lookup, or too large
-    fall_throughs: dict[str, int] = {}  # cache calls that failed or were skipped, by cause
+    fall_throughs: dict[str, int] = {}  # cache calls failed or skipped, by cause
     invalidations: int = 0  # invalidation round trips that succeeded (replays included)
     entries_dropped: int = 0  # cached entries those invalidations removed
     failed_invalidations: int = 0  # post-commit invalidations kept for replay
@@ -145,7 +148,7 @@ def register_prometheus(
                 )
             fall_throughs = CounterMetricFamily(
                 f"{namespace}_fall_throughs",
-                "Cache calls served by PostgreSQL instead, by cause",
+                "Cache calls (reads, fills, invalidations) that failed or were skipped, by cause",
                 labels=["cause"],
             )
             for cause in sorted({*FALL_THROUGH_CAUSES, *stats.fall_throughs}):

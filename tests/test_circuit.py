@@ -6,16 +6,16 @@ import asyncio
 import logging
 
 import pytest
-from glide import ConnectionError as GlideConnectionError
 from glide import ClosingError, RequestError
+from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import CacheError, MyFragmentInput
 from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
-from atomic_cache.metrics import FALL_THROUGH_CAUSES
 from atomic_cache.embedded import EmbeddedValkey
 from atomic_cache.guard import GuardedCache
+from atomic_cache.metrics import FALL_THROUGH_CAUSES
 
 from .repo_tools import open_rig, until_cached
 
@@ -79,6 +79,40 @@ def test_a_success_resets_the_count() -> None:
         (GlideConnectionError("Connection refused"), True, "connection"),
         (ClosingError("the client was closed"), True, "connection"),
         (RequestError("Received connection error `Broken pipe`"), True, "connection"),
+        # As glide 2.6 words them (measured), then as the server sends them.
+        (RequestError("BUSY: Valkey is busy running a script. You can only call"), True, "busy"),
+        (
+            RequestError(
+                "An error was signalled by the server: - BusyLoadingError:"
+                " Valkey is loading the dataset in memory"
+            ),
+            True,
+            "loading",
+        ),
+        (
+            RequestError(
+                "An error was signalled by the server: - ReadOnly:"
+                " You can't write against a read only replica."
+            ),
+            False,
+            "readonly",
+        ),
+        (RequestError("OOM: command not allowed when used memory > 'maxmemory'."), False, "oom"),
+        (
+            RequestError("WRONGTYPE: Operation against a key holding the wrong kind of value"),
+            False,
+            "wrongtype",
+        ),
+        (
+            RequestError("An error was signalled by the server: - NoScriptError: No matching"),
+            False,
+            "noscript",
+        ),
+        (
+            RequestError("An error was signalled by the server: - ResponseError: unknown command"),
+            True,
+            "error",
+        ),
         (RequestError("BUSY Valkey is busy running a script"), True, "busy"),
         (RequestError("LOADING Valkey is loading the dataset in memory"), True, "loading"),
         (
@@ -103,7 +137,9 @@ def test_bad_settings() -> None:
         CircuitBreaker(failure_threshold=0)
 
 
-async def test_dead_valkey_is_bypassed_then_used_again(clean_db: AsyncEngine) -> None:
+async def test_dead_valkey_is_bypassed_then_used_again(
+    clean_db: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     with EmbeddedValkey() as server:
         rig = await open_rig(clean_db, server)
         try:
@@ -126,6 +162,17 @@ async def test_dead_valkey_is_bypassed_then_used_again(clean_db: AsyncEngine) ->
             )
             assert len(result.successes) == 1 and guard.pending  # kept for replay, no I/O
             assert guard.bypassed == 10 - 3 + 1
+
+            # While it stays open, requests log nothing: one line per state change only.
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="atomic_cache"):
+                for _ in range(50):
+                    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
+            assert caplog.records == []
+            stats = rig.repo.stats()
+            assert stats.fall_throughs["circuit_open"] == 7 + 1 + 50  # the replays tried
+            assert stats.fall_throughs["pending_invalidation"] == 50
+            assert stats.breaker_transitions == {"open": 1}
 
             server.start()
             assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # still open

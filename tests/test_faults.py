@@ -16,7 +16,7 @@ from atomic_cache import AppConfigFragmentRepository, MyFragmentInput, create_va
 from atomic_cache.embedded import EmbeddedValkey
 
 from .repo_tools import Rig, count_sql, open_rig, until_cached
-from .valkey_tools import busy_script, raw_command, text
+from .valkey_tools import busy_script, is_loading, raw_command, text, write_filler
 
 
 @pytest.fixture
@@ -54,6 +54,7 @@ async def test_busy_server(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
             await write_version(rig, a1, "webui", 1)
             assert await config_of(rig, a1, "webui") == {"v": 1}
     assert "BUSY" in caplog.text
+    assert rig.repo.stats().fall_throughs.get("busy", 0) > 0
     assert await config_of(rig, a1, "webui") == {"v": 1}
     await until_cached(rig, a1, "webui")
     assert await config_of(rig, a1, "webui") == {"v": 1}
@@ -79,6 +80,9 @@ async def test_full_server_with_noeviction(rig: Rig) -> None:
             assert await config_of(rig, a1, "webui") == {"v": 1}
         miss = await rig.cache.lookup(a1, "webui")
         assert miss.value is None  # the fill was refused for memory
+        stats = rig.repo.stats()
+        assert stats.fall_throughs.get("oom", 0) >= 3  # each refill met OOM
+        assert stats.breaker_state == "closed"  # a full server still serves reads
     finally:
         await admin.custom_command(["CONFIG", "SET", "maxmemory", "0"])
     await until_cached(rig, a1, "webui")
@@ -122,18 +126,97 @@ async def versioned_load(
     return stale
 
 
-async def test_script_flush_under_traffic(rig: Rig) -> None:
+async def test_script_and_function_flush_under_traffic(rig: Rig) -> None:
     a1, _ = await seed(rig)
 
     async def flusher(done: asyncio.Event) -> None:
+        # FUNCTION FLUSH too: the scripts are not a FUNCTION library, so it must not matter.
+        flushes = [("SCRIPT", "FLUSH"), ("FUNCTION", "FLUSH"), ("SCRIPT", "FLUSH", "ASYNC")]
+        turn = 0
         while not done.is_set():
-            await raw_command(rig.server.port, "SCRIPT", "FLUSH")
+            reply = await raw_command(rig.server.port, *flushes[turn % len(flushes)])
+            assert reply.startswith(b"+OK")
+            turn += 1
             await asyncio.sleep(0.005)
 
     assert await versioned_load(rig, a1, flusher, versions=19, readers=5) == 0
     assert rig.cache._registry.reloads > 0
+    assert rig.repo.stats().script_reloads == rig.cache._registry.reloads
     await until_cached(rig, a1, "webui")
     assert await config_of(rig, a1, "webui") == {"v": 19}
+
+
+async def test_loading_after_a_restart(clean_db: AsyncEngine) -> None:
+    """Killed and restarted with AOF, the server answers LOADING for seconds while it
+    restores its data set, old entries included: every request is answered from
+    PostgreSQL, the write's missed invalidation is replayed once loading ends, and the
+    entry restored from disk is never served."""
+    with EmbeddedValkey(persistence=True) as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            a1, a2 = await seed(rig)
+            await write_filler(server.port, 20_000)
+            server.kill()
+            # Each key read back from the AOF waits 100 µs: LOADING lasts about two seconds.
+            server.extra_args = [*server.extra_args, "--key-load-delay", "100"]
+            server.start()  # returns as soon as the server answers, LOADING included
+            assert await is_loading(server.port)
+
+            await write_version(rig, a1, "webui", 1)  # commits; its invalidation waits
+            assert rig.repo._cache.pending
+            reads_while_loading = 0
+            while await is_loading(server.port):
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+                assert await config_of(rig, a2, "webui") == {"v": 0}
+                reads_while_loading += 1
+                await asyncio.sleep(0.02)
+            assert reads_while_loading > 0
+            # glide cannot finish its reconnect handshake against a loading server, so
+            # here LOADING surfaces as timeouts; the breaker bounds what they cost.
+            assert rig.repo.stats().fall_throughs.get("timeout", 0) > 0
+
+            for _ in range(3):
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+            await until_cached(rig, a1, "webui")
+            assert not rig.repo._cache.pending
+            assert await config_of(rig, a1, "webui") == {"v": 1}
+            assert await config_of(rig, a2, "webui") == {"v": 0}
+        finally:
+            await rig.client.close()
+
+
+async def test_loading_on_a_live_connection(clean_db: AsyncEngine) -> None:
+    """DEBUG RELOAD: the connection stays up and the server answers LOADING while it
+    reads its data set back; same guarantees, and the cause is counted as ``loading``."""
+    debug = ["--enable-debug-command", "yes", "--loading-process-events-interval-bytes", "1024"]
+    with EmbeddedValkey(extra_args=debug) as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            a1, a2 = await seed(rig)
+            await raw_command(server.port, "DEBUG", "POPULATE", "8000")
+            await raw_command(server.port, "CONFIG", "SET", "key-load-delay", "100")
+            reload = asyncio.create_task(raw_command(server.port, "DEBUG", "RELOAD"))
+            while not await is_loading(server.port):
+                assert not reload.done()
+                await asyncio.sleep(0.005)
+
+            await write_version(rig, a1, "webui", 1)  # commits; its invalidation waits
+            assert rig.repo._cache.pending
+            while not reload.done():
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+                assert await config_of(rig, a2, "webui") == {"v": 0}
+                await asyncio.sleep(0.02)
+            assert (await reload).startswith(b"+OK")
+            assert rig.repo.stats().fall_throughs.get("loading", 0) > 0
+
+            for _ in range(3):
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+            await until_cached(rig, a1, "webui")
+            assert not rig.repo._cache.pending
+            assert await config_of(rig, a1, "webui") == {"v": 1}
+            assert await config_of(rig, a2, "webui") == {"v": 0}
+        finally:
+            await rig.client.close()
 
 
 async def test_client_kill(rig: Rig) -> None:
@@ -185,6 +268,9 @@ async def test_replica_promoted(clean_db: AsyncEngine) -> None:
             await wait_for_sync(primary.port)
             await write_version(rig, a1, "webui", 1)  # invalidation: READONLY, kept for replay
             assert rig.repo._cache.pending
+            stats = rig.repo.stats()
+            assert (stats.fall_throughs, stats.failed_invalidations) == ({"readonly": 1}, 1)
+            assert stats.breaker_state == "closed"  # a read-only server still serves reads
             for _ in range(3):
                 assert await config_of(rig, a1, "webui") == {"v": 1}
                 assert await config_of(rig, a2, "webui") == {"v": 0}
@@ -199,6 +285,7 @@ async def test_replica_promoted(clean_db: AsyncEngine) -> None:
                     assert await config_of(rig, a1, "webui") == {"v": 1}
                 await until_cached(rig, a1, "webui")
                 assert not rig.repo._cache.pending
+                assert rig.repo.stats().replayed_invalidations == 1
                 assert await config_of(rig, a1, "webui") == {"v": 1}
                 assert await config_of(rig, a2, "webui") == {"v": 0}
             finally:

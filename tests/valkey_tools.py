@@ -116,3 +116,21 @@ async def busy_script(port: int) -> AsyncIterator[None]:
             await asyncio.sleep(0.05)
         await asyncio.wait_for(reader.readline(), 10)  # the killed script's error reply
         writer.close()
+
+
+async def write_filler(port: int, count: int, prefix: str = "filler") -> None:
+    """``count`` small keys, pipelined on one raw connection: a data set that takes a
+    while to load back (with ``--key-load-delay``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(_resp("SET", f"{prefix}:{i}", "x") for i in range(count)))
+        await writer.drain()
+        for _ in range(count):
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"+OK")
+    finally:
+        writer.close()
+
+
+async def is_loading(port: int) -> bool:
+    """Whether the server still answers LOADING (restoring its data set)."""
+    return (await raw_command(port, "GET", "probe")).startswith(b"-LOADING")
