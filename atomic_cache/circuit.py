@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from glide import ClosingError, GlideError
+from glide import CircuitBreakerError, ClosingError, GlideError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 
@@ -54,6 +54,8 @@ _NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript"})
 
 def cause_of(error: BaseException) -> str:
     """A stable cause label (one of ``metrics.FALL_THROUGH_CAUSES``) for a failed call."""
+    if isinstance(error, CircuitBreakerError):
+        return "circuit_open"  # glide's own client-wide breaker refused it, without I/O
     if isinstance(error, GlideTimeoutError):
         return "timeout"
     if isinstance(error, GlideConnectionError | ClosingError):

@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from glide import (
     AdvancedGlideClientConfiguration,
+    ClientCircuitBreakerConfiguration,
     GlideClient,
     GlideClientConfiguration,
     NodeAddress,
@@ -61,6 +62,7 @@ class ValkeyURL:
         request_timeout_ms: int,
         connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
         client_name: str | None = None,
+        client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
     ) -> GlideClientConfiguration:
         credentials = None
         if self.password is not None:
@@ -75,6 +77,7 @@ class ValkeyURL:
             # A dead server must never block start-up: connect on the first command.
             lazy_connect=True,
             advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_timeout_ms),
+            client_circuit_breaker=client_circuit_breaker,
         )
 
 
@@ -84,11 +87,16 @@ async def create_valkey_client(
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
     client_name: str | None = "atomic_cache",
+    client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
 ) -> GlideClient:
     """Create a standalone glide client; it connects lazily, on its first command.
 
     ``request_timeout_ms`` bounds every command, so a stalled server costs at most that
     much per call (and the breaker of the repositories stops paying it).
+    ``client_circuit_breaker`` turns on glide's own client-wide breaker as well, for an
+    application that shares this client with other work; the repositories do not need it
+    (their breaker also counts BUSY and LOADING) and treat its rejections as an open
+    circuit. With glide's defaults it ignores timeouts: pass ``count_timeouts=True``.
     """
     if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
         raise ValueError("request_timeout_ms and connect_timeout_ms must be positive")
@@ -96,5 +104,6 @@ async def create_valkey_client(
         request_timeout_ms=request_timeout_ms,
         connect_timeout_ms=connect_timeout_ms,
         client_name=client_name,
+        client_circuit_breaker=client_circuit_breaker,
     )
     return await GlideClient.create(config)

@@ -6,12 +6,12 @@ import asyncio
 import logging
 
 import pytest
-from glide import ClosingError, RequestError
+from glide import CircuitBreakerError, ClientCircuitBreakerConfiguration, ClosingError, RequestError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from atomic_cache import CacheError, MyFragmentInput
+from atomic_cache import CacheError, MyFragmentInput, create_valkey_client
 from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
 from atomic_cache.embedded import EmbeddedValkey
 from atomic_cache.guard import GuardedCache
@@ -122,6 +122,7 @@ def test_a_success_resets_the_count() -> None:
         ),
         (RequestError("OOM command not allowed when used memory > 'maxmemory'"), False, "oom"),
         (RequestError("READONLY You can't write against a read only replica."), False, "readonly"),
+        (CircuitBreakerError("Client circuit breaker is open"), True, "circuit_open"),
         (CacheError("get.lua answered 'x'"), False, "error"),
         (ValueError("bad argument"), False, "error"),
     ],
@@ -186,4 +187,38 @@ async def test_dead_valkey_is_bypassed_then_used_again(
             assert state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending
             assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
         finally:
+            await rig.client.close()
+
+
+async def test_glide_client_breaker_rejections_fall_through(clean_db: AsyncEngine) -> None:
+    """With glide's own breaker on the client (counting timeouts), its fast rejections
+    are served from PostgreSQL like any other open circuit."""
+    with EmbeddedValkey() as server:
+        rig = await open_rig(clean_db, server)
+        glide_breaker = ClientCircuitBreakerConfiguration(
+            min_errors=3, count_timeouts=True, open_timeout_ms=60_000
+        )
+        client = await create_valkey_client(
+            server.url, request_timeout_ms=300, client_circuit_breaker=glide_breaker
+        )
+        rig.cache._client = client
+        guard = GuardedCache.of(rig.cache)
+        guard.breaker = CircuitBreaker(failure_threshold=1000)  # glide's trips first
+        try:
+            a1 = rig.world.users[0]
+            await rig.repo.bulk_create_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
+            )
+            await until_cached(rig, a1, "webui")
+            server.pause()
+            try:
+                for _ in range(10):
+                    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+            finally:
+                server.resume()
+            causes = rig.repo.stats().fall_throughs
+            assert causes.get("timeout", 0) >= 3 and causes.get("circuit_open", 0) >= 1
+            assert sum(causes.values()) == 10
+        finally:
+            await client.close()
             await rig.client.close()
