@@ -2,6 +2,7 @@
 atomic Lua scripts."""
 
 from .cache_source import AllLookup, AppConfigFragmentCacheSource, InvalidationTarget
+from .circuit import BreakerState, CircuitBreaker
 from .client import create_valkey_client
 from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
@@ -37,11 +38,13 @@ __all__ = [
     "AppConfigFragmentRepository",
     "AppConfigPolicy",
     "AppConfigPolicyRepository",
+    "BreakerState",
     "BulkFailure",
     "BulkResult",
     "CacheError",
     "CacheLookup",
     "CacheStats",
+    "CircuitBreaker",
     "ConfigLimits",
     "FragmentInput",
     "FragmentKey",

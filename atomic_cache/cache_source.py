@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from .circuit import CircuitBreaker
 from .keys import KeySchema, decode_component, encode_component, user_component
 from .metrics import CacheMetrics
 from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
@@ -110,6 +111,7 @@ class AppConfigFragmentCacheSource:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         keys: KeySchema | None = None,
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -118,7 +120,10 @@ class AppConfigFragmentCacheSource:
         self.ttl_seconds = ttl_seconds
         self.keys = keys or KeySchema()
         self.max_entry_bytes = max_entry_bytes
-        self.metrics = CacheMetrics()  # bumped by the repositories' guard, and here
+        # Used by the repositories, not here: the breaker they apply to this cache (its
+        # thresholds are the caller's to set) and the counters they, and this, bump.
+        self.breaker = breaker or CircuitBreaker()
+        self.metrics = CacheMetrics()
 
     @property
     def script_reloads(self) -> int:
@@ -129,6 +134,14 @@ class AppConfigFragmentCacheSource:
 
     async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
         return (await self.lookup(user_id, name)).value
+
+    async def ping(self) -> str:
+        """One read-only script call that touches only the epoch: the breaker's probe.
+        It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
+        reply = await self._registry.call(self._client, "get", [self.keys.epoch])
+        if not isinstance(reply, list) or len(reply) != 1:
+            raise CacheError(f"get.lua answered {reply!r:.200}")
+        return _text(reply[0])
 
     async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
         """The cached value, or a miss with the fill token to pass to set_merged_config."""

@@ -77,6 +77,11 @@ def counts_against_health(error: BaseException) -> bool:
 
 
 class CircuitBreaker:
+    """Closed -> open after ``failure_threshold`` consecutive health failures; open ->
+    half-open after ``cooldown_s``, when one probe may go out; its outcome closes or
+    reopens it. The repositories send that probe from a background task, so no request
+    waits on it."""
+
     def __init__(
         self,
         failure_threshold: int = 3,
@@ -98,8 +103,14 @@ class CircuitBreaker:
         """May a cache call go out now? In half-open, only the single probe may."""
         if self.state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+        elapsed = self._clock() - self._opened_at
+        if self.state is BreakerState.OPEN and elapsed >= self.cooldown_s:
+            self._opened_at = self._clock()
             self._move(BreakerState.HALF_OPEN, "cool-down over, letting one probe through")
+            return True
+        if self.state is BreakerState.HALF_OPEN and elapsed >= self.cooldown_s:
+            # The probe never reported (its task was cancelled): let another one through.
+            self._opened_at = self._clock()
             return True
         return False
 
@@ -110,6 +121,10 @@ class CircuitBreaker:
 
     def record_failure(self, error: BaseException) -> None:
         if not counts_against_health(error):
+            # The server answered (OOM, WRONGTYPE, READONLY...): it is up. Counting this as
+            # a success also keeps a probe that met such an error from leaving the breaker
+            # half-open for ever.
+            self.record_success()
             return
         self._failures += 1
         if self.state is BreakerState.HALF_OPEN or (

@@ -126,13 +126,14 @@ class GuardedCache:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.source = source
-        # The counters live on the source, so that every guard and the source itself
-        # (corrupt entries it removes) count into one place.
+        # The counters and the breaker settings live on the source, so that every guard
+        # and the source itself (corrupt entries it removes) count into one place.
         self.metrics = source.metrics if source is not None else CacheMetrics()
         self.bypassed = 0  # cache calls skipped while the breaker was open
-        self.breaker = breaker or CircuitBreaker()
+        self.breaker = breaker or (source.breaker if source is not None else CircuitBreaker())
         self.pending = PendingInvalidations(max_pending)
         self._replay_lock = asyncio.Lock()
+        self._probe: asyncio.Task[None] | None = None  # held, so it is not collected
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -185,8 +186,7 @@ class GuardedCache:
         it failed."""
         if self.source is None:
             return None
-        if not self.breaker.allow():
-            self.bypassed += 1
+        if not self._admit():
             self.metrics.fall_throughs["circuit_open"] += 1
             return None
         try:
@@ -198,6 +198,26 @@ class GuardedCache:
             return None
         self.breaker.record_success()
         return result
+
+    def _admit(self) -> bool:
+        """Whether a cache call may go out now. While the breaker is open it may not; when
+        its cool-down ends, the probe goes out from a background task and this caller,
+        too, is served by the database: no request ever waits on a probe."""
+        if self.breaker.allow():
+            if self.breaker.state is BreakerState.CLOSED:
+                return True
+            self._probe = asyncio.create_task(self._send_probe())
+        self.bypassed += 1
+        return False
+
+    async def _send_probe(self) -> None:
+        assert self.source is not None
+        try:
+            await self.source.ping()
+        except CACHE_ERRORS as error:
+            self.breaker.record_failure(error)
+        else:
+            self.breaker.record_success()
 
     async def read(
         self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
@@ -241,8 +261,7 @@ class GuardedCache:
         if not merged and not drop_catalogue:
             return 0
         fresh = bool(targets)  # a write's own invalidation, not only a replay
-        if not self.breaker.allow():
-            self.bypassed += 1
+        if not self._admit():
             self._kept_for_replay(
                 merged, drop_catalogue, fresh, "circuit_open", "cache circuit open"
             )

@@ -6,18 +6,31 @@ import asyncio
 import logging
 
 import pytest
-from glide import CircuitBreakerError, ClientCircuitBreakerConfiguration, ClosingError, RequestError
+from glide import (
+    CircuitBreakerError,
+    ClientCircuitBreakerConfiguration,
+    ClosingError,
+    GlideClient,
+    RequestError,
+)
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from atomic_cache import CacheError, MyFragmentInput, create_valkey_client
+from atomic_cache import (
+    AppConfigFragmentCacheSource,
+    CacheError,
+    KeySchema,
+    MyFragmentInput,
+    ScriptRegistry,
+    create_valkey_client,
+)
 from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
 from atomic_cache.embedded import EmbeddedValkey
 from atomic_cache.guard import GuardedCache
 from atomic_cache.metrics import FALL_THROUGH_CAUSES
 
-from .repo_tools import open_rig, until_cached
+from .repo_tools import count_sql, open_rig, until_cached
 
 
 def state_of(breaker: CircuitBreaker) -> BreakerState:
@@ -222,3 +235,81 @@ async def test_glide_client_breaker_rejections_fall_through(clean_db: AsyncEngin
         finally:
             await client.close()
             await rig.client.close()
+
+
+def test_a_server_answer_closes_a_half_open_breaker() -> None:
+    """A probe that meets OOM, WRONGTYPE or READONLY reached a live server: the breaker
+    closes instead of waiting half-open for a success that may never come."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=5, clock=clock)
+    breaker.record_failure(GlideTimeoutError("timed out"))
+    clock.now += 5
+    assert breaker.allow() is True and state_of(breaker) is BreakerState.HALF_OPEN
+    breaker.record_failure(RequestError("OOM: command not allowed when used memory"))
+    assert state_of(breaker) is BreakerState.CLOSED and breaker.allow() is True
+
+
+def test_a_lost_probe_is_replaced_after_a_cool_down() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=5, clock=clock)
+    breaker.record_failure(GlideTimeoutError("timed out"))
+    clock.now += 5
+    assert breaker.allow() is True  # the probe, which never reports back
+    clock.now += 4.9
+    assert breaker.allow() is False
+    clock.now += 0.1
+    assert breaker.allow() is True and state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.transitions == 2  # closed -> open -> half_open; no new state
+
+
+async def test_no_request_waits_on_the_probe(clean_db: AsyncEngine) -> None:
+    """Valkey paused: once open, the breaker's probe goes out in the background and the
+    request that set it off is answered by PostgreSQL while the probe still waits."""
+    with EmbeddedValkey() as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            clock = FakeClock()
+            guard = GuardedCache.of(rig.cache)
+            guard.breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
+            a1 = rig.world.users[0]
+            await rig.repo.bulk_create_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
+            )
+            await until_cached(rig, a1, "webui")
+            server.pause()
+            try:
+                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
+                assert state_of(guard.breaker) is BreakerState.OPEN
+                clock.now += 30
+                with count_sql(rig.engine) as sql:
+                    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+                assert len(sql) == 1  # served by PostgreSQL...
+                probe = guard._probe
+                assert probe is not None and not probe.done()  # ...while the probe waits
+                assert state_of(guard.breaker) is BreakerState.HALF_OPEN
+                await probe
+                assert state_of(guard.breaker) is BreakerState.OPEN  # it timed out
+            finally:
+                server.resume()
+            clock.now += 30
+            await rig.repo.app_config(a1, "webui")  # sets off the next probe
+            assert guard._probe is not None
+            await guard._probe
+            assert state_of(guard.breaker) is BreakerState.CLOSED
+            assert rig.repo.stats().breaker_transitions == {
+                "open": 2,
+                "half_open": 2,
+                "closed": 1,
+            }
+        finally:
+            await rig.client.close()
+
+
+def test_breaker_settings_come_from_the_cache_source(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=7, cooldown_s=0.5)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, breaker=breaker)
+    assert GuardedCache.of(cache).breaker is breaker
+    default = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    assert (default.breaker.failure_threshold, default.breaker.cooldown_s) == (3, 2.0)
