@@ -1007,6 +1007,10 @@ async def scenario_server_cost(ctx: BenchContext) -> list[BenchRow]:
 OUTAGE_SQL = "no cache (SQL merged view)"
 OUTAGE_DEAD = "cache, Valkey dead (breaker)"
 OUTAGE_PAUSED = "cache, Valkey paused (breaker)"
+OUTAGE_GLIDE = "cache, Valkey paused, glide's client breaker instead"
+# glide 2.6's own breaker, set to trip like ours (3 errors, timeouts counted, 2 s open);
+# with its defaults (50 errors in 10 s, timeouts ignored) a paused server never trips it.
+GLIDE_BREAKER = {"min_errors": 3, "count_timeouts": True, "open_timeout_ms": 2000}
 
 
 @dataclass
@@ -1028,7 +1032,7 @@ class _Outage:
         """What the guard saw so far; a phase reports the difference."""
         causes = self.guard.metrics.fall_throughs
         return {
-            "bypassed": self.guard.bypassed,
+            "bypassed": causes["circuit_open"],  # ours, or glide's breaker, refused it
             "breaker_transitions": self.guard.breaker.transitions,
             "failed_calls": sum(
                 count
@@ -1040,10 +1044,19 @@ class _Outage:
 
 
 async def _open_outage(
-    ctx: BenchContext, stack: AsyncExitStack, engine: AsyncEngine, name: str
+    ctx: BenchContext,
+    stack: AsyncExitStack,
+    engine: AsyncEngine,
+    name: str,
+    *,
+    glide_breaker: bool = False,
 ) -> _Outage:
     """Start a valkey-server and put a cached repository in front of it; the stack stops
-    the server (also if it fails half-way) and closes the client."""
+    the server (also if it fails half-way) and closes the client. ``glide_breaker`` swaps
+    our breaker for glide's client-wide one."""
+    from glide import ClientCircuitBreakerConfiguration
+
+    from .circuit import CircuitBreaker
     from .repository import AppConfigFragmentRepository
 
     server = EmbeddedValkey()
@@ -1051,11 +1064,19 @@ async def _open_outage(
     server.start()
     # The application's client: its default request timeout, not the bench's 60 s, since
     # that timeout is what a read pays while Valkey is dead or paused.
-    client = await create_valkey_client(server.url, client_name="atomic_cache-bench")
+    client = await create_valkey_client(
+        server.url,
+        client_name="atomic_cache-bench",
+        client_circuit_breaker=(
+            ClientCircuitBreakerConfiguration(**GLIDE_BREAKER) if glide_breaker else None
+        ),
+    )
     stack.push_async_callback(client.close)
     registry = ScriptRegistry()
     await registry.load(client)
-    cache = AppConfigFragmentCacheSource(client, registry, keys=ctx.keys("g"))
+    # With glide's breaker in charge, ours must never trip: an unreachable threshold.
+    breaker = CircuitBreaker(failure_threshold=10**9) if glide_breaker else None
+    cache = AppConfigFragmentCacheSource(client, registry, keys=ctx.keys("g"), breaker=breaker)
     return _Outage(name, server, cache, AppConfigFragmentRepository(engine, cache=cache))
 
 
@@ -1090,7 +1111,8 @@ async def scenario_outage(ctx: BenchContext) -> list[BenchRow]:
         users = list((await write_rows(engine, plan_rows(plan))).users)
         dead = await _open_outage(ctx, stack, engine, OUTAGE_DEAD)
         paused = await _open_outage(ctx, stack, engine, OUTAGE_PAUSED)
-        outages = {outage.name: outage for outage in (dead, paused)}
+        glide = await _open_outage(ctx, stack, engine, OUTAGE_GLIDE, glide_breaker=True)
+        outages = {outage.name: outage for outage in (dead, paused, glide)}
         for outage in outages.values():
             ctx.log(f"g. caching webui of {len(users):,} users for: {outage.name}")
             await gather_limited(
@@ -1102,8 +1124,9 @@ async def scenario_outage(ctx: BenchContext) -> list[BenchRow]:
                 raise RuntimeError(f"{outage.name}: {sum(cached)} of {len(users)} entries cached")
         ctx.log("g. killing one valkey-server, pausing the other")
         dead.server.kill()
-        paused.server.pause()
-        stack.callback(_resume, paused.server)  # runs first: its client closes on a live server
+        for stalled in (paused, glide):
+            stalled.server.pause()
+            stack.callback(_resume, stalled.server)  # runs first: clients close on live servers
         sql = AppConfigFragmentRepository(engine)
 
         def user(i: int) -> uuid.UUID:
@@ -1113,6 +1136,7 @@ async def scenario_outage(ctx: BenchContext) -> list[BenchRow]:
             (OUTAGE_SQL, lambda i: sql.app_config(user(i), "webui")),
             (dead.name, lambda i: dead.repo.app_config(user(i), "webui")),
             (paused.name, lambda i: paused.repo.app_config(user(i), "webui")),
+            (glide.name, lambda i: glide.repo.app_config(user(i), "webui")),
         ]
         # 1 task: what one request sees. All the rounds, not a quarter as in b: the
         # cool-down is wall-clock time, so the run must span several to weigh the probes.

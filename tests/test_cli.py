@@ -276,16 +276,18 @@ async def test_bench_outage_scenario_compares_dead_and_paused_valkey_with_sql(
     report = json.loads((out / "bench.json").read_text())
     assert report["skipped"] == []
     rows = {(row["scenario"], row["variant"]): row for row in report["rows"]}
-    sql, dead, paused = (
+    sql, dead, paused, glide = (
         "no cache (SQL merged view)",
         "cache, Valkey dead (breaker)",
         "cache, Valkey paused (breaker)",
+        "cache, Valkey paused, glide's client breaker instead",
     )
     scenarios = [
         "g. app_config, Valkey dead or paused, 1 task",
         f"g. app_config, Valkey dead or paused, {TINY.tasks} tasks",
     ]
-    assert set(rows) == {(scenario, v) for scenario in scenarios for v in (sql, dead, paused)}
+    variants = (sql, dead, paused, glide)
+    assert set(rows) == {(scenario, v) for scenario in scenarios for v in variants}
     assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows.values())
     for scenario in scenarios:
         assert rows[scenario, sql]["baseline"]
@@ -297,6 +299,10 @@ async def test_bench_outage_scenario_compares_dead_and_paused_valkey_with_sql(
     for variant in (dead, paused):
         extra = rows[scenarios[0], variant]["extra"]
         assert extra["failed_calls"] >= 3 and extra["breaker_transitions"] >= 1
+    # glide's breaker did the refusing there; ours, set never to trip, never moved.
+    extra = rows[scenarios[0], glide]["extra"]
+    assert extra["failed_calls"] >= 3 and extra["bypassed"] > 0
+    assert extra["breaker_transitions"] == 0
     # The servers it killed and paused are gone, with their temp dirs.
     assert_no_embedded_leftovers(private_tmp)
 
