@@ -216,8 +216,12 @@ class GuardedCache:
             await self.source.ping()
         except CACHE_ERRORS as error:
             self.breaker.record_failure(error)
-        else:
-            self.breaker.record_success()
+            return
+        self.breaker.record_success()
+        # Replay at once rather than on the next request: until it lands, other processes
+        # may still serve what the missed invalidations cover.
+        if self.pending:
+            await self.replay()
 
     async def read(
         self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]

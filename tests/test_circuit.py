@@ -313,3 +313,40 @@ def test_breaker_settings_come_from_the_cache_source(
     assert GuardedCache.of(cache).breaker is breaker
     default = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
     assert (default.breaker.failure_threshold, default.breaker.cooldown_s) == (3, 2.0)
+
+
+async def test_the_probe_replays_missed_invalidations_at_once(clean_db: AsyncEngine) -> None:
+    """Other processes may serve an entry until its invalidation lands, so a successful
+    probe replays the missed ones itself instead of waiting for the next request."""
+    with EmbeddedValkey() as server:
+        rig = await open_rig(clean_db, server)
+        try:
+            clock = FakeClock()
+            guard = GuardedCache.of(rig.cache)
+            guard.breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
+            a1 = rig.world.users[0]
+            await rig.repo.bulk_create_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
+            )
+            await until_cached(rig, a1, "webui")
+            server.pause()
+            try:
+                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
+                await rig.repo.bulk_update_my(
+                    a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
+                )
+                assert guard.pending  # kept, with no I/O
+            finally:
+                server.resume()
+            assert (await rig.cache.lookup(a1, "webui")).value is not None  # the old entry
+
+            clock.now += 30
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # probe starts
+            assert guard._probe is not None
+            await guard._probe
+            assert not guard.pending and state_of(guard.breaker) is BreakerState.CLOSED
+            assert (await rig.cache.lookup(a1, "webui")).value is None  # dropped by the probe
+            stats = rig.repo.stats()
+            assert (stats.failed_invalidations, stats.replayed_invalidations) == (1, 1)
+        finally:
+            await rig.client.close()
