@@ -2,13 +2,19 @@
 
 After ``failure_threshold`` consecutive health failures the breaker opens and the cache
 is bypassed (the repositories go straight to PostgreSQL) for ``cooldown_s``; then one
-probe is let through (half-open): success closes it, failure opens it again. One log
-line per state change, none per request.
+probe is let through (half-open): success closes it, failure opens it again. The
+repositories send that probe from a background task, so after the failures that open it
+no request waits on a dead or paused server. One log line per state change, none per
+request.
 
-Why not (only) glide 2.6's ``ClientCircuitBreakerConfiguration``: its defaults need 50
-errors in a 10 s window and do not count timeouts, and a paused or overloaded server
-produces nothing but timeouts, so each request would still wait the full request timeout.
-This breaker counts them, trips after three, and also covers BUSY and LOADING.
+Why not glide 2.6's ``ClientCircuitBreakerConfiguration`` (measured, see the README):
+with its defaults (50 errors in 10 s, timeouts not counted) a paused server never trips
+it; set to count timeouts it trips as fast as this one, but its half-open probes are
+real requests that wait the full timeout, server error replies such as BUSY do not count,
+and it tells the library nothing, so invalidations could not skip the I/O while it is
+open. It can still be turned on for a client shared with other work
+(``create_valkey_client(client_circuit_breaker=...)``); its rejections count as an open
+circuit here.
 """
 
 from __future__ import annotations

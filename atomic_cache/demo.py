@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .cache_source import AppConfigFragmentCacheSource
 from .db import create_schema
 from .keys import KeySchema
+from .metrics import CacheStats
 from .models import FragmentInput, MyFragmentInput, ScopeType
 from .repository import AppConfigFragmentRepository, AppConfigPolicyRepository
 from .scripts import ScriptRegistry
@@ -113,6 +114,8 @@ class DemoReport:
     hit_ratio: float = 0.0
     commands_per_read: float = 0.0
     writes: list[WriteRow] = field(default_factory=list)
+    read_stats: CacheStats = field(default_factory=CacheStats)  # after the read passes
+    stats: CacheStats = field(default_factory=CacheStats)  # at the end
 
 
 async def run_demo(
@@ -164,6 +167,7 @@ async def _demo(
     report.reads = len(cold) + len(warm)
     report.commands_per_read = await script_calls(client) / report.reads
     report.hit_ratio = 1 - sql.count / report.reads
+    report.read_stats = repo.stats()
     report.cached_us = warm
     report.sql_us = await timed_load(users, sql_only.my_app_configs, readers)
     console.print(
@@ -173,6 +177,7 @@ async def _demo(
 
     console.print("\n[bold]Writes at every scope[/] (each invalidates its slice before returning)")
     report.writes = await _writes(client, keys, engine, repo, cache, data)
+    report.stats = repo.stats()
     return report
 
 
@@ -270,4 +275,20 @@ def summary(report: DemoReport) -> list[Table]:
     for row in report.writes:
         writes.add_row(row.label, f"{row.dropped:,}", f"{row.refills:,}", f"{row.sql_statements:,}")
     writes.caption = "each write: one invalidation round trip after its commit"
-    return [reads, writes]
+    return [reads, writes, counters(report.stats)]
+
+
+def counters(stats: CacheStats) -> Table:
+    """What ``repo.stats()`` counted over the whole demo."""
+    table = Table(title="Cache counters: repo.stats()")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name, value in stats.model_dump().items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{key} {count:,}" for key, count in sorted(value.items())) or "none"
+        elif isinstance(value, float):
+            value = f"{value:.1%}"
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        table.add_row(name, str(value))
+    return table

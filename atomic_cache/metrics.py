@@ -9,7 +9,7 @@ every repository that uses it; ``repository.stats()`` snapshots it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,6 +139,12 @@ def register_prometheus(
             " pip install 'atomic_cache[prometheus]'"
         ) from error
 
+    def labelled(family: Any, values: Mapping[str, float], names: Iterable[str]) -> Any:
+        """One sample per name (0 when absent), so every series exists from the start."""
+        for name in sorted({*names, *values}):
+            family.add_metric([name], values.get(name, 0))
+        return family
+
     class AtomicCacheCollector:
         def collect(self) -> Iterator[Any]:
             stats = source.stats()
@@ -146,30 +152,34 @@ def register_prometheus(
                 yield CounterMetricFamily(
                     f"{namespace}_{name}", help_text, value=getattr(stats, name)
                 )
-            fall_throughs = CounterMetricFamily(
-                f"{namespace}_fall_throughs",
-                "Cache calls (reads, fills, invalidations) that failed or were skipped, by cause",
-                labels=["cause"],
+            yield labelled(
+                CounterMetricFamily(
+                    f"{namespace}_fall_throughs",
+                    "Cache calls (reads, fills, invalidations) that failed or were skipped,"
+                    " by cause",
+                    labels=["cause"],
+                ),
+                dict(stats.fall_throughs),
+                FALL_THROUGH_CAUSES,
             )
-            for cause in sorted({*FALL_THROUGH_CAUSES, *stats.fall_throughs}):
-                fall_throughs.add_metric([cause], stats.fall_throughs.get(cause, 0))
-            yield fall_throughs
-            transitions = CounterMetricFamily(
-                f"{namespace}_breaker_transitions",
-                "Circuit breaker state changes, by the new state",
-                labels=["state"],
+            yield labelled(
+                CounterMetricFamily(
+                    f"{namespace}_breaker_transitions",
+                    "Circuit breaker state changes, by the new state",
+                    labels=["state"],
+                ),
+                dict(stats.breaker_transitions),
+                _BREAKER_STATES,
             )
-            for state in _BREAKER_STATES:
-                transitions.add_metric([state], stats.breaker_transitions.get(state, 0))
-            yield transitions
-            state_now = GaugeMetricFamily(
-                f"{namespace}_breaker_state",
-                "1 for the circuit breaker's current state",
-                labels=["state"],
+            yield labelled(
+                GaugeMetricFamily(
+                    f"{namespace}_breaker_state",
+                    "1 for the circuit breaker's current state",
+                    labels=["state"],
+                ),
+                {stats.breaker_state: 1.0},
+                _BREAKER_STATES,
             )
-            for state in _BREAKER_STATES:
-                state_now.add_metric([state], 1.0 if stats.breaker_state == state else 0.0)
-            yield state_now
             yield GaugeMetricFamily(
                 f"{namespace}_pending_invalidations",
                 "Invalidated slices waiting to be replayed",

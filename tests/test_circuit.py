@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from glide import (
@@ -30,7 +33,7 @@ from atomic_cache.embedded import EmbeddedValkey
 from atomic_cache.guard import GuardedCache
 from atomic_cache.metrics import FALL_THROUGH_CAUSES
 
-from .repo_tools import count_sql, open_rig, until_cached
+from .repo_tools import Rig, count_sql, open_rig, until_cached
 
 
 def state_of(breaker: CircuitBreaker) -> BreakerState:
@@ -151,56 +154,68 @@ def test_bad_settings() -> None:
         CircuitBreaker(failure_threshold=0)
 
 
-async def test_dead_valkey_is_bypassed_then_used_again(
-    clean_db: AsyncEngine, caplog: pytest.LogCaptureFixture
-) -> None:
+@asynccontextmanager
+async def clocked_rig(
+    engine: AsyncEngine, failure_threshold: int = 1
+) -> AsyncIterator[tuple[Rig, GuardedCache, FakeClock, uuid.UUID]]:
+    """A rig whose breaker keeps a fake clock (30 s cool-down), and a user whose webui
+    (v1) is cached."""
     with EmbeddedValkey() as server:
-        rig = await open_rig(clean_db, server)
+        rig = await open_rig(engine, server)
         try:
             clock = FakeClock()
             guard = GuardedCache.of(rig.cache)
-            guard.breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
+            guard.breaker = CircuitBreaker(
+                failure_threshold=failure_threshold, cooldown_s=30, clock=clock
+            )
             a1 = rig.world.users[0]
             await rig.repo.bulk_create_my(
                 a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
             )
             await until_cached(rig, a1, "webui")
-
-            server.kill()
-            for _ in range(10):
-                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
-            assert state_of(guard.breaker) is BreakerState.OPEN
-            assert guard.bypassed == 10 - 3  # three reads paid the timeout, then none
-            result = await rig.repo.bulk_update_my(
-                a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
-            )
-            assert len(result.successes) == 1 and guard.pending  # kept for replay, no I/O
-            assert guard.bypassed == 10 - 3 + 1
-
-            # While it stays open, requests log nothing: one line per state change only.
-            caplog.clear()
-            with caplog.at_level(logging.DEBUG, logger="atomic_cache"):
-                for _ in range(50):
-                    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
-            assert caplog.records == []
-            stats = rig.repo.stats()
-            assert stats.fall_throughs["circuit_open"] == 7 + 1 + 50  # the replays tried
-            assert stats.fall_throughs["pending_invalidation"] == 50
-            assert stats.breaker_transitions == {"open": 1}
-
-            server.start()
-            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # still open
-            for _ in range(100):  # the client reconnects on its own schedule
-                clock.now += 30
-                await rig.repo.app_config(a1, "webui")
-                if state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending:
-                    break
-                await asyncio.sleep(0.05)
-            await until_cached(rig, a1, "webui")
-            assert state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending
-            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
+            yield rig, guard, clock, a1
         finally:
             await rig.client.close()
+
+
+async def test_dead_valkey_is_bypassed_then_used_again(
+    clean_db: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with clocked_rig(clean_db, failure_threshold=3) as (rig, guard, clock, a1):
+        server = rig.server
+        server.kill()
+        for _ in range(10):
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+        assert state_of(guard.breaker) is BreakerState.OPEN
+        assert guard.bypassed == 10 - 3  # three reads paid the timeout, then none
+        result = await rig.repo.bulk_update_my(
+            a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
+        )
+        assert len(result.successes) == 1 and guard.pending  # kept for replay, no I/O
+        assert guard.bypassed == 10 - 3 + 1
+
+        # While it stays open, requests log nothing: one line per state change only.
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="atomic_cache"):
+            for _ in range(50):
+                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
+        assert caplog.records == []
+        stats = rig.repo.stats()
+        assert stats.fall_throughs["circuit_open"] == 7 + 1 + 50  # the replays tried
+        assert stats.fall_throughs["pending_invalidation"] == 50
+        assert stats.breaker_transitions == {"open": 1}
+
+        server.start()
+        assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # still open
+        for _ in range(100):  # the client reconnects on its own schedule
+            clock.now += 30
+            await rig.repo.app_config(a1, "webui")
+            if state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending:
+                break
+            await asyncio.sleep(0.05)
+        await until_cached(rig, a1, "webui")
+        assert state_of(guard.breaker) is BreakerState.CLOSED and not guard.pending
+        assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
 
 
 async def test_glide_client_breaker_rejections_fall_through(clean_db: AsyncEngine) -> None:
@@ -265,44 +280,33 @@ def test_a_lost_probe_is_replaced_after_a_cool_down() -> None:
 async def test_no_request_waits_on_the_probe(clean_db: AsyncEngine) -> None:
     """Valkey paused: once open, the breaker's probe goes out in the background and the
     request that set it off is answered by PostgreSQL while the probe still waits."""
-    with EmbeddedValkey() as server:
-        rig = await open_rig(clean_db, server)
+    async with clocked_rig(clean_db) as (rig, guard, clock, a1):
+        server = rig.server
+        server.pause()
         try:
-            clock = FakeClock()
-            guard = GuardedCache.of(rig.cache)
-            guard.breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
-            a1 = rig.world.users[0]
-            await rig.repo.bulk_create_my(
-                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
-            )
-            await until_cached(rig, a1, "webui")
-            server.pause()
-            try:
-                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
-                assert state_of(guard.breaker) is BreakerState.OPEN
-                clock.now += 30
-                with count_sql(rig.engine) as sql:
-                    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
-                assert len(sql) == 1  # served by PostgreSQL...
-                probe = guard._probe
-                assert probe is not None and not probe.done()  # ...while the probe waits
-                assert state_of(guard.breaker) is BreakerState.HALF_OPEN
-                await probe
-                assert state_of(guard.breaker) is BreakerState.OPEN  # it timed out
-            finally:
-                server.resume()
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
+            assert state_of(guard.breaker) is BreakerState.OPEN
             clock.now += 30
-            await rig.repo.app_config(a1, "webui")  # sets off the next probe
-            assert guard._probe is not None
-            await guard._probe
-            assert state_of(guard.breaker) is BreakerState.CLOSED
-            assert rig.repo.stats().breaker_transitions == {
-                "open": 2,
-                "half_open": 2,
-                "closed": 1,
-            }
+            with count_sql(rig.engine) as sql:
+                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+            assert len(sql) == 1  # served by PostgreSQL...
+            probe = guard._probe
+            assert probe is not None and not probe.done()  # ...while the probe waits
+            assert state_of(guard.breaker) is BreakerState.HALF_OPEN
+            await probe
+            assert state_of(guard.breaker) is BreakerState.OPEN  # it timed out
         finally:
-            await rig.client.close()
+            server.resume()
+        clock.now += 30
+        await rig.repo.app_config(a1, "webui")  # sets off the next probe
+        assert guard._probe is not None
+        await guard._probe
+        assert state_of(guard.breaker) is BreakerState.CLOSED
+        assert rig.repo.stats().breaker_transitions == {
+            "open": 2,
+            "half_open": 2,
+            "closed": 1,
+        }
 
 
 def test_breaker_settings_come_from_the_cache_source(
@@ -318,35 +322,24 @@ def test_breaker_settings_come_from_the_cache_source(
 async def test_the_probe_replays_missed_invalidations_at_once(clean_db: AsyncEngine) -> None:
     """Other processes may serve an entry until its invalidation lands, so a successful
     probe replays the missed ones itself instead of waiting for the next request."""
-    with EmbeddedValkey() as server:
-        rig = await open_rig(clean_db, server)
+    async with clocked_rig(clean_db) as (rig, guard, clock, a1):
+        server = rig.server
+        server.pause()
         try:
-            clock = FakeClock()
-            guard = GuardedCache.of(rig.cache)
-            guard.breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
-            a1 = rig.world.users[0]
-            await rig.repo.bulk_create_my(
-                a1, [MyFragmentInput(name="webui", extra_config={"v": 1})]
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
+            await rig.repo.bulk_update_my(
+                a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
             )
-            await until_cached(rig, a1, "webui")
-            server.pause()
-            try:
-                assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
-                await rig.repo.bulk_update_my(
-                    a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
-                )
-                assert guard.pending  # kept, with no I/O
-            finally:
-                server.resume()
-            assert (await rig.cache.lookup(a1, "webui")).value is not None  # the old entry
-
-            clock.now += 30
-            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # probe starts
-            assert guard._probe is not None
-            await guard._probe
-            assert not guard.pending and state_of(guard.breaker) is BreakerState.CLOSED
-            assert (await rig.cache.lookup(a1, "webui")).value is None  # dropped by the probe
-            stats = rig.repo.stats()
-            assert (stats.failed_invalidations, stats.replayed_invalidations) == (1, 1)
+            assert guard.pending  # kept, with no I/O
         finally:
-            await rig.client.close()
+            server.resume()
+        assert (await rig.cache.lookup(a1, "webui")).value is not None  # the old entry
+
+        clock.now += 30
+        assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}  # probe starts
+        assert guard._probe is not None
+        await guard._probe
+        assert not guard.pending and state_of(guard.breaker) is BreakerState.CLOSED
+        assert (await rig.cache.lookup(a1, "webui")).value is None  # dropped by the probe
+        stats = rig.repo.stats()
+        assert (stats.failed_invalidations, stats.replayed_invalidations) == (1, 1)

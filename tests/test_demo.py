@@ -21,6 +21,12 @@ async def test_demo_runs_and_reports_exact_invalidations(
     assert report.reads == 120
     assert report.hit_ratio == 0.5  # the cold pass fills, the warm pass only hits
     assert report.commands_per_read == 1.5  # cold: read + fill; warm: read
+    reads = report.read_stats  # per name: 60 users x 5 names, missed once, then hit
+    assert (reads.hits, reads.misses, reads.fills, reads.refused_fills) == (300, 300, 300, 0)
+    assert reads.fall_throughs == {} and reads.breaker_state == "closed"
+    final = report.stats
+    assert final.entries_dropped - reads.entries_dropped == sum(r.dropped for r in report.writes)
+    assert final.fills - reads.fills == sum(r.refills for r in report.writes)
     dropped = {row.label.split(":")[0]: row.dropped for row in report.writes}
     assert dropped["USER"] == 1
     assert dropped["PUBLIC"] == 60 and dropped["policy update"] == 60
@@ -32,3 +38,4 @@ async def test_demo_runs_and_reports_exact_invalidations(
     for table in summary(report):
         console.print(table)
     assert "hit ratio 50.0%" in rendered.getvalue()
+    assert "Cache counters" in rendered.getvalue()
