@@ -753,6 +753,8 @@ async def race_rows(
 
 # -- scenario d: domain invalidation fan-out -----------------------------------------------
 
+FANOUT_SCENARIO = "d. domain invalidation"
+
 
 async def scenario_fanout(ctx: BenchContext) -> list[BenchRow]:
     keys = ctx.keys("d")
@@ -816,7 +818,7 @@ def _fanout_row(variant: str, users: int, measured: _Invalidation) -> BenchRow:
     if measured.server_block_us is not None:
         extra["server_block_us"] = measured.server_block_us
     return BenchRow(
-        scenario="d. domain invalidation",
+        scenario=FANOUT_SCENARIO,
         variant=variant,
         p50_us=measured.wall_us,
         ops_per_s=measured.dropped / (measured.wall_us / 1e6),
@@ -1332,7 +1334,7 @@ def plot(report: BenchReport, path: Path) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     latency = [row for row in report.rows if row.p50_us is not None and row.samples > 1]
-    fanout = [row for row in report.rows if "users" in row.extra]
+    fanout = [row for row in report.rows if row.scenario == FANOUT_SCENARIO]
     races = [row for row in report.rows if "stale_entries" in row.extra]
     memory = [row for row in report.rows if "bytes_per_entry" in row.extra]
 
