@@ -76,7 +76,7 @@ def cause_of(error: BaseException) -> str:
     return "error"
 
 
-def counts_against_health(error: BaseException) -> bool:
+def counts_against_health(error: BaseException | None) -> bool:
     """Connection trouble, timeouts, BUSY, LOADING, other server errors: yes. Data and
     capacity errors (WRONGTYPE, OOM, READONLY, a lost script) and our own errors: no."""
     return isinstance(error, GlideError) and cause_of(error) not in _NOT_HEALTH

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
-from .circuit import BreakerState, CircuitBreaker, cause_of
+from .circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
 from .metrics import CacheMetrics, CacheStats
 from .models import AppConfigData, ScopeType
 from .resilience import CACHE_ERRORS
@@ -133,6 +133,7 @@ class GuardedCache:
         self.breaker = breaker or (source.breaker if source is not None else CircuitBreaker())
         self.pending = PendingInvalidations(max_pending)
         self._replay_lock = asyncio.Lock()
+        self._last_error: BaseException | None = None  # of the last failed invalidation
         self._probe: asyncio.Task[None] | None = None  # held, so it is not collected
 
     @property
@@ -226,15 +227,30 @@ class GuardedCache:
     async def read(
         self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
     ) -> T | None:
-        """A cache read, made only once no missed invalidation is pending (replayed first)."""
-        if self.pending and not await self.replay():
-            self.metrics.fall_throughs["pending_invalidation"] += 1
-            return None
+        """A cache read; missed invalidations are replayed first.
+
+        If the replay fails, the read still goes out, and ``servable`` keeps the values
+        that a pending invalidation covers from being served: only the affected slices
+        bypass the cache, so one slice that cannot be invalidated (a failover to a
+        read-only node, a corrupt set) does not turn the whole cache off. While the
+        breaker is open no replay is tried here: its probe replays once Valkey answers.
+        """
+        if (
+            self.pending
+            and self.breaker.state is BreakerState.CLOSED
+            and not await self.replay()
+            and counts_against_health(self._last_error)
+        ):
+            return None  # the replay timed out or met BUSY...: do not wait a second time
         return await self.call("read", operation)
 
     def servable(self, value: AppConfigData) -> bool:
-        """False for a value that a still-pending invalidation covers."""
-        return not (self.pending and self.pending.covers(value))
+        """False for a value that a still-pending invalidation covers (counted as a
+        fall-through: the caller reads it from the database)."""
+        if self.pending and self.pending.covers(value):
+            self.metrics.fall_throughs["pending_invalidation"] += 1
+            return False
+        return True
 
     async def replay(self) -> bool:
         """Send the pending invalidations, once, however many readers ask; True when none
@@ -274,6 +290,7 @@ class GuardedCache:
             dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
         except CACHE_ERRORS as error:
             self.breaker.record_failure(error)
+            self._last_error = error
             self._kept_for_replay(merged, drop_catalogue, fresh, cause_of(error), str(error))
             return None
         self.breaker.record_success()

@@ -18,10 +18,29 @@
 --
 -- allow-oom: an invalidation only frees memory, and must still run when a full server
 -- refuses writes (maxmemory + noeviction); skipping it would leave stale entries.
+--
+-- A key of another type where a membership set or the epoch belongs (written by someone
+-- else) means the index can no longer say which entries a target covers. Rather than
+-- fail (and fail again on every replay), the script then drops every key under the
+-- prefix, entries and sets alike, and starts a fresh epoch: more misses, never stale.
 
 local prefix = ARGV[1]
 local epoch_key, all_users_key = KEYS[1], KEYS[2]
 local dropped = 0
+local corrupt = false
+
+-- redis.call, except that WRONGTYPE marks the index corrupt and answers `empty`.
+local function call(empty, ...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) then
+      corrupt = true
+      return empty
+    end
+    error(reply)
+  end
+  return reply
+end
 
 local function entry_key(user, name) return prefix .. ':merged:' .. user .. ':' .. name end
 local function user_names_key(user) return prefix .. ':user:' .. user .. ':names' end
@@ -30,8 +49,8 @@ local function domain_users_key(domain) return prefix .. ':domain:' .. domain ..
 
 local function drop_entry(user, name)
   dropped = dropped + redis.call('UNLINK', entry_key(user, name))
-  redis.call('SREM', user_names_key(user), name)
-  redis.call('SREM', name_users_key(name), user)
+  call(0, 'SREM', user_names_key(user), name)
+  call(0, 'SREM', name_users_key(name), user)
 end
 
 local function drop_user(user, names)
@@ -39,10 +58,10 @@ local function drop_user(user, names)
     for _, name in ipairs(names) do drop_entry(user, name) end
     return
   end
-  for _, name in ipairs(redis.call('SMEMBERS', user_names_key(user))) do
+  for _, name in ipairs(call({}, 'SMEMBERS', user_names_key(user))) do
     drop_entry(user, name)
   end
-  redis.call('SREM', all_users_key, user)
+  call(0, 'SREM', all_users_key, user)
 end
 
 local function drop_domain(domain, names)
@@ -50,35 +69,58 @@ local function drop_domain(domain, names)
   if names then
     -- Only users of this domain that hold an entry for the name.
     for _, name in ipairs(names) do
-      for _, user in ipairs(redis.call('SINTER', members_key, name_users_key(name))) do
+      for _, user in ipairs(call({}, 'SINTER', members_key, name_users_key(name))) do
         drop_entry(user, name)
       end
     end
     return
   end
-  for _, user in ipairs(redis.call('SMEMBERS', members_key)) do drop_user(user, nil) end
+  for _, user in ipairs(call({}, 'SMEMBERS', members_key)) do drop_user(user, nil) end
   redis.call('UNLINK', members_key)
 end
 
 local function drop_public(names)
   if names then
     for _, name in ipairs(names) do
-      for _, user in ipairs(redis.call('SMEMBERS', name_users_key(name))) do
+      for _, user in ipairs(call({}, 'SMEMBERS', name_users_key(name))) do
         drop_entry(user, name)
       end
     end
     return
   end
-  for _, user in ipairs(redis.call('SMEMBERS', all_users_key)) do drop_user(user, nil) end
+  for _, user in ipairs(call({}, 'SMEMBERS', all_users_key)) do drop_user(user, nil) end
+end
+
+-- Every key under the prefix but the epoch: what is left when the index is corrupt.
+local function drop_prefix()
+  local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
+  local merged = prefix .. ':merged:'
+  local cursor = '0'
+  repeat
+    local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = reply[1]
+    for _, key in ipairs(reply[2]) do
+      if key ~= epoch_key then
+        local gone = redis.call('UNLINK', key)
+        if string.sub(key, 1, #merged) == merged then dropped = dropped + gone end
+      end
+    end
+  until cursor == '0'
 end
 
 -- A fresh epoch starts at the server clock in microseconds, so a counter lost with a
 -- restart can never climb back to a token handed out before it.
-if redis.call('EXISTS', epoch_key) == 0 then
+local function fresh_epoch()
   local now = redis.call('TIME')
   redis.call('SET', epoch_key, now[1] .. string.format('%06d', tonumber(now[2])))
 end
-redis.call('INCR', epoch_key)
+
+if redis.call('EXISTS', epoch_key) == 0 then fresh_epoch() end
+if type(redis.pcall('INCR', epoch_key)) ~= 'number' then
+  corrupt = true  -- not a counter: no token handed out from it can be trusted either
+  fresh_epoch()
+  redis.call('INCR', epoch_key)
+end
 if ARGV[2] == '1' then
   redis.call('UNLINK', KEYS[3])
 end
@@ -101,5 +143,8 @@ while i <= #ARGV do
     return redis.error_reply('ERR unknown invalidation scope: ' .. scope)
   end
   i = i + 3 + math.max(count, 0)
+end
+if corrupt then
+  drop_prefix()  -- entries already dropped above are gone, so none is counted twice
 end
 return dropped

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from glide import GlideClient
+from glide import GlideClient, RequestError
 
 from atomic_cache import (
     AppConfigData,
@@ -523,3 +523,57 @@ async def test_policy_invalidation_drops_the_catalogue(
     assert await valkey.exists([keys.catalogue]) == 0
     assert (await cache.lookup_all(user)).names is None
     assert await cache.get_merged_config(user, "webui") is not None
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    ["domain set", "user names set", "name users set", "all users set", "epoch"],
+)
+async def test_a_corrupt_index_key_makes_an_invalidation_drop_the_whole_prefix(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, corrupt: str
+) -> None:
+    """A key of another type where the index belongs cannot say what a target covers:
+    the invalidation drops everything under the prefix instead of failing (a failing
+    invalidation would fail again on every replay), and starts a fresh epoch."""
+    alpha, beta = uuid.uuid4(), uuid.uuid4()
+    await fill(cache, alpha, "alpha", *NAMES)
+    await fill(cache, beta, "beta", *NAMES)
+    stale_token = (await cache.lookup(uuid.uuid4(), "webui")).fill_token
+    key = {
+        "domain set": keys.domain_users("alpha"),
+        "user names set": keys.user_names(alpha),
+        "name users set": keys.name_users("webui"),
+        "all users set": keys.all_users,
+        "epoch": keys.epoch,
+    }[corrupt]
+    await valkey.delete([key])
+    await valkey.custom_command(["HSET", key, "field", "value"])
+
+    if corrupt == "all users set":  # only a whole-PUBLIC invalidation reads that one
+        dropped = await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")
+    else:
+        dropped = await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha", ["webui"])
+    assert dropped == 2 * len(NAMES)  # beta's entries too, each counted once
+    assert await keys_under(valkey, keys.prefix) == {keys.epoch}
+    assert text(await valkey.get(keys.epoch)).isdigit()
+    assert await cached_pairs(cache, [alpha, beta]) == set()
+    fresh = merged(alpha, "alpha", "webui")
+    assert await cache.set_merged_config(alpha, "webui", fresh, stale_token) is False
+    token = (await cache.lookup(alpha, "webui")).fill_token
+    assert await cache.set_merged_config(alpha, "webui", fresh, token) is True
+    assert await cache.get_merged_config(alpha, "webui") == fresh
+
+
+async def test_other_script_errors_still_fail_the_invalidation(
+    cache: AppConfigFragmentCacheSource,
+    registry: ScriptRegistry,
+    valkey: GlideClient,
+    keys: KeySchema,
+) -> None:
+    with pytest.raises(RequestError, match="unknown invalidation scope: bogus"):
+        await registry.call(
+            valkey,
+            "invalidate",
+            [keys.epoch, keys.all_users, keys.catalogue],
+            [keys.prefix, "0", "bogus", "x", "-1"],
+        )

@@ -220,6 +220,24 @@ async def test_loading_on_a_live_connection(clean_db: AsyncEngine) -> None:
             await rig.client.close()
 
 
+async def test_a_corrupt_membership_set_does_not_block_invalidations(rig: Rig) -> None:
+    """Someone wrote a hash where a1's set of names belongs: the write's invalidation
+    still lands (it drops the whole prefix), nothing waits for a replay, nothing is stale,
+    and the cache fills again."""
+    a1, a2 = await seed(rig)
+    names_key = rig.cache.keys.user_names(a1)
+    await rig.client.delete([names_key])
+    await rig.client.custom_command(["HSET", names_key, "oops", "1"])
+    await write_version(rig, a1, "webui", 1)
+    assert not rig.repo._cache.pending
+    assert rig.repo.stats().failed_invalidations == 0
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+    assert await config_of(rig, a2, "webui") == {"v": 0}
+    await until_cached(rig, a1, "webui")
+    await until_cached(rig, a2, "webui")
+    assert await config_of(rig, a1, "webui") == {"v": 1}
+
+
 async def test_client_kill(rig: Rig) -> None:
     a1, _ = await seed(rig)
     await raw_command(rig.server.port, "CLIENT", "KILL", "TYPE", "normal")
@@ -273,8 +291,10 @@ async def test_replica_promoted(clean_db: AsyncEngine) -> None:
             assert (stats.fall_throughs, stats.failed_invalidations) == ({"readonly": 1}, 1)
             assert stats.breaker_state == "closed"  # a read-only server still serves reads
             for _ in range(3):
-                assert await config_of(rig, a1, "webui") == {"v": 1}
-                assert await config_of(rig, a2, "webui") == {"v": 0}
+                assert await config_of(rig, a1, "webui") == {"v": 1}  # covered: database
+                with count_sql(rig.engine) as sql:
+                    assert await config_of(rig, a2, "webui") == {"v": 0}
+                assert len(sql) == 0  # only the pending slice bypasses the cache
 
             # Traffic moves to the new primary: its script cache is empty (scripts do not
             # replicate) and it still holds a1's old entry; the registry reloads and the

@@ -17,11 +17,21 @@ from atomic_cache import (
     CacheStats,
     KeySchema,
     MyFragmentInput,
+    ScriptRegistry,
     register_prometheus,
 )
 from atomic_cache.embedded import EmbeddedValkey
 
 from .repo_tools import World, make_world, open_rig
+
+
+@pytest.fixture
+async def cache(valkey: GlideClient, keys: KeySchema) -> AppConfigFragmentCacheSource:
+    """A registry of its own: the shared one may have reloaded after other tests flushed
+    the server's scripts, and script_reloads is asserted exactly here."""
+    registry = ScriptRegistry()
+    await registry.load(valkey)
+    return AppConfigFragmentCacheSource(valkey, registry, keys=keys)
 
 
 @pytest.fixture
