@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -115,6 +116,28 @@ class PendingInvalidations:
         return any(covers(target, value) for target in self.targets)
 
 
+class LogThrottle:
+    """Lets a repeated message through at most once per ``interval_s`` per key."""
+
+    def __init__(
+        self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def due(self, key: str) -> int | None:
+        """None: stay quiet. Otherwise log now; the number is how many were held back."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._skipped.pop(key, 0)
+
+
 class GuardedCache:
     """Wraps an optional cache source so that its failures become fall-throughs."""
 
@@ -134,6 +157,7 @@ class GuardedCache:
         self.pending = PendingInvalidations(max_pending)
         self._replay_lock = asyncio.Lock()
         self._last_error: BaseException | None = None  # of the last failed invalidation
+        self._log_throttle = LogThrottle()
         self._probe: asyncio.Task[None] | None = None  # held, so it is not collected
 
     @property
@@ -194,8 +218,18 @@ class GuardedCache:
             result = await operation(self.source)
         except CACHE_ERRORS as error:
             self.breaker.record_failure(error)
-            self.metrics.fall_throughs[cause_of(error)] += 1
-            log.warning("cache %s failed, falling through to the database: %s", what, error)
+            cause = cause_of(error)
+            self.metrics.fall_throughs[cause] += 1
+            # glide's breaker refusing is not news, and a full or read-only server fails
+            # every fill alike: one line per kind of failure per interval, not per request.
+            skipped = None if cause == "circuit_open" else self._log_throttle.due(f"{what}/{cause}")
+            if skipped is not None:
+                log.warning(
+                    "cache %s failed, falling through to the database: %s%s",
+                    what,
+                    error,
+                    f" ({skipped} more like it since the last report)" if skipped else "",
+                )
             return None
         self.breaker.record_success()
         return result

@@ -30,7 +30,7 @@ from atomic_cache import (
 )
 from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
 from atomic_cache.embedded import EmbeddedValkey
-from atomic_cache.guard import GuardedCache
+from atomic_cache.guard import GuardedCache, LogThrottle
 from atomic_cache.metrics import FALL_THROUGH_CAUSES
 
 from .repo_tools import Rig, count_sql, open_rig, until_cached
@@ -343,3 +343,14 @@ async def test_the_probe_replays_missed_invalidations_at_once(clean_db: AsyncEng
         assert (await rig.cache.lookup(a1, "webui")).value is None  # dropped by the probe
         stats = rig.repo.stats()
         assert (stats.failed_invalidations, stats.replayed_invalidations) == (1, 1)
+
+
+def test_log_throttle_lets_one_line_through_per_interval() -> None:
+    clock = FakeClock()
+    throttle = LogThrottle(interval_s=10, clock=clock)
+    assert throttle.due("fill/oom") == 0
+    assert [throttle.due("fill/oom") for _ in range(4)] == [None] * 4
+    assert throttle.due("read/timeout") == 0  # another kind of failure has its own
+    clock.now += 10
+    assert throttle.due("fill/oom") == 4  # and says how many it held back
+    assert throttle.due("fill/oom") is None

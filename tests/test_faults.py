@@ -61,7 +61,7 @@ async def test_busy_server(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     assert await config_of(rig, a2, "webui") == {"v": 0}
 
 
-async def test_full_server_with_noeviction(rig: Rig) -> None:
+async def test_full_server_with_noeviction(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     a1, a2 = await seed(rig)
     admin = rig.client
     memory = text(await admin.custom_command(["INFO", "memory"])).splitlines()
@@ -76,8 +76,13 @@ async def test_full_server_with_noeviction(rig: Rig) -> None:
         assert len(sql) == 0
         await write_version(rig, a1, "webui", 1)
         assert not rig.repo._cache.pending
-        for _ in range(3):
-            assert await config_of(rig, a1, "webui") == {"v": 1}
+        with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+            for _ in range(3):
+                assert await config_of(rig, a1, "webui") == {"v": 1}
+        # Every refill met OOM; the log says so once, not once per request.
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+            "cache fill failed, falling through to the database"
+        ]
         miss = await rig.cache.lookup(a1, "webui")
         assert miss.value is None  # the fill was refused for memory
         stats = rig.repo.stats()
