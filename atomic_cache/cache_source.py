@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_SECONDS = 600
 DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
 
+# invalidate.lua's target that drops the whole prefix (a corrupt index).
+RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]
+
 # The scope words invalidate.lua understands; both domain scopes use the domain's users.
 _SCRIPT_SCOPE = {
     ScopeType.USER: "user",
@@ -124,6 +127,7 @@ class AppConfigFragmentCacheSource:
         # thresholds are the caller's to set) and the counters they, and this, bump.
         self.breaker = breaker or CircuitBreaker()
         self.metrics = CacheMetrics()
+        self.guard: object | None = None  # the repositories' GuardedCache, set by it
 
     @property
     def script_reloads(self) -> int:
@@ -303,6 +307,11 @@ class AppConfigFragmentCacheSource:
             drop_catalogue=drop_catalogue,
         )
 
+    async def reset_index(self) -> int:
+        """Drop every key under the prefix and start a fresh epoch, in one round trip:
+        what a corrupt index (a key of the wrong type) leaves. Returns entries dropped."""
+        return await self._invalidate([RESET_TARGET_ARGS], drop_catalogue=True)
+
     async def invalidate_many(
         self,
         targets: Iterable[
@@ -326,9 +335,12 @@ class AppConfigFragmentCacheSource:
         live = [target for target in checked if target.names is None or target.names]
         if not live and not drop_catalogue:
             return 0
+        return await self._invalidate([target.script_args() for target in live], drop_catalogue)
+
+    async def _invalidate(self, targets: list[list[ScriptArg]], drop_catalogue: bool) -> int:
         args: list[ScriptArg] = [self.keys.prefix, drop_catalogue]
-        for target in live:
-            args += target.script_args()
+        for target in targets:
+            args += target
         reply = await self._registry.call(
             self._client,
             "invalidate",

@@ -29,6 +29,8 @@ from glide import CircuitBreakerError, ClosingError, GlideError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 
+from .resilience import CacheError
+
 log = logging.getLogger("atomic_cache")
 
 
@@ -58,8 +60,14 @@ _CONNECTION_WORDS = re.compile(r"connection|broken pipe|closed", re.IGNORECASE)
 _NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript"})
 
 
+class CircuitOpen(Exception):
+    """Stands for a call the breaker did not let out (no I/O happened)."""
+
+
 def cause_of(error: BaseException) -> str:
     """A stable cause label (one of ``metrics.FALL_THROUGH_CAUSES``) for a failed call."""
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
     if isinstance(error, CircuitBreakerError):
         return "circuit_open"  # glide's own client-wide breaker refused it, without I/O
     if isinstance(error, GlideTimeoutError):
@@ -77,9 +85,14 @@ def cause_of(error: BaseException) -> str:
 
 
 def counts_against_health(error: BaseException | None) -> bool:
-    """Connection trouble, timeouts, BUSY, LOADING, other server errors: yes. Data and
-    capacity errors (WRONGTYPE, OOM, READONLY, a lost script) and our own errors: no."""
-    return isinstance(error, GlideError) and cause_of(error) not in _NOT_HEALTH
+    """Connection trouble, timeouts, BUSY, LOADING, other server errors, anything
+    unexpected: yes. Data and capacity errors (WRONGTYPE, OOM, READONLY, a lost script)
+    and odd replies (``CacheError``), to which a live server answered: no."""
+    if error is None or isinstance(error, CacheError):
+        return False
+    if isinstance(error, GlideError):
+        return cause_of(error) not in _NOT_HEALTH
+    return True
 
 
 class CircuitBreaker:

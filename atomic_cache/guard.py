@@ -1,10 +1,11 @@
 """GuardedCache: the cache as the repositories see it — every call may fall through.
 
 A cache failure never reaches a repository's caller: reads return None (the caller goes
-to the database) and a failed post-commit invalidation is logged with exactly the slices
-it did not reach, kept in a bounded queue, and replayed before this process trusts a
-cache read again; until then, cached values of those slices are not served. One
-GuardedCache is shared by every repository of a cache source.
+to the database) and a failed post-commit invalidation is logged with the slices it did
+not reach, kept in a bounded queue (``pending.py``), and replayed as soon as Valkey
+answers; until then, cached values of those slices are not served. A circuit breaker
+stops paying the request timeout while Valkey is down, and its probe runs in the
+background. One GuardedCache is shared by every repository of a cache source.
 """
 
 from __future__ import annotations
@@ -12,130 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
-from .circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
+from .circuit import (
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    cause_of,
+    counts_against_health,
+)
 from .metrics import CacheMetrics, CacheStats
-from .models import AppConfigData, ScopeType
-from .resilience import CACHE_ERRORS
+from .models import AppConfigData
+from .pending import DEFAULT_MAX_PENDING, PendingInvalidations, describe, merge_targets
+from .resilience import CACHE_ERRORS, LogThrottle
 
 log = logging.getLogger("atomic_cache")
 
 T = TypeVar("T")
-
-_guards: weakref.WeakKeyDictionary[AppConfigFragmentCacheSource, GuardedCache] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def describe(targets: Sequence[InvalidationTarget], drop_catalogue: bool = False) -> str:
-    """A log-friendly list of slices: ``USER 1b4e…[webui], DOMAIN default[*]``."""
-    parts = [
-        f"{t.scope_type.name} {t.scope_id}[{','.join(t.names) if t.names is not None else '*'}]"
-        for t in targets
-    ]
-    if drop_catalogue:
-        parts.append("catalogue of names")
-    return ", ".join(parts)
-
-
-def merge_targets(targets: Sequence[InvalidationTarget]) -> list[InvalidationTarget]:
-    """One target per (scope, id), with the union of names (None wins: every name)."""
-    merged: dict[tuple[str, str], tuple[str, ...] | None] = {}
-    for target in targets:
-        key = (target.scope_type.value, target.scope_id)
-        if key in merged and merged[key] is None:
-            continue
-        if target.names is None:
-            merged[key] = None
-        else:
-            merged[key] = tuple(dict.fromkeys((*(merged.get(key) or ()), *target.names)))
-    return [
-        InvalidationTarget.of(scope, scope_id, names) for (scope, scope_id), names in merged.items()
-    ]
-
-
-def covers(target: InvalidationTarget, value: AppConfigData) -> bool:
-    """Whether an invalidation of ``target`` would drop the cached ``value``."""
-    if target.names is not None and value.name not in target.names:
-        return False
-    if target.scope_type is ScopeType.USER:
-        return target.scope_id == str(value.user_id)
-    if target.scope_type is ScopeType.PUBLIC:
-        return True
-    return target.scope_id == value.domain_name
-
-
-DEFAULT_MAX_PENDING = 1000
-_EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
-
-
-class PendingInvalidations:
-    """Invalidations that failed after their commit, waiting to be replayed.
-
-    An entry leaves the queue only once a replay that carried it has succeeded, so a
-    reader never sees an empty queue while a replay is still in flight. Bounded: past
-    ``max_targets`` the queue collapses into "drop every entry", which covers anything
-    it held.
-    """
-
-    def __init__(self, max_targets: int = DEFAULT_MAX_PENDING) -> None:
-        self.max_targets = max_targets
-        self.targets: list[InvalidationTarget] = []
-        self.drop_catalogue = False
-        self._version = 0  # bumped on every change: a replay clears only what it sent
-
-    def __bool__(self) -> bool:
-        return bool(self.targets) or self.drop_catalogue
-
-    def add(self, targets: Sequence[InvalidationTarget], drop_catalogue: bool) -> None:
-        self._version += 1
-        self.targets = merge_targets([*self.targets, *targets])
-        self.drop_catalogue = self.drop_catalogue or drop_catalogue
-        if len(self.targets) > self.max_targets:
-            log.error(
-                "more than %d invalidations pending: every cached entry will be dropped",
-                self.max_targets,
-            )
-            self.targets = [_EVERYTHING]
-            self.drop_catalogue = True
-
-    def snapshot(self) -> tuple[list[InvalidationTarget], bool, int]:
-        return list(self.targets), self.drop_catalogue, self._version
-
-    def replayed(self, version: int) -> None:
-        """A replay of the snapshot taken at ``version`` succeeded."""
-        if version == self._version:
-            self.targets, self.drop_catalogue = [], False
-            self._version += 1
-
-    def covers(self, value: AppConfigData) -> bool:
-        return any(covers(target, value) for target in self.targets)
-
-
-class LogThrottle:
-    """Lets a repeated message through at most once per ``interval_s`` per key."""
-
-    def __init__(
-        self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def due(self, key: str) -> int | None:
-        """None: stay quiet. Otherwise log now; the number is how many were held back."""
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._skipped[key] = self._skipped.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._skipped.pop(key, 0)
 
 
 class GuardedCache:
@@ -147,6 +43,7 @@ class GuardedCache:
         *,
         max_pending: int = DEFAULT_MAX_PENDING,
         breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         # The counters and the breaker settings live on the source, so that every guard
@@ -155,8 +52,14 @@ class GuardedCache:
         self.bypassed = 0  # cache calls skipped while the breaker was open
         self.breaker = breaker or (source.breaker if source is not None else CircuitBreaker())
         self.pending = PendingInvalidations(max_pending)
-        self._replay_lock = asyncio.Lock()
-        self._last_error: BaseException | None = None  # of the last failed invalidation
+        # Bumped by every invalidation, landed or not: part of the single-flight key, so
+        # no read that starts after a write returned joins a query started before it,
+        # even when the failed invalidation left the epoch where it was.
+        self.generation = 0
+        self._clock = clock
+        self._replay: asyncio.Future[BaseException | None] | None = None  # shared attempt
+        self._replay_not_before = 0.0  # after a failed replay, wait before the next
+        self._reset_not_before = 0.0  # the same for index resets
         self._log_throttle = LogThrottle()
         self._probe: asyncio.Task[None] | None = None  # held, so it is not collected
 
@@ -174,24 +77,27 @@ class GuardedCache:
 
     @classmethod
     def of(cls, source: AppConfigFragmentCacheSource | None) -> GuardedCache:
-        """The guard of a cache source (one per source, shared by its repositories)."""
+        """The guard of a cache source (one per source, shared by its repositories and
+        kept on the source, so it lives and dies with it)."""
         if source is None:
             return cls(None)
-        guard = _guards.get(source)
-        if guard is None:
-            guard = _guards[source] = cls(source)
+        guard = source.guard
+        if not isinstance(guard, GuardedCache):
+            guard = source.guard = cls(source)
         return guard
 
     @property
     def enabled(self) -> bool:
         return self.source is not None
 
+    # -- counters ------------------------------------------------------------------------
+
     def stats(self) -> CacheStats:
         """The counters now, with the breaker's state and the pending replays."""
         return self.metrics.snapshot(
             script_reloads=self.source.script_reloads if self.source is not None else 0,
             breaker_state=self.breaker.state.value,
-            pending_invalidations=len(self.pending.targets) + self.pending.drop_catalogue,
+            pending_invalidations=len(self.pending),
         )
 
     def record_lookups(self, *, hits: int, misses: int) -> None:
@@ -203,6 +109,8 @@ class GuardedCache:
             self.metrics.fills += entries
         else:
             self.metrics.refused_fills += entries
+
+    # -- calls ---------------------------------------------------------------------------
 
     async def call(
         self, what: str, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
@@ -217,22 +125,48 @@ class GuardedCache:
         try:
             result = await operation(self.source)
         except CACHE_ERRORS as error:
-            self.breaker.record_failure(error)
-            cause = cause_of(error)
-            self.metrics.fall_throughs[cause] += 1
-            # glide's breaker refusing is not news, and a full or read-only server fails
-            # every fill alike: one line per kind of failure per interval, not per request.
-            skipped = None if cause == "circuit_open" else self._log_throttle.due(f"{what}/{cause}")
-            if skipped is not None:
-                log.warning(
-                    "cache %s failed, falling through to the database: %s%s",
-                    what,
-                    error,
-                    f" ({skipped} more like it since the last report)" if skipped else "",
-                )
+            await self._failed(what, error)
             return None
         self.breaker.record_success()
         return result
+
+    async def _failed(self, what: str, error: BaseException) -> None:
+        self.breaker.record_failure(error)
+        cause = cause_of(error)
+        self.metrics.fall_throughs[cause] += 1
+        # glide's breaker refusing is not news, and a full or read-only server fails every
+        # fill alike: one line per kind of failure per interval, not one per request.
+        skipped = None if cause == "circuit_open" else self._log_throttle.due(f"{what}/{cause}")
+        if skipped is not None:
+            log.warning(
+                "cache %s failed, falling through to the database: %s%s",
+                what,
+                error,
+                f" ({skipped} more like it since the last report)" if skipped else "",
+            )
+        if cause == "wrongtype":
+            # Entry keys are read with pcall and written with SET, so WRONGTYPE comes from
+            # a membership set or the epoch: someone else wrote there. Left alone, every
+            # fill through it would fail for good.
+            await self._reset_index()
+
+    async def _reset_index(self) -> None:
+        if self.source is None or self._clock() < self._reset_not_before:
+            return
+        self._reset_not_before = self._clock() + self.breaker.cooldown_s
+        try:
+            dropped = await self.source.reset_index()
+        except CACHE_ERRORS as error:
+            log.error("could not reset the cache's corrupt index: %s", error)
+            return
+        self.metrics.index_resets += 1
+        self.metrics.entries_dropped += dropped
+        log.error(
+            "a key of the wrong type sat in the cache's index: dropped every key under"
+            " prefix %r (%d entries) and started a fresh epoch",
+            self.source.keys.prefix,
+            dropped,
+        )
 
     def _admit(self) -> bool:
         """Whether a cache call may go out now. While the breaker is open it may not; when
@@ -241,7 +175,8 @@ class GuardedCache:
         if self.breaker.allow():
             if self.breaker.state is BreakerState.CLOSED:
                 return True
-            self._probe = asyncio.create_task(self._send_probe())
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._send_probe())
         self.bypassed += 1
         return False
 
@@ -249,33 +184,34 @@ class GuardedCache:
         assert self.source is not None
         try:
             await self.source.ping()
-        except CACHE_ERRORS as error:
+        except Exception as error:  # whatever it was, the breaker must hear of it
             self.breaker.record_failure(error)
             return
         self.breaker.record_success()
         # Replay at once rather than on the next request: until it lands, other processes
         # may still serve what the missed invalidations cover.
         if self.pending:
-            await self.replay()
+            await self.replay(retry_now=True)
+
+    # -- reads ---------------------------------------------------------------------------
 
     async def read(
         self, operation: Callable[[AppConfigFragmentCacheSource], Awaitable[T]]
     ) -> T | None:
         """A cache read; missed invalidations are replayed first.
 
-        If the replay fails, the read still goes out, and ``servable`` keeps the values
-        that a pending invalidation covers from being served: only the affected slices
-        bypass the cache, so one slice that cannot be invalidated (a failover to a
-        read-only node, a corrupt set) does not turn the whole cache off. While the
-        breaker is open no replay is tried here: its probe replays once Valkey answers.
+        If the replay fails, the read still goes out, and ``servable`` keeps the values a
+        pending invalidation covers from being served: only the affected slices bypass
+        the cache, so a slice that cannot be invalidated (a failover to a read-only node)
+        does not turn the whole cache off. Only when the replay met an unwell server
+        (a timeout, BUSY...) is the read skipped, so that no request waits twice. While
+        the breaker is open no replay is tried here: the probe replays.
         """
-        if (
-            self.pending
-            and self.breaker.state is BreakerState.CLOSED
-            and not await self.replay()
-            and counts_against_health(self._last_error)
-        ):
-            return None  # the replay timed out or met BUSY...: do not wait a second time
+        if self.pending and self.breaker.state is BreakerState.CLOSED:
+            error = await self._replay_attempt()
+            if error is not None and counts_against_health(error):
+                self.metrics.fall_throughs["pending_invalidation"] += 1
+                return None
         return await self.call("read", operation)
 
     def servable(self, value: AppConfigData) -> bool:
@@ -286,47 +222,88 @@ class GuardedCache:
             return False
         return True
 
-    async def replay(self) -> bool:
-        """Send the pending invalidations, once, however many readers ask; True when none
-        is pending any more."""
-        async with self._replay_lock:
-            if not self.pending:
-                return True
-            targets, drop_catalogue, _ = self.pending.snapshot()
-            dropped = await self.invalidate([])
-            if dropped is not None:
-                log.warning(
-                    "replayed missed invalidations (%s): %d entries dropped",
-                    describe(targets, drop_catalogue),
-                    dropped,
-                )
-            return dropped is not None
+    def catalogue_servable(self) -> bool:
+        """False while a missed invalidation of the catalogue of names is pending (a
+        policy was created or deleted): the cached list may lack or hold that name."""
+        return not self.pending.drop_catalogue
+
+    # -- invalidation --------------------------------------------------------------------
+
+    async def replay(self, *, retry_now: bool = False) -> bool:
+        """Send the pending invalidations; True when none is pending any more."""
+        if retry_now:
+            self._replay_not_before = 0.0
+        await self._replay_attempt()
+        return not self.pending
+
+    async def _replay_attempt(self) -> BaseException | None:
+        """One replay round trip, shared by everyone who asks while it is out; after a
+        failure, none for a cool-down (reads stay correct meanwhile: ``servable``).
+        Returns the error the attempt met, None if it landed or none was due."""
+        if not self.pending:
+            return None
+        if self._replay is None:
+            if self._clock() < self._replay_not_before:
+                return None
+            self._replay = asyncio.ensure_future(self._replay_once())
+            self._replay.add_done_callback(self._replay_landed)
+        # shield: a reader that gives up must not cancel the attempt the others wait on.
+        return await asyncio.shield(self._replay)
+
+    def _replay_landed(self, attempt: asyncio.Future[BaseException | None]) -> None:
+        if self._replay is attempt:
+            self._replay = None
+
+    async def _replay_once(self) -> BaseException | None:
+        targets, drop_catalogue, _ = self.pending.snapshot()
+        outcome = await self._send([], drop_catalogue=False)
+        if isinstance(outcome, BaseException):
+            self._replay_not_before = self._clock() + self.breaker.cooldown_s
+            return outcome
+        log.warning(
+            "replayed missed invalidations (%s): %d entries dropped",
+            describe(targets, drop_catalogue),
+            outcome,
+        )
+        return None
 
     async def invalidate(
         self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool = False
     ) -> int | None:
         """Invalidate after a commit: entries dropped, or None if it could not be done
-        (then the slices wait in ``pending``). Pending ones ride along."""
+        (then the slices wait in ``pending``). Pending ones ride along. Never raises: the
+        commit has happened, and nothing it changed may be forgotten."""
+        self.generation += 1
         if self.source is None:
             return None
+        outcome = await self._send(targets, drop_catalogue=drop_catalogue)
+        if isinstance(outcome, BaseException):
+            self._log_missed(targets, drop_catalogue, outcome)
+            return None
+        return outcome
+
+    async def _send(
+        self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool
+    ) -> int | BaseException:
+        """One invalidation round trip for ``targets`` and everything pending: the entries
+        dropped, or the error met (then all of it is pending)."""
+        assert self.source is not None
         queued, queued_catalogue, version = self.pending.snapshot()
         merged = merge_targets([*queued, *targets])
         drop_catalogue = drop_catalogue or queued_catalogue
         if not merged and not drop_catalogue:
             return 0
-        fresh = bool(targets)  # a write's own invalidation, not only a replay
         if not self._admit():
-            self._kept_for_replay(
-                merged, drop_catalogue, fresh, "circuit_open", "cache circuit open"
-            )
-            return None
+            self.pending.add(merged, drop_catalogue)
+            self.metrics.fall_throughs["circuit_open"] += 1
+            return CircuitOpen("cache circuit open")
         try:
             dropped = await self.source.invalidate_many(merged, drop_catalogue=drop_catalogue)
-        except CACHE_ERRORS as error:
+        except Exception as error:  # not only CACHE_ERRORS: a commit must never be lost
+            self.pending.add(merged, drop_catalogue)
             self.breaker.record_failure(error)
-            self._last_error = error
-            self._kept_for_replay(merged, drop_catalogue, fresh, cause_of(error), str(error))
-            return None
+            self.metrics.fall_throughs[cause_of(error)] += 1
+            return error
         self.breaker.record_success()
         self.metrics.invalidations += 1
         self.metrics.entries_dropped += dropped
@@ -335,22 +312,22 @@ class GuardedCache:
             self.metrics.replayed_invalidations += 1
         return dropped
 
-    def _kept_for_replay(
-        self,
-        targets: Sequence[InvalidationTarget],
-        drop_catalogue: bool,
-        fresh: bool,
-        cause: str,
-        why: str,
+    def _log_missed(
+        self, targets: Sequence[InvalidationTarget], drop_catalogue: bool, error: BaseException
     ) -> None:
-        self.pending.add(targets, drop_catalogue)
-        self.metrics.fall_throughs[cause] += 1
-        if fresh:
-            self.metrics.failed_invalidations += 1
-            log.error(
-                "cache invalidation failed after commit; not invalidated: %s (%s); kept for replay",
-                describe(targets, drop_catalogue),
-                why,
-            )
-        # A replay that fails again is not logged: reads retry it, and the breaker already
-        # logs each change of state, so an outage costs a few lines, not one per request.
+        """A write's own invalidation failed: say which slices, once per kind of failure
+        per interval (an outage must not log a line per write)."""
+        if not targets and not drop_catalogue:
+            return
+        self.metrics.failed_invalidations += 1
+        skipped = self._log_throttle.due(f"invalidate/{cause_of(error)}")
+        if skipped is None:
+            return
+        log.error(
+            "cache invalidation failed after commit; not invalidated: %s (%s); kept for"
+            " replay, %d slice(s) pending%s",
+            describe(targets, drop_catalogue),
+            error,
+            len(self.pending),
+            f" ({skipped} more failed invalidations since the last report)" if skipped else "",
+        )

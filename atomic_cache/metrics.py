@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, computed_field
 
 # Why a cache call (read, fill or invalidation) did not happen or failed, so that the
-# database answered alone. ``circuit_open`` and ``pending_invalidation`` (a read skipped
-# because a missed invalidation could not be replayed yet) cost no I/O; the others name the
-# error the call met.
+# database answered alone. ``circuit_open`` and ``pending_invalidation`` (a cached value
+# not served, or a read skipped, because a missed invalidation covering it is still
+# pending) cost no I/O; the others name the error the call met.
 FALL_THROUGH_CAUSES = (
     "circuit_open",
     "pending_invalidation",
@@ -49,6 +49,7 @@ class CacheStats(BaseModel):
     failed_invalidations: int = 0  # post-commit invalidations kept for replay
     replayed_invalidations: int = 0  # successful round trips that carried a replay
     corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
+    index_resets: int = 0  # prefixes dropped because an index key had the wrong type
     script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
     breaker_transitions: dict[str, int] = {}  # circuit breaker changes, by the new state
     breaker_state: str = "closed"  # now: closed, open or half_open
@@ -76,6 +77,7 @@ class CacheMetrics:
     failed_invalidations: int = 0
     replayed_invalidations: int = 0
     corrupt_entries_removed: int = 0
+    index_resets: int = 0
     breaker_transitions: Counter[str] = field(default_factory=Counter)
 
     def snapshot(
@@ -92,6 +94,7 @@ class CacheMetrics:
             failed_invalidations=self.failed_invalidations,
             replayed_invalidations=self.replayed_invalidations,
             corrupt_entries_removed=self.corrupt_entries_removed,
+            index_resets=self.index_resets,
             script_reloads=script_reloads,
             breaker_transitions=dict(self.breaker_transitions),
             breaker_state=breaker_state,
@@ -115,6 +118,7 @@ _COUNTERS: dict[str, str] = {
     "failed_invalidations": "Post-commit invalidations that failed and were kept for replay",
     "replayed_invalidations": "Invalidation round trips that replayed missed invalidations",
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
+    "index_resets": "Key prefixes dropped because an index key had the wrong type",
     "script_reloads": "Script caches reloaded after NOSCRIPT",
 }
 _BREAKER_STATES = ("closed", "open", "half_open")

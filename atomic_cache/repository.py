@@ -120,20 +120,24 @@ class AppConfigFragmentRepository:
         Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
         """
         found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
-        if found is not None and found.value is not None and self._cache.servable(found.value):
-            self._cache.record_lookups(hits=1, misses=0)
-            return found.value
-        if found is not None:
+        if found is not None and found.value is not None:
+            if self._cache.servable(found.value):
+                self._cache.record_lookups(hits=1, misses=0)
+                return found.value
+        elif found is not None:
             self._cache.record_lookups(hits=0, misses=1)
         if found is None or found.fill_token is None:
             # No cache answer: no fill token, so no sharing either. A flight started
             # before a write returned could hand its older result to a read started after.
             return await self._load(user_id, name)
         token = found.fill_token
-        # Readers that saw the same epoch share one query; after an invalidation the epoch
-        # (and so the key) differs, so no reader joins a flight older than a write it saw.
+        # Readers that saw the same epoch and the same invalidation generation of this
+        # process share one query. Every write moves the generation before it returns
+        # (and the epoch, when its invalidation lands), so no reader joins a flight
+        # older than a write it saw.
         return await self._flights.run(
-            (user_id, name, token), lambda: self._load_and_fill(user_id, name, token)
+            (user_id, name, token, self._cache.generation),
+            lambda: self._load_and_fill(user_id, name, token),
         )
 
     async def _load(self, user_id: uuid.UUID, name: str) -> AppConfigData:
@@ -172,15 +176,18 @@ class AppConfigFragmentRepository:
         found = await self._cache.read(lambda cache: cache.lookup_all(user_id))
         if found is None:
             return _by_name(await self._db.merged_configs(user_id))
-        if found.names is None:
+        if found.names is None or not self._cache.catalogue_servable():
+            # No catalogue, or a missed invalidation of it (a policy was created or
+            # deleted) is pending: the list of names comes from the database.
             loaded = await self._db.merged_configs(user_id)
             self._cache.record_lookups(hits=0, misses=len(loaded))
             await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
             return _by_name(loaded)
-        present = [v for v in found.values.values() if v is not None and self._cache.servable(v)]
+        held = [value for value in found.values.values() if value is not None]
+        present = [value for value in held if self._cache.servable(value)]
         served = {value.name for value in present}
         missing = [name for name in found.values if name not in served]
-        self._cache.record_lookups(hits=len(present), misses=len(missing))
+        self._cache.record_lookups(hits=len(present), misses=len(found.values) - len(held))
         if not missing:
             return _by_name(present)
         loaded = await self._db.merged_configs(user_id, missing)

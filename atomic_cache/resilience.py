@@ -1,9 +1,10 @@
-"""suppress_with_log and the error types that mean "the cache is unavailable"."""
+"""suppress_with_log, LogThrottle, and the error types that mean "the cache is unavailable"."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from glide import ClosingError, GlideError
@@ -31,3 +32,25 @@ def suppress_with_log(
         yield
     except exceptions as exc:
         log.log(log_level, "%s: %s", message or type(exc).__name__, exc)
+
+
+class LogThrottle:
+    """Lets a repeated message through at most once per ``interval_s`` per key."""
+
+    def __init__(
+        self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def due(self, key: str) -> int | None:
+        """None: stay quiet. Otherwise log now; the number is how many were held back."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._skipped.pop(key, 0)

@@ -19,7 +19,11 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TypeAlias
 
-from glide import GlideClient, GlideClusterClient, RequestError
+from glide import ClosingError, GlideClient, GlideClusterClient, RequestError
+from glide import ConnectionError as GlideConnectionError
+from glide import TimeoutError as GlideTimeoutError
+
+from .resilience import CacheError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,9 @@ ScriptArg: TypeAlias = str | bytes | int | float
 ScriptReply: TypeAlias = object
 
 
-class ScriptLoadError(RuntimeError):
-    """A script could not be loaded: names the file and carries the server's message."""
+class ScriptLoadError(CacheError, RuntimeError):
+    """The server rejected a script: names the file and carries the server's message.
+    (A cache error too, so a reload that fails this way at run time falls through.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,8 @@ class ScriptRegistry:
         for script in self._scripts.values():
             try:
                 sha = await client.custom_command(["SCRIPT", "LOAD", script.source])
+            except (GlideTimeoutError, GlideConnectionError, ClosingError):
+                raise  # the server did not answer: nothing was rejected
             except RequestError as error:
                 raise ScriptLoadError(
                     f"{script.name}.lua was rejected by the server: {error}"

@@ -12,6 +12,7 @@
 --                scope "user"    id = user id
 --                scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
 --                scope "public"  id = "public"
+--                scope "reset"   id ignored: drop every key under the prefix (see below)
 --              count -1 means every name of that scope; otherwise only the names given
 --
 -- Reply: the number of entries deleted.
@@ -91,18 +92,22 @@ local function drop_public(names)
   for _, user in ipairs(call({}, 'SMEMBERS', all_users_key)) do drop_user(user, nil) end
 end
 
--- Every key under the prefix but the epoch: what is left when the index is corrupt.
+-- Every key this schema writes under the prefix, but the epoch: what is left to do when
+-- the index is corrupt. Only these families, so a longer prefix ("p:tenant2") that
+-- shares the start is left alone. SCAN walks the whole keyspace: a rare, slow path.
+local families = { merged = true, user = true, domain = true, name = true }
+local singles = { [all_users_key] = true, [KEYS[3]] = true }
 local function drop_prefix()
   local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
-  local merged = prefix .. ':merged:'
   local cursor = '0'
   repeat
     local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
     cursor = reply[1]
     for _, key in ipairs(reply[2]) do
-      if key ~= epoch_key then
+      local family = string.match(string.sub(key, #prefix + 2), '^([a-z]+):')
+      if singles[key] or families[family] then
         local gone = redis.call('UNLINK', key)
-        if string.sub(key, 1, #merged) == merged then dropped = dropped + gone end
+        if family == 'merged' then dropped = dropped + gone end
       end
     end
   until cursor == '0'
@@ -139,6 +144,8 @@ while i <= #ARGV do
     drop_domain(id, names)
   elseif scope == 'public' then
     drop_public(names)
+  elseif scope == 'reset' then
+    corrupt = true
   else
     return redis.error_reply('ERR unknown invalidation scope: ' .. scope)
   end

@@ -577,3 +577,25 @@ async def test_other_script_errors_still_fail_the_invalidation(
             [keys.epoch, keys.all_users, keys.catalogue],
             [keys.prefix, "0", "bogus", "x", "-1"],
         )
+
+
+async def test_a_prefix_reset_leaves_a_longer_prefix_alone(
+    cache: AppConfigFragmentCacheSource,
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+) -> None:
+    nested = AppConfigFragmentCacheSource(
+        valkey, registry, keys=KeySchema(f"{keys.prefix}:tenant2")
+    )
+    user = uuid.uuid4()
+    await fill(cache, user, "alpha", *NAMES)
+    await fill(nested, user, "alpha", *NAMES)
+    await nested.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # gives it an epoch
+    nested_keys = await keys_under(valkey, nested.keys.prefix)
+    assert await cache.reset_index() == len(NAMES)
+    assert await keys_under(valkey, nested.keys.prefix) == nested_keys
+    own = await keys_under(valkey, keys.prefix)
+    assert own - nested_keys == {keys.epoch}  # only the epoch is left of its own keys
+    assert await cached_pairs(nested, [user]) == {(user, name) for name in NAMES}
+    assert await cached_pairs(cache, [user]) == set()

@@ -28,10 +28,17 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.circuit import BreakerState, CircuitBreaker, cause_of, counts_against_health
+from atomic_cache.circuit import (
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    cause_of,
+    counts_against_health,
+)
 from atomic_cache.embedded import EmbeddedValkey
-from atomic_cache.guard import GuardedCache, LogThrottle
+from atomic_cache.guard import GuardedCache
 from atomic_cache.metrics import FALL_THROUGH_CAUSES
+from atomic_cache.resilience import LogThrottle
 
 from .repo_tools import Rig, count_sql, open_rig, until_cached
 
@@ -140,7 +147,8 @@ def test_a_success_resets_the_count() -> None:
         (RequestError("READONLY You can't write against a read only replica."), False, "readonly"),
         (CircuitBreakerError("Client circuit breaker is open"), True, "circuit_open"),
         (CacheError("get.lua answered 'x'"), False, "error"),
-        (ValueError("bad argument"), False, "error"),
+        (CircuitOpen("cache circuit open"), True, "circuit_open"),
+        (ValueError("something unexpected"), True, "error"),  # unknown trouble: counts
     ],
 )
 def test_which_errors_count_and_their_cause(error: BaseException, counts: bool, cause: str) -> None:
@@ -282,6 +290,15 @@ async def test_no_request_waits_on_the_probe(clean_db: AsyncEngine) -> None:
     request that set it off is answered by PostgreSQL while the probe still waits."""
     async with clocked_rig(clean_db) as (rig, guard, clock, a1):
         server = rig.server
+        # The probe's round trip is held until the read has returned: no race with the
+        # request timeout, whatever the machine's speed.
+        real_ping, probe_may_go = rig.cache.ping, asyncio.Event()
+
+        async def held_ping() -> str:
+            await probe_may_go.wait()
+            return await real_ping()
+
+        rig.cache.ping = held_ping  # type: ignore[method-assign]
         server.pause()
         try:
             assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # opens it
@@ -289,10 +306,11 @@ async def test_no_request_waits_on_the_probe(clean_db: AsyncEngine) -> None:
             clock.now += 30
             with count_sql(rig.engine) as sql:
                 assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
-            assert len(sql) == 1  # served by PostgreSQL...
+            assert len(sql) == 1  # served by PostgreSQL, without waiting on the probe
             probe = guard._probe
-            assert probe is not None and not probe.done()  # ...while the probe waits
+            assert probe is not None and not probe.done()
             assert state_of(guard.breaker) is BreakerState.HALF_OPEN
+            probe_may_go.set()
             await probe
             assert state_of(guard.breaker) is BreakerState.OPEN  # it timed out
         finally:

@@ -1,0 +1,106 @@
+"""Missed invalidations: what a post-commit invalidation could not reach, kept until a
+replay lands (pure: no I/O).
+
+The queue is bounded; past its bound it collapses into "drop every entry", which covers
+whatever it held. ``covers`` tells which cached values a pending target would drop, so
+that they are not served meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from .cache_source import InvalidationTarget
+from .models import AppConfigData, ScopeType
+
+log = logging.getLogger("atomic_cache")
+
+
+def describe(targets: Sequence[InvalidationTarget], drop_catalogue: bool = False) -> str:
+    """A log-friendly list of slices: ``USER 1b4e…[webui], DOMAIN default[*]``."""
+    parts = [
+        f"{t.scope_type.name} {t.scope_id}[{','.join(t.names) if t.names is not None else '*'}]"
+        for t in targets
+    ]
+    if drop_catalogue:
+        parts.append("catalogue of names")
+    return ", ".join(parts)
+
+
+def merge_targets(targets: Sequence[InvalidationTarget]) -> list[InvalidationTarget]:
+    """One target per (scope, id), with the union of names (None wins: every name)."""
+    merged: dict[tuple[str, str], tuple[str, ...] | None] = {}
+    for target in targets:
+        key = (target.scope_type.value, target.scope_id)
+        if key in merged and merged[key] is None:
+            continue
+        if target.names is None:
+            merged[key] = None
+        else:
+            merged[key] = tuple(dict.fromkeys((*(merged.get(key) or ()), *target.names)))
+    return [
+        InvalidationTarget.of(scope, scope_id, names) for (scope, scope_id), names in merged.items()
+    ]
+
+
+def covers(target: InvalidationTarget, value: AppConfigData) -> bool:
+    """Whether an invalidation of ``target`` would drop the cached ``value``."""
+    if target.names is not None and value.name not in target.names:
+        return False
+    if target.scope_type is ScopeType.USER:
+        return target.scope_id == str(value.user_id)
+    if target.scope_type is ScopeType.PUBLIC:
+        return True
+    return target.scope_id == value.domain_name
+
+
+DEFAULT_MAX_PENDING = 1000
+_EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
+
+
+class PendingInvalidations:
+    """Invalidations that failed after their commit, waiting to be replayed.
+
+    An entry leaves the queue only once a replay that carried it has succeeded, so a
+    reader never sees an empty queue while a replay is still in flight. Bounded: past
+    ``max_targets`` the queue collapses into "drop every entry", which covers anything
+    it held.
+    """
+
+    def __init__(self, max_targets: int = DEFAULT_MAX_PENDING) -> None:
+        self.max_targets = max_targets
+        self.targets: list[InvalidationTarget] = []
+        self.drop_catalogue = False
+        self._version = 0  # bumped on every change: a replay clears only what it sent
+
+    def __bool__(self) -> bool:
+        return bool(self.targets) or self.drop_catalogue
+
+    def __len__(self) -> int:
+        """Slices waiting: one per target, plus the catalogue of names."""
+        return len(self.targets) + self.drop_catalogue
+
+    def add(self, targets: Sequence[InvalidationTarget], drop_catalogue: bool) -> None:
+        self._version += 1
+        self.targets = merge_targets([*self.targets, *targets])
+        self.drop_catalogue = self.drop_catalogue or drop_catalogue
+        if len(self.targets) > self.max_targets:
+            log.error(
+                "more than %d invalidations pending: every cached entry will be dropped",
+                self.max_targets,
+            )
+            self.targets = [_EVERYTHING]
+            self.drop_catalogue = True
+
+    def snapshot(self) -> tuple[list[InvalidationTarget], bool, int]:
+        return list(self.targets), self.drop_catalogue, self._version
+
+    def replayed(self, version: int) -> None:
+        """A replay of the snapshot taken at ``version`` succeeded."""
+        if version == self._version:
+            self.targets, self.drop_catalogue = [], False
+            self._version += 1
+
+    def covers(self, value: AppConfigData) -> bool:
+        return any(covers(target, value) for target in self.targets)
