@@ -398,10 +398,13 @@ def bench(
 ) -> None:
     """Measure the cache side by side with its alternatives, in one run.
 
-    a. cached read vs a raw GET of the same key (1 and 50 tasks); c. the Lua write vs
-    client-side batches, and fill-vs-invalidation races; d. domain invalidation of 1k,
-    10k, 100k users x 5 names (wall time, server block, reader stall); e. memory per
-    entry; f. server-side µs per script call. Writes bench.md, bench.json, bench.png.
+    a. cached read vs a raw GET of the same key (1 and 50 tasks); b. the repository,
+    cached vs the SQL merged view; c. the Lua write vs client-side batches, and
+    fill-vs-invalidation races; d. domain invalidation of 1k, 10k, 100k users x 5 names
+    (wall time, server block, reader stall); e. memory per entry; f. server-side µs per
+    script call; g. the repository with Valkey dead or paused vs no cache, and glide's
+    own breaker in place of ours. b and g need PostgreSQL (embedded unless a URL is
+    given). Writes bench.md, bench.json, bench.png.
 
     Use a server of its own: the run resets INFO commandstats and the slow log and
     briefly sets slowlog-log-slower-than 0 (restored). Its keys are removed at the end.
