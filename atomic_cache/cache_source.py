@@ -17,7 +17,7 @@ from .circuit import CircuitBreaker
 from .keys import KeySchema, decode_component, encode_component, user_component
 from .metrics import CacheMetrics
 from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
-from .resilience import CacheError
+from .resilience import CACHE_ERRORS, CacheError, LogThrottle
 from .scripts import ScriptArg, ScriptRegistry, ValkeyClient
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class AppConfigFragmentCacheSource:
         self.breaker = breaker or CircuitBreaker()
         self.metrics = CacheMetrics()
         self.guard: object | None = None  # the repositories' GuardedCache, set by it
+        self._log_throttle = LogThrottle()
 
     @property
     def script_reloads(self) -> int:
@@ -208,10 +209,19 @@ class AppConfigFragmentCacheSource:
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
 
     async def _remove_corrupt(self, keys: list[str]) -> None:
-        if keys:
-            log.warning("removing %d undecodable cache entries: %s", len(keys), keys)
-            await self._client.custom_command(["UNLINK", *keys])
-            self.metrics.corrupt_entries_removed += len(keys)
+        """Delete entries that failed to decode. They are misses either way, so a node
+        that cannot delete them (read-only after a failover) does not fail the lookup."""
+        if not keys:
+            return
+        try:
+            removed = await self._client.custom_command(["UNLINK", *keys])
+        except CACHE_ERRORS as error:
+            if self._log_throttle.due("corrupt") is not None:
+                log.warning("could not remove undecodable cache entries %s: %s", keys, error)
+            return
+        removed = removed if isinstance(removed, int) else 0
+        self.metrics.corrupt_entries_removed += removed
+        log.warning("removed %d undecodable cache entries: %s", removed, keys)
 
     def _decode(self, raw: object, user_id: uuid.UUID, name: str) -> AppConfigData | None:
         if not isinstance(raw, bytes | str):

@@ -54,6 +54,9 @@ _SERVER_ERRORS = (
 )
 _CONNECTION_WORDS = re.compile(r"connection|broken pipe|closed", re.IGNORECASE)
 
+# Causes that say the server could not serve the call at all, whatever the call was.
+UNWELL_CAUSES = frozenset({"timeout", "connection", "busy", "loading", "circuit_open"})
+
 # Causes that mean "the data is odd or the server is full", not "the server is unwell":
 # they must not open the breaker (reads keep working under OOM or on a read-only replica,
 # and a lost script is reloaded by the registry).

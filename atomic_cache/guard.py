@@ -62,6 +62,7 @@ class GuardedCache:
         self._reset_not_before = 0.0  # the same for index resets
         self._log_throttle = LogThrottle()
         self._probe: asyncio.Task[None] | None = None  # held, so it is not collected
+        self._reset: asyncio.Task[None] | None = None
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -125,12 +126,22 @@ class GuardedCache:
         try:
             result = await operation(self.source)
         except CACHE_ERRORS as error:
-            await self._failed(what, error)
+            self._failed(what, error)
             return None
+        except asyncio.CancelledError:
+            # The caller gave up (its own deadline, a disconnect) before Valkey answered:
+            # no verdict on Valkey, so a background check gives one to the breaker.
+            # Otherwise deadlines shorter than the request timeout would hide a stall.
+            self._check_health()
+            raise
         self.breaker.record_success()
         return result
 
-    async def _failed(self, what: str, error: BaseException) -> None:
+    def _check_health(self) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._send_probe())
+
+    def _failed(self, what: str, error: BaseException) -> None:
         self.breaker.record_failure(error)
         cause = cause_of(error)
         self.metrics.fall_throughs[cause] += 1
@@ -144,21 +155,25 @@ class GuardedCache:
                 error,
                 f" ({skipped} more like it since the last report)" if skipped else "",
             )
-        if cause == "wrongtype":
+        if cause == "wrongtype" and self._clock() >= self._reset_not_before:
             # Entry keys are read with pcall and written with SET, so WRONGTYPE comes from
             # a membership set or the epoch: someone else wrote there. Left alone, every
-            # fill through it would fail for good.
-            await self._reset_index()
+            # fill through it would fail for good. The reset runs in the background (it
+            # may take a while on a large keyspace), at most once per cool-down.
+            self._reset_not_before = self._clock() + self.breaker.cooldown_s
+            self._reset = asyncio.create_task(self._reset_index())
 
     async def _reset_index(self) -> None:
-        if self.source is None or self._clock() < self._reset_not_before:
+        assert self.source is not None
+        if not self._admit():
             return
-        self._reset_not_before = self._clock() + self.breaker.cooldown_s
         try:
             dropped = await self.source.reset_index()
-        except CACHE_ERRORS as error:
+        except Exception as error:
+            self.breaker.record_failure(error)
             log.error("could not reset the cache's corrupt index: %s", error)
             return
+        self.breaker.record_success()
         self.metrics.index_resets += 1
         self.metrics.entries_dropped += dropped
         log.error(
@@ -276,6 +291,13 @@ class GuardedCache:
         self.generation += 1
         if self.source is None:
             return None
+        # shield: a caller cancelled now (a deadline, a disconnect) must not cancel the
+        # round trip or the queueing of its failure, or the change would be forgotten.
+        return await asyncio.shield(self._invalidate_after_commit(targets, drop_catalogue))
+
+    async def _invalidate_after_commit(
+        self, targets: Sequence[InvalidationTarget], drop_catalogue: bool
+    ) -> int | None:
         outcome = await self._send(targets, drop_catalogue=drop_catalogue)
         if isinstance(outcome, BaseException):
             self._log_missed(targets, drop_catalogue, outcome)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -180,7 +181,10 @@ class AppConfigFragmentRepository:
             # No catalogue, or a missed invalidation of it (a policy was created or
             # deleted) is pending: the list of names comes from the database.
             loaded = await self._db.merged_configs(user_id)
-            self._cache.record_lookups(hits=0, misses=len(loaded))
+            if found.names is None:
+                self._cache.record_lookups(hits=0, misses=len(loaded))
+            else:
+                self._cache.metrics.fall_throughs["pending_invalidation"] += len(loaded)
             await self._fill(user_id, loaded, found.fill_token, [c.name for c in loaded])
             return _by_name(loaded)
         held = [value for value in found.values.values() if value is not None]
@@ -273,8 +277,12 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        await self._bulk(operation, items, apply, result)
-        await self._cache.invalidate(touched)
+        try:
+            await self._bulk(operation, items, apply, result)
+        finally:
+            # Also when the commit fails or is cancelled half-way: an invalidation of a
+            # change that did not happen costs a miss; a missing one, a stale read.
+            await self._cache.invalidate(touched)
         return result
 
     async def _delete_fragments(self, keys: Sequence[FragmentKey]) -> BulkResult[FragmentKey]:
@@ -290,8 +298,10 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        await self._bulk("delete", keys, apply, result)
-        await self._cache.invalidate(touched)
+        try:
+            await self._bulk("delete", keys, apply, result)
+        finally:
+            await self._cache.invalidate(touched)
         return result
 
     async def _bulk(
@@ -410,31 +420,44 @@ class AppConfigPolicyRepository:
         async with self._engine.connect() as conn:
             return await self._db.list_policies(conn)
 
+    @asynccontextmanager
+    async def _invalidating(self, name: str, *, drop_catalogue: bool) -> AsyncIterator[None]:
+        """Invalidate the name's slice after the block: when it succeeded, and also when it
+        was cancelled or failed in a way that may have committed. Not after the refusals
+        that leave the database as it was (they would drop every user's entry for
+        nothing)."""
+        target = [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])]
+        try:
+            yield
+        except (PolicyExistsError, PolicyInUseError, UnknownPolicyError):
+            raise
+        except BaseException:
+            await self._cache.invalidate(target, drop_catalogue=drop_catalogue)
+            raise
+        await self._cache.invalidate(target, drop_catalogue=drop_catalogue)
+
     async def create(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
         scopes = self._checked(name, scope_sources)
-        try:
-            async with self._engine.begin() as conn:
-                policy = await self._db.insert_policy(conn, name, scopes)
-        except IntegrityError:
-            raise PolicyExistsError(f"a policy named {name!r} exists already") from None
-        await self._cache.invalidate(
-            [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])], drop_catalogue=True
-        )
-        return policy
+        async with self._invalidating(name, drop_catalogue=True):
+            try:
+                async with self._engine.begin() as conn:
+                    return await self._db.insert_policy(conn, name, scopes)
+            except IntegrityError:
+                raise PolicyExistsError(f"a policy named {name!r} exists already") from None
 
     async def update(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
         """Replace the scope list (and so the merge order) of a policy."""
         scopes = self._checked(name, scope_sources)
-        async with self._engine.begin() as conn:
-            policy = await self._db.update_policy(conn, name, scopes)
-        if policy is None:
-            raise UnknownPolicyError(f"no app-config policy named {name!r}")
-        await self._cache.invalidate([InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])])
-        return policy
+        async with self._invalidating(name, drop_catalogue=False):
+            async with self._engine.begin() as conn:
+                policy = await self._db.update_policy(conn, name, scopes)
+            if policy is None:
+                raise UnknownPolicyError(f"no app-config policy named {name!r}")
+            return policy
 
     async def delete(self, name: str, *, cascade: bool = False) -> None:
         """Delete a policy; refused while it has fragments unless ``cascade`` deletes them."""
-        async with self._engine.begin() as conn:
+        async with self._invalidating(name, drop_catalogue=True), self._engine.begin() as conn:
             in_use = await self._db.count_fragments(conn, name)
             if in_use and not cascade:
                 raise PolicyInUseError(
@@ -443,9 +466,6 @@ class AppConfigPolicyRepository:
                 )
             if not await self._db.delete_policy(conn, name, cascade=cascade):
                 raise UnknownPolicyError(f"no app-config policy named {name!r}")
-        await self._cache.invalidate(
-            [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])], drop_catalogue=True
-        )
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from glide import ClosingError, GlideClient, GlideClusterClient, RequestError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 
+from .circuit import UNWELL_CAUSES, cause_of
 from .resilience import CacheError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class ScriptRegistry:
             except (GlideTimeoutError, GlideConnectionError, ClosingError):
                 raise  # the server did not answer: nothing was rejected
             except RequestError as error:
+                if cause_of(error) in UNWELL_CAUSES:
+                    raise  # BUSY, LOADING...: the server is unwell, not the script wrong
                 raise ScriptLoadError(
                     f"{script.name}.lua was rejected by the server: {error}"
                 ) from error

@@ -93,10 +93,17 @@ local function drop_public(names)
 end
 
 -- Every key this schema writes under the prefix, but the epoch: what is left to do when
--- the index is corrupt. Only these families, so a longer prefix ("p:tenant2") that
--- shares the start is left alone. SCAN walks the whole keyspace: a rare, slow path.
-local families = { merged = true, user = true, domain = true, name = true }
-local singles = { [all_users_key] = true, [KEYS[3]] = true }
+-- the index is corrupt. Only keys of exactly these shapes (components never hold ':'),
+-- so a longer prefix that shares the start ("p:tenant2", even "p:user") is left alone.
+-- SCAN walks the whole keyspace: a rare, slow path.
+local shapes = { '^merged:[^:]+:[^:]+$', '^user:[^:]+:names$', '^domain:[^:]+:users$',
+                 '^name:[^:]+:users$', '^users$', '^names$' }
+local function ours(rest)
+  for _, shape in ipairs(shapes) do
+    if string.find(rest, shape) then return true end
+  end
+  return false
+end
 local function drop_prefix()
   local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
   local cursor = '0'
@@ -104,10 +111,10 @@ local function drop_prefix()
     local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
     cursor = reply[1]
     for _, key in ipairs(reply[2]) do
-      local family = string.match(string.sub(key, #prefix + 2), '^([a-z]+):')
-      if singles[key] or families[family] then
+      local rest = string.sub(key, #prefix + 2)
+      if ours(rest) then
         local gone = redis.call('UNLINK', key)
-        if family == 'merged' then dropped = dropped + gone end
+        if string.find(rest, '^merged:') then dropped = dropped + gone end
       end
     end
   until cursor == '0'

@@ -579,23 +579,38 @@ async def test_other_script_errors_still_fail_the_invalidation(
         )
 
 
+@pytest.mark.parametrize("suffix", ["tenant2", "user", "merged", "domain", "name"])
 async def test_a_prefix_reset_leaves_a_longer_prefix_alone(
     cache: AppConfigFragmentCacheSource,
     valkey: GlideClient,
     registry: ScriptRegistry,
     keys: KeySchema,
+    suffix: str,
 ) -> None:
+    """Even a longer prefix named like one of the schema's key families."""
     nested = AppConfigFragmentCacheSource(
-        valkey, registry, keys=KeySchema(f"{keys.prefix}:tenant2")
+        valkey, registry, keys=KeySchema(f"{keys.prefix}:{suffix}")
     )
     user = uuid.uuid4()
     await fill(cache, user, "alpha", *NAMES)
     await fill(nested, user, "alpha", *NAMES)
     await nested.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # gives it an epoch
-    nested_keys = await keys_under(valkey, nested.keys.prefix)
+
+    def schema_keys(schema: KeySchema) -> list[str]:
+        return [
+            *(schema.entry(user, name) for name in NAMES),
+            *(schema.name_users(name) for name in NAMES),
+            schema.user_names(user),
+            schema.domain_users("alpha"),
+            schema.all_users,
+        ]
+
+    nested_epoch = await valkey.get(nested.keys.epoch)
     assert await cache.reset_index() == len(NAMES)
-    assert await keys_under(valkey, nested.keys.prefix) == nested_keys
-    own = await keys_under(valkey, keys.prefix)
-    assert own - nested_keys == {keys.epoch}  # only the epoch is left of its own keys
+    assert await valkey.exists(schema_keys(keys)) == 0
+    assert await valkey.exists([keys.epoch]) == 1
+    nested_schema_keys = schema_keys(nested.keys)
+    assert await valkey.exists(nested_schema_keys) == len(nested_schema_keys)
+    assert await valkey.get(nested.keys.epoch) == nested_epoch
     assert await cached_pairs(nested, [user]) == {(user, name) for name in NAMES}
     assert await cached_pairs(cache, [user]) == set()

@@ -287,3 +287,125 @@ def test_the_guard_lives_and_dies_with_its_source(rig: Rig) -> None:
     del source, guard
     gc.collect()
     assert gone() is None
+
+
+async def test_a_write_cancelled_after_its_commit_still_invalidates(rig: Rig) -> None:
+    """A deadline or a disconnect cancels the write while its invalidation is out: the
+    invalidation still lands, so no stale value outlives the write."""
+    a1 = rig.world.users[0]
+    await seed(rig, a1)
+    real = rig.cache.invalidate_many
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_invalidation(*args: Any, **kwargs: Any) -> int:
+        started.set()
+        await go_on.wait()
+        return await real(*args, **kwargs)
+
+    rig.cache.invalidate_many = slow_invalidation  # type: ignore[method-assign]
+    writing = asyncio.create_task(write(rig, a1, 2))
+    await started.wait()  # committed; the invalidation is on its way
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    go_on.set()
+    for _ in range(100):  # the shielded invalidation finishes on its own
+        if (await rig.cache.lookup(a1, "webui")).value is None:
+            break
+        await asyncio.sleep(0.01)
+    rig.cache.invalidate_many = real  # type: ignore[method-assign]
+    assert (await rig.cache.lookup(a1, "webui")).value is None
+    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
+
+
+async def test_a_policy_refused_by_the_database_invalidates_nothing(rig: Rig) -> None:
+    a1 = rig.world.users[0]
+    await seed(rig, a1)
+    policies = AppConfigPolicyRepository(rig.engine, cache=rig.cache)
+    before = rig.repo.stats().invalidations
+    with pytest.raises(ValueError, match="exists already"):
+        await policies.create("webui", ALL_SCOPES)
+    assert rig.repo.stats().invalidations == before
+    assert (await rig.cache.lookup(a1, "webui")).value is not None  # still cached
+
+
+async def test_reads_cut_short_by_their_caller_still_open_the_breaker(rig: Rig) -> None:
+    """Callers whose deadline (50 ms) is shorter than the request timeout (300 ms) never
+    see a cache error; background health checks tell the breaker instead."""
+    a1 = rig.world.users[0]
+    await seed(rig, a1)
+    guard = GuardedCache.of(rig.cache)
+    guard.breaker = CircuitBreaker(failure_threshold=3, cooldown_s=3600)
+    rig.server.pause()
+    try:
+        for _ in range(100):
+            try:
+                async with asyncio.timeout(0.05):
+                    await rig.repo.app_config(a1, "webui")
+            except TimeoutError:
+                pass
+            if guard.stats().breaker_state == "open":
+                break
+            await asyncio.sleep(0.05)
+        assert guard.stats().breaker_state == "open"
+        async with asyncio.timeout(5):  # now served by PostgreSQL without touching Valkey
+            assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
+    finally:
+        rig.server.resume()
+
+
+async def test_an_index_reset_never_holds_up_the_read_that_asked_for_it(rig: Rig) -> None:
+    a1 = rig.world.users[0]
+    await seed(rig, a1)
+    real_reset, may_reset = rig.cache.reset_index, asyncio.Event()
+
+    async def held_reset() -> int:
+        await may_reset.wait()
+        return await real_reset()
+
+    rig.cache.reset_index = held_reset  # type: ignore[method-assign]
+    await rig.client.delete([rig.cache.keys.epoch])
+    await rig.client.custom_command(["HSET", rig.cache.keys.epoch, "x", "y"])
+    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # from PostgreSQL
+    guard = GuardedCache.of(rig.cache)
+    assert guard._reset is not None and not guard._reset.done()  # still waiting
+    may_reset.set()
+    await guard._reset
+    assert rig.repo.stats().index_resets == 1
+    await until_cached(rig, a1, "webui")
+
+
+async def test_a_busy_server_during_a_script_reload_is_not_a_rejected_script(
+    clean_db: AsyncEngine,
+) -> None:
+    from glide import RequestError
+
+    from atomic_cache import ScriptLoadError, ScriptRegistry, create_valkey_client
+
+    from .valkey_tools import busy_script
+
+    with EmbeddedValkey(extra_args=["--busy-reply-threshold", "50"]) as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+        try:
+            await client.custom_command(["PING"])  # connected: SCRIPT LOAD itself meets BUSY
+            async with busy_script(server.port):
+                with pytest.raises(RequestError, match="BUSY") as raised:
+                    await ScriptRegistry().load(client)
+            assert not isinstance(raised.value, ScriptLoadError)
+        finally:
+            await client.close()
+
+
+async def test_corrupt_entries_on_a_read_only_node_are_misses_logged_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    a1 = rig.world.users[0]
+    await rig.client.set(rig.cache.keys.entry(a1, "webui"), "{not json")
+    await make_read_only(rig)
+    with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+        for _ in range(20):
+            found = await rig.cache.lookup(a1, "webui")
+            assert found.value is None and found.fill_token is not None
+    removals = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(removals) == 1
+    assert rig.cache.metrics.corrupt_entries_removed == 0
