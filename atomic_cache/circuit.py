@@ -69,10 +69,8 @@ class CircuitOpen(Exception):
 
 def cause_of(error: BaseException) -> str:
     """A stable cause label (one of ``metrics.FALL_THROUGH_CAUSES``) for a failed call."""
-    if isinstance(error, CircuitOpen):
-        return "circuit_open"
-    if isinstance(error, CircuitBreakerError):
-        return "circuit_open"  # glide's own client-wide breaker refused it, without I/O
+    if isinstance(error, CircuitOpen | CircuitBreakerError):
+        return "circuit_open"  # ours, or glide's client-wide breaker, refused it: no I/O
     if isinstance(error, GlideTimeoutError):
         return "timeout"
     if isinstance(error, GlideConnectionError | ClosingError):
@@ -125,16 +123,14 @@ class CircuitBreaker:
         """May a cache call go out now? In half-open, only the single probe may."""
         if self.state is BreakerState.CLOSED:
             return True
-        elapsed = self._clock() - self._opened_at
-        if self.state is BreakerState.OPEN and elapsed >= self.cooldown_s:
-            self._opened_at = self._clock()
+        now = self._clock()
+        if now - self._opened_at < self.cooldown_s:
+            return False
+        self._opened_at = now
+        if self.state is BreakerState.OPEN:
             self._move(BreakerState.HALF_OPEN, "cool-down over, letting one probe through")
-            return True
-        if self.state is BreakerState.HALF_OPEN and elapsed >= self.cooldown_s:
-            # The probe never reported (its task was cancelled): let another one through.
-            self._opened_at = self._clock()
-            return True
-        return False
+        # else half-open with the probe never reported (its task was cancelled): another
+        return True
 
     def record_success(self) -> None:
         self._failures = 0

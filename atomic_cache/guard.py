@@ -138,6 +138,7 @@ class GuardedCache:
         return result
 
     def _check_health(self) -> None:
+        """Send the probe from a background task, unless one is out already."""
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._send_probe())
 
@@ -190,8 +191,7 @@ class GuardedCache:
         if self.breaker.allow():
             if self.breaker.state is BreakerState.CLOSED:
                 return True
-            if self._probe is None or self._probe.done():
-                self._probe = asyncio.create_task(self._send_probe())
+            self._check_health()
         self.bypassed += 1
         return False
 

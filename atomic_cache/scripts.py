@@ -19,9 +19,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TypeAlias
 
-from glide import ClosingError, GlideClient, GlideClusterClient, RequestError
-from glide import ConnectionError as GlideConnectionError
-from glide import TimeoutError as GlideTimeoutError
+from glide import GlideClient, GlideClusterClient, RequestError
 
 from .circuit import UNWELL_CAUSES, cause_of
 from .resilience import CacheError
@@ -60,12 +58,6 @@ def packaged_scripts_dir() -> Traversable:
     if installed.is_dir():
         return installed
     return Path(__file__).resolve().parent.parent / "lua"
-
-
-def _is_lost_script(error: RequestError) -> bool:
-    # glide reports NOSCRIPT as "... NoScriptError ..."; plain servers say "NOSCRIPT".
-    message = str(error)
-    return "NoScriptError" in message or "NOSCRIPT" in message
 
 
 def _as_arg(value: ScriptArg) -> str | bytes:
@@ -111,11 +103,9 @@ class ScriptRegistry:
         for script in self._scripts.values():
             try:
                 sha = await client.custom_command(["SCRIPT", "LOAD", script.source])
-            except (GlideTimeoutError, GlideConnectionError, ClosingError):
-                raise  # the server did not answer: nothing was rejected
             except RequestError as error:
                 if cause_of(error) in UNWELL_CAUSES:
-                    raise  # BUSY, LOADING...: the server is unwell, not the script wrong
+                    raise  # timeout, BUSY, LOADING...: the server is unwell, not the script
                 raise ScriptLoadError(
                     f"{script.name}.lua was rejected by the server: {error}"
                 ) from error
@@ -152,7 +142,7 @@ class ScriptRegistry:
         try:
             return await client.custom_command(command)
         except RequestError as error:
-            if not _is_lost_script(error):
+            if cause_of(error) != "noscript":
                 raise
         log.info("script cache lost on the server; reloading %d scripts", len(self._scripts))
         self.reloads += 1
