@@ -1,11 +1,14 @@
 """AppConfigFragmentCacheSource: build keys, call one script, (de)serialise.
 
 Every public call is one server command (one EVALSHA), except that a corrupt entry,
-found on a read, is removed with one more.
+found on a read, is removed with one more. An invalidation that leaves clean-up work
+queued (a large domain or PUBLIC scope) returns at once; a background task of this source
+then runs the clean-up steps, each a bounded script call (``reclaim``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -24,6 +27,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 600
 DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
+# A fill whose lookup is older than this is refused; stamps live at least this long
+# beyond the longest entry TTL, so none expires while a token it must refuse is valid.
+FILL_TOKEN_MAX_AGE_MS = 60_000
+# Entries an invalidation call may examine while cleaning up, and a clean-up step: each
+# bounds one script's server time (a few µs per entry; see the README's figures).
+INVALIDATE_CLEANUP_BUDGET = 200
+STEP_CLEANUP_BUDGET = 1000
 
 # invalidate.lua's target that drops the whole prefix (a corrupt index).
 RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]
@@ -129,6 +139,7 @@ class AppConfigFragmentCacheSource:
         self.metrics = CacheMetrics()
         self.guard: object | None = None  # the repositories' GuardedCache, set by it
         self._log_throttle = LogThrottle()
+        self._reclaimer: asyncio.Task[None] | None = None  # held, so it is not collected
 
     @property
     def script_reloads(self) -> int:
@@ -141,12 +152,20 @@ class AppConfigFragmentCacheSource:
         return (await self.lookup(user_id, name)).value
 
     async def ping(self) -> str:
-        """One read-only script call that touches only the epoch: the breaker's probe.
+        """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
-        reply = await self._registry.call(self._client, "get", [self.keys.epoch])
-        if not isinstance(reply, list) or len(reply) != 1:
+        reply = await self._read(["-", 0])
+        if len(reply) != 2 or reply[1] != []:
             raise CacheError(f"get.lua answered {reply!r:.200}")
         return _text(reply[0])
+
+    async def _read(self, args: list[ScriptArg]) -> list[object]:
+        reply = await self._registry.call(
+            self._client, "get", [self.keys.seq, self.keys.catalogue], [self.keys.prefix, *args]
+        )
+        if not isinstance(reply, list) or len(reply) not in (1, 2, 3):
+            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+        return reply
 
     async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
         """The cached value, or a miss with the fill token to pass to set_merged_config."""
@@ -159,17 +178,19 @@ class AppConfigFragmentCacheSource:
         names = list(dict.fromkeys(names))
         if not names:
             return {}
-        entry_keys = [self.keys.entry(user_id, name) for name in names]
-        reply = await self._registry.call(self._client, "get", [self.keys.epoch, *entry_keys])
-        if not isinstance(reply, list) or len(reply) != len(names) + 1:
+        user = user_component(user_id)
+        encoded = [encode_component(name, what="name") for name in names]
+        reply = await self._read([user, len(encoded), *encoded])
+        raws = reply[1] if len(reply) == 2 else None
+        if not isinstance(raws, list) or len(raws) != len(names):
             raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
         token = _text(reply[0])
         result: dict[str, CacheLookup] = {}
         corrupt: list[str] = []
-        for name, key, raw in zip(names, entry_keys, reply[1:], strict=True):
-            value = None if raw is None else self._decode(raw, user_id, name)
+        for name, raw in zip(names, raws, strict=True):
+            value = None if raw is None else self._decode(raw, user, name)
             if raw is not None and value is None:
-                corrupt.append(key)
+                corrupt.append(self.keys.entry(user, name))
             result[name] = (
                 CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
             )
@@ -182,25 +203,18 @@ class AppConfigFragmentCacheSource:
         ``names`` is None when the catalogue itself is not cached.
         """
         user = user_component(user_id)
-        reply = await self._registry.call(
-            self._client,
-            "get_all",
-            [self.keys.epoch, self.keys.catalogue],
-            [self.keys.prefix, user],
-        )
-        if not isinstance(reply, list) or len(reply) not in (2, 3):
-            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        reply = await self._read([user, -1])
         token = _text(reply[0])
-        if len(reply) == 2:
+        if len(reply) == 1:
             return AllLookup(fill_token=token, names=None, values={})
-        encoded_names, raws = reply[1], reply[2]
+        raws, encoded_names = reply[1], reply[2] if len(reply) == 3 else None
         if not isinstance(encoded_names, list) or not isinstance(raws, list):
-            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
         values: dict[str, AppConfigData | None] = {}
         corrupt: list[str] = []
         for encoded, raw in zip(encoded_names, raws, strict=True):
             name = decode_component(_text(encoded))
-            value = None if raw is None else self._decode(raw, user_id, name)
+            value = None if raw is None else self._decode(raw, user, name)
             if raw is not None and value is None:
                 corrupt.append(self.keys.entry(user, name))
             values[name] = value
@@ -223,15 +237,15 @@ class AppConfigFragmentCacheSource:
         self.metrics.corrupt_entries_removed += removed
         log.warning("removed %d undecodable cache entries: %s", removed, keys)
 
-    def _decode(self, raw: object, user_id: uuid.UUID, name: str) -> AppConfigData | None:
+    def _decode(self, raw: object, user: str, name: str) -> AppConfigData | None:
         if not isinstance(raw, bytes | str):
-            return None  # another type under the key (get.lua answers 0)
+            return None  # undecodable, or another type under the key (get.lua answers 0)
         try:
             value = AppConfigData.model_validate_json(raw)
         except ValidationError:
             return None
         # An entry must describe the key it sits under; anything else is corruption.
-        if str(value.user_id) != user_component(user_id) or value.name != name:
+        if str(value.user_id) != user or value.name != name:
             return None
         return value
 
@@ -260,8 +274,9 @@ class AppConfigFragmentCacheSource:
         """Store several merged configs of one user in one atomic step (all or none).
 
         With ``fill_token`` (from a lookup) the write is refused, and False returned, if
-        any invalidation ran since that lookup. ``catalogue``, when given, replaces the
-        cached list of every config name (what ``lookup_all`` needs to answer alone).
+        an invalidation that covers any of them (or the catalogue, when given) ran since
+        that lookup. ``catalogue``, when given, replaces the cached list of every config
+        name (what ``lookup_all`` needs to answer alone).
         """
         if not merged:
             return True
@@ -272,14 +287,14 @@ class AppConfigFragmentCacheSource:
         for item in merged:
             if str(item.user_id) != user:
                 raise ValueError(f"merged config of user {item.user_id} passed for user {user}")
-        keys = [
-            self.keys.user_names(user),
-            self.keys.domain_users(merged[0].domain_name),
-            self.keys.all_users,
-            self.keys.epoch,
-            self.keys.catalogue,
+        args: list[ScriptArg] = [
+            self.keys.prefix,
+            self.ttl_seconds * 1000,
+            user,
+            encode_component(merged[0].domain_name, what="domain"),
+            fill_token or "",
+            FILL_TOKEN_MAX_AGE_MS,
         ]
-        args: list[ScriptArg] = [self.ttl_seconds, user, fill_token is not None, fill_token or ""]
         if catalogue is None:
             args.append(-1)
         else:
@@ -296,9 +311,10 @@ class AppConfigFragmentCacheSource:
                     self.max_entry_bytes,
                 )
                 return False
-            keys += [self.keys.entry(user, item.name), self.keys.name_users(item.name)]
             args += [encode_component(item.name, what="name"), payload]
-        reply = await self._registry.call(self._client, "set", keys, args)
+        reply = await self._registry.call(
+            self._client, "set", [self.keys.seq, self.keys.catalogue], args
+        )
         return reply == 1
 
     # -- invalidation --------------------------------------------------------------------
@@ -306,20 +322,22 @@ class AppConfigFragmentCacheSource:
     async def invalidate_for_scope(
         self, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
     ) -> int:
-        """Drop every entry of the scope (only ``names`` if given); returns how many."""
+        """Make every entry of the scope (only ``names`` if given) unservable; returns
+        how many entries this call deleted (a large scope is deleted by later steps)."""
         return await self.invalidate_many([InvalidationTarget.of(scope_type, scope_id, names)])
 
     async def invalidate_for_policy(self, config_name: str, *, drop_catalogue: bool = True) -> int:
-        """Drop the entries of one config name for every user, and (by default) the cached
-        list of config names, since a created or deleted policy changes it."""
+        """Invalidate one config name for every user, and (by default) the cached list of
+        config names, since a created or deleted policy changes it."""
         return await self.invalidate_many(
             [InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [config_name])],
             drop_catalogue=drop_catalogue,
         )
 
     async def reset_index(self) -> int:
-        """Drop every key under the prefix and start a fresh epoch, in one round trip:
-        what a corrupt index (a key of the wrong type) leaves. Returns entries dropped."""
+        """Start a new life of the index, in one round trip: every entry and fill token of
+        the old one is refused, and a queued sweep removes keys of the wrong type under
+        the prefix. What a corrupt index (a key of the wrong type) calls for."""
         return await self._invalidate([RESET_TARGET_ARGS], drop_catalogue=True)
 
     async def invalidate_many(
@@ -332,11 +350,12 @@ class AppConfigFragmentCacheSource:
         *,
         drop_catalogue: bool = False,
     ) -> int:
-        """Invalidate several slices in one atomic round trip; returns entries dropped.
+        """Invalidate several slices in one atomic round trip; returns entries deleted.
 
         Each target is an InvalidationTarget or a ``(scope_type, scope_id[, names])`` tuple.
         ``drop_catalogue`` also forgets the cached list of config names (a policy was
-        created or deleted).
+        created or deleted). When the call returns, no reader is served an entry it
+        covers; deleting them from memory may go on in the background (``reclaim``).
         """
         checked = [
             target if isinstance(target, InvalidationTarget) else InvalidationTarget.of(*target)
@@ -348,15 +367,71 @@ class AppConfigFragmentCacheSource:
         return await self._invalidate([target.script_args() for target in live], drop_catalogue)
 
     async def _invalidate(self, targets: list[list[ScriptArg]], drop_catalogue: bool) -> int:
-        args: list[ScriptArg] = [self.keys.prefix, drop_catalogue]
+        args: list[ScriptArg] = []
         for target in targets:
             args += target
+        deleted, queued = await self._call_invalidate(
+            INVALIDATE_CLEANUP_BUDGET, drop_catalogue, args
+        )
+        if queued:
+            self._start_reclaiming()
+        return deleted
+
+    async def _call_invalidate(
+        self, budget: int, drop_catalogue: bool, targets: list[ScriptArg]
+    ) -> tuple[int, int]:
         reply = await self._registry.call(
             self._client,
             "invalidate",
-            [self.keys.epoch, self.keys.all_users, self.keys.catalogue],
-            args,
+            [self.keys.seq, self.keys.catalogue, self.keys.cleanup_queue],
+            [
+                self.keys.prefix,
+                self.ttl_seconds * 1000 + FILL_TOKEN_MAX_AGE_MS,
+                FILL_TOKEN_MAX_AGE_MS,
+                budget,
+                drop_catalogue,
+                *targets,
+            ],
         )
-        if not isinstance(reply, int):
+        if (
+            not isinstance(reply, list)
+            or len(reply) != 2
+            or not all(isinstance(part, int) for part in reply)
+        ):
             raise CacheError(f"invalidate.lua answered {reply!r:.200}")
-        return reply
+        return reply[0], reply[1]
+
+    # -- clean-up ------------------------------------------------------------------------
+
+    async def cleanup_step(self) -> tuple[int, int]:
+        """One bounded clean-up step: (entries deleted, jobs still queued)."""
+        return await self._call_invalidate(STEP_CLEANUP_BUDGET, False, [])
+
+    async def reclaim(self) -> int:
+        """Run clean-up steps until the queue is empty; returns entries deleted. Any
+        process may run it: steps of the same queue serialise on the server."""
+        total = 0
+        while True:
+            deleted, queued = await self.cleanup_step()
+            total += deleted
+            self.metrics.entries_reclaimed += deleted
+            if not queued:
+                return total
+
+    def _start_reclaiming(self) -> None:
+        if self._reclaimer is None or self._reclaimer.done():
+            self._reclaimer = asyncio.create_task(self._reclaim_in_background())
+
+    async def _reclaim_in_background(self) -> None:
+        try:
+            await self.reclaim()
+        except CACHE_ERRORS as error:
+            # The queue stays on the server: the next invalidation, here or in any other
+            # process, resumes it; meanwhile the entries are unservable and expire anyway.
+            if self._log_throttle.due("reclaim") is not None:
+                log.warning("cache clean-up paused, to resume with the next call: %s", error)
+
+    async def reclaiming(self) -> None:
+        """Wait for the background clean-up this source started, if any (tests, shutdown)."""
+        if self._reclaimer is not None:
+            await asyncio.shield(self._reclaimer)

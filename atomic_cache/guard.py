@@ -54,7 +54,7 @@ class GuardedCache:
         self.pending = PendingInvalidations(max_pending)
         # Bumped by every invalidation, landed or not: part of the single-flight key, so
         # no read that starts after a write returned joins a query started before it,
-        # even when the failed invalidation left the epoch where it was.
+        # even when the failed invalidation left the sequence where it was.
         self.generation = 0
         self._clock = clock
         self._replay: asyncio.Future[BaseException | None] | None = None  # shared attempt
@@ -158,9 +158,9 @@ class GuardedCache:
             )
         if cause == "wrongtype" and self._clock() >= self._reset_not_before:
             # Entry keys are read with pcall and written with SET, so WRONGTYPE comes from
-            # a membership set or the epoch: someone else wrote there. Left alone, every
-            # fill through it would fail for good. The reset runs in the background (it
-            # may take a while on a large keyspace), at most once per cool-down.
+            # an index, stamp or sequence key: someone else wrote there. Left alone, every
+            # fill through it would fail for good. The reset runs in the background, at
+            # most once per cool-down.
             self._reset_not_before = self._clock() + self.breaker.cooldown_s
             self._reset = asyncio.create_task(self._reset_index())
 
@@ -178,8 +178,9 @@ class GuardedCache:
         self.metrics.index_resets += 1
         self.metrics.entries_dropped += dropped
         log.error(
-            "a key of the wrong type sat in the cache's index: dropped every key under"
-            " prefix %r (%d entries) and started a fresh epoch",
+            "a key of the wrong type sat in the cache's index under prefix %r: started a"
+            " new life of the index (no older entry is served) and queued a sweep; %d"
+            " entries deleted so far",
             self.source.keys.prefix,
             dropped,
         )

@@ -47,7 +47,7 @@ def user_component(user_id: uuid.UUID | str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeySchema:
-    """Key names under one prefix.
+    """Key names under one prefix (DESIGN §2).
 
     In cluster mode give the prefix a hash tag (``{app_config}``) so that every key a
     script touches hashes to one slot.
@@ -63,27 +63,43 @@ class KeySchema:
             )
 
     def entry(self, user_id: uuid.UUID | str, name: str) -> str:
-        """``p:merged:{user}:{name}``: the JSON of one merged config."""
+        """``p:merged:{user}:{name}``: header (fill token, domain) + JSON of one config."""
         return (
             f"{self.prefix}:merged:{user_component(user_id)}:{encode_component(name, what='name')}"
         )
 
-    def user_names(self, user_id: uuid.UUID | str) -> str:
-        """``p:user:{user}:names``: names cached for a user."""
-        return f"{self.prefix}:user:{user_component(user_id)}:names"
-
-    def domain_users(self, domain_name: str) -> str:
-        """``p:domain:{domain}:users``: users cached, by their domain at fill time."""
-        return f"{self.prefix}:domain:{encode_component(domain_name, what='domain')}:users"
-
-    def name_users(self, name: str) -> str:
-        """``p:name:{name}:users``: users with an entry for a name."""
-        return f"{self.prefix}:name:{encode_component(name, what='name')}:users"
+    @property
+    def seq(self) -> str:
+        """``p:seq``: hash of the invalidation sequence ``n``, the value ``b`` it had when
+        the index was born, and ``ttl``, the longest entry TTL written (ms)."""
+        return f"{self.prefix}:seq"
 
     @property
-    def all_users(self) -> str:
-        """``p:users``: every user with an entry."""
-        return f"{self.prefix}:users"
+    def public_stamps(self) -> str:
+        """``p:stamp:public``: field ``*`` or a name -> seq of its last invalidation."""
+        return f"{self.prefix}:stamp:public"
+
+    def domain_stamps(self, domain_name: str) -> str:
+        """``p:stamp:domain:{domain}``: as ``public_stamps``, for one domain."""
+        return f"{self.prefix}:stamp:domain:{encode_component(domain_name, what='domain')}"
+
+    def user_stamps(self, user_id: uuid.UUID | str) -> str:
+        """``p:stamp:user:{user}``: as ``public_stamps``, for one user."""
+        return f"{self.prefix}:stamp:user:{user_component(user_id)}"
+
+    def user_index(self, user_id: uuid.UUID | str) -> str:
+        """``p:idx:user:{user}``: sorted set of the user's cached names, scored by expiry."""
+        return f"{self.prefix}:idx:user:{user_component(user_id)}"
+
+    def domain_index(self, domain_name: str) -> str:
+        """``p:idx:domain:{domain}``: users with entries filled under the domain, scored
+        by their latest entry's expiry (ms)."""
+        return f"{self.prefix}:idx:domain:{encode_component(domain_name, what='domain')}"
+
+    @property
+    def users_index(self) -> str:
+        """``p:idx:users``: every user with an entry, scored by latest expiry (ms)."""
+        return f"{self.prefix}:idx:users"
 
     @property
     def catalogue(self) -> str:
@@ -91,6 +107,12 @@ class KeySchema:
         return f"{self.prefix}:names"
 
     @property
-    def epoch(self) -> str:
-        """``p:epoch``: invalidation counter; fill tokens are its values."""
-        return f"{self.prefix}:epoch"
+    def cleanup_queue(self) -> str:
+        """``p:gc``: list of clean-up jobs (covered entries still to delete)."""
+        return f"{self.prefix}:gc"
+
+
+def token_sequence(fill_token: str) -> str:
+    """The sequence part of a fill token ``"{seq}:{ms}"``: readers whose lookups saw the
+    same sequence saw the same invalidations, whatever the millisecond."""
+    return fill_token.partition(":")[0]

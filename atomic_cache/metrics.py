@@ -45,11 +45,12 @@ class CacheStats(BaseModel):
     refused_fills: int = 0  # fills refused: an invalidation ran since the lookup, or too large
     fall_throughs: dict[str, int] = {}  # cache calls failed or skipped, by cause
     invalidations: int = 0  # invalidation round trips that succeeded (replays included)
-    entries_dropped: int = 0  # cached entries those invalidations removed
+    entries_dropped: int = 0  # cached entries those invalidation calls deleted
+    entries_reclaimed: int = 0  # covered entries deleted later, by clean-up steps
     failed_invalidations: int = 0  # post-commit invalidations kept for replay
     replayed_invalidations: int = 0  # successful round trips that carried a replay
     corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
-    index_resets: int = 0  # prefixes dropped because an index key had the wrong type
+    index_resets: int = 0  # new index lives started because an index key had the wrong type
     script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
     breaker_transitions: dict[str, int] = {}  # circuit breaker changes, by the new state
     breaker_state: str = "closed"  # now: closed, open or half_open
@@ -74,6 +75,7 @@ class CacheMetrics:
     fall_throughs: Counter[str] = field(default_factory=Counter)
     invalidations: int = 0
     entries_dropped: int = 0
+    entries_reclaimed: int = 0
     failed_invalidations: int = 0
     replayed_invalidations: int = 0
     corrupt_entries_removed: int = 0
@@ -91,6 +93,7 @@ class CacheMetrics:
             fall_throughs=dict(self.fall_throughs),
             invalidations=self.invalidations,
             entries_dropped=self.entries_dropped,
+            entries_reclaimed=self.entries_reclaimed,
             failed_invalidations=self.failed_invalidations,
             replayed_invalidations=self.replayed_invalidations,
             corrupt_entries_removed=self.corrupt_entries_removed,
@@ -114,11 +117,12 @@ _COUNTERS: dict[str, str] = {
     "fills": "Merged configs stored in Valkey after a miss",
     "refused_fills": "Fills refused because an invalidation ran since the lookup, or too large",
     "invalidations": "Invalidation round trips that succeeded",
-    "entries_dropped": "Cached entries removed by invalidations",
+    "entries_dropped": "Cached entries deleted by invalidation calls",
+    "entries_reclaimed": "Invalidated entries deleted later by clean-up steps",
     "failed_invalidations": "Post-commit invalidations that failed and were kept for replay",
     "replayed_invalidations": "Invalidation round trips that replayed missed invalidations",
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
-    "index_resets": "Key prefixes dropped because an index key had the wrong type",
+    "index_resets": "New index lives started because an index key had the wrong type",
     "script_reloads": "Script caches reloaded after NOSCRIPT",
 }
 _BREAKER_STATES = ("closed", "open", "half_open")

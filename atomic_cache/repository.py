@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .guard import GuardedCache
-from .keys import MAX_COMPONENT_LENGTH
+from .keys import MAX_COMPONENT_LENGTH, token_sequence
 from .metrics import CacheStats
 from .models import (
     AppConfigData,
@@ -132,12 +132,12 @@ class AppConfigFragmentRepository:
             # before a write returned could hand its older result to a read started after.
             return await self._load(user_id, name)
         token = found.fill_token
-        # Readers that saw the same epoch and the same invalidation generation of this
-        # process share one query. Every write moves the generation before it returns
-        # (and the epoch, when its invalidation lands), so no reader joins a flight
-        # older than a write it saw.
+        # Readers whose lookups saw the same sequence and the same invalidation generation
+        # of this process share one query. Every write moves the generation before it
+        # returns (and the sequence, when its invalidation lands), so no reader joins a
+        # flight older than a write it saw.
         return await self._flights.run(
-            (user_id, name, token, self._cache.generation),
+            (user_id, name, token_sequence(token), self._cache.generation),
             lambda: self._load_and_fill(user_id, name, token),
         )
 

@@ -1,24 +1,78 @@
 #!lua flags=no-writes
--- get: read cached merged configs of one user, plus the fill token for misses.
+-- get: the valid cached merged configs of one user, and a fill token for the rest.
 --
--- KEYS[1]      the epoch key (p:epoch)
--- KEYS[2..n]   the entry keys to read (p:merged:{user}:{name}), one or more
--- ARGV         none
+-- KEYS[1]    p:seq     invalidation sequence: hash of n (current), b (n when the index was born)
+-- KEYS[2]    p:names   the catalogue: every config name that has a policy (encoded)
+-- ARGV[1]    the key prefix p (entry and stamp keys are built from it)
+-- ARGV[2]    the user id
+-- ARGV[3]    c: how many encoded names follow, or -1 for every name of the catalogue
+-- ARGV[4..]  c encoded names
 --
--- Reply: an array of n elements.
---   [1]        the current epoch as a string, or "" when no invalidation ran yet;
---              a caller that fills a miss passes it back to set.lua as its fill token
---   [2..n]     per entry key: the stored string, nil when absent, or the integer 0
---              when the key holds another type (the caller treats it as corrupt)
+-- Reply (a miss is nil in the reply: false here, since a Lua array ends at its first nil):
+--        {token, values}, or with c = -1 {token, values, names}, or {token} when the
+--        catalogue is not cached
+--   token    "n:ms": the sequence and the server clock now; a caller that fills a miss
+--            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses it)
+--   values   per name: the JSON of a valid entry; nil when absent or no longer valid;
+--            0 when the key holds something undecodable (the caller removes it)
+--   names    the catalogue's encoded names, in the order of values
 --
+-- An entry "t d\n{json}" (fill token t, encoded domain d at fill time) is valid only if
+-- t lies in the current life of the index (b <= t <= n) and no stamp that covers it is
+-- newer than t: public, domain d and user, each for "*" and for its name (DESIGN §2).
 -- Read-only (no-writes), so EVALSHA_RO may serve it from a replica.
 
-local reply = { redis.call('GET', KEYS[1]) or '' }
-for i = 2, #KEYS do
-  local value = redis.pcall('GET', KEYS[i])
-  if type(value) == 'table' and value.err then
-    value = 0
-  end
-  reply[i] = value
+local prefix, user = ARGV[1], ARGV[2]
+local seq = redis.call('HMGET', KEYS[1], 'n', 'b')
+local current, born = tonumber(seq[1]), tonumber(seq[2])
+local now = redis.call('TIME')
+local token = string.format('%d:%d', current or 0, now[1] * 1000 + math.floor(now[2] / 1000))
+
+local names = {}
+local count = tonumber(ARGV[3])
+if count < 0 then
+  names = redis.pcall('SMEMBERS', KEYS[2])
+  if names.err or #names == 0 then return { token } end
+else
+  for i = 1, count do names[i] = ARGV[3 + i] end
 end
-return reply
+
+-- Each stamp hash is read once per call; one that is not a hash (written by someone
+-- else) covers everything: nothing under it is served.
+local stamps = {}
+local function newest(key, name)
+  local fields = stamps[key]
+  if fields == nil then
+    fields = {}
+    local flat = redis.pcall('HGETALL', key)
+    if flat.err then
+      fields['*'] = math.huge
+    else
+      for i = 1, #flat, 2 do fields[flat[i]] = tonumber(flat[i + 1]) or math.huge end
+    end
+    stamps[key] = fields
+  end
+  return math.max(fields['*'] or 0, fields[name] or 0)
+end
+
+local function valid(raw, name)
+  if type(raw) ~= 'string' then return 0 end  -- WRONGTYPE: another type under the key
+  local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
+  t = tonumber(t)
+  if t == nil then return 0 end
+  if current == nil or t < born or t > current then return false end  -- a lost index
+  if newest(prefix .. ':stamp:public', name) > t
+      or newest(prefix .. ':stamp:domain:' .. domain, name) > t
+      or newest(prefix .. ':stamp:user:' .. user, name) > t then
+    return false
+  end
+  return string.sub(raw, body)
+end
+
+local values = {}
+for i, name in ipairs(names) do
+  local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
+  values[i] = raw and valid(raw, name)
+end
+if count < 0 then return { token, values, names } end
+return { token, values }

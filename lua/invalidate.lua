@@ -1,164 +1,249 @@
 #!lua flags=allow-oom
--- invalidate: drop every cached entry a list of scope targets covers, and make every
--- fill token handed out before this step useless, in one atomic step.
+-- invalidate: make every entry a list of targets covers unservable, in O(targets), then
+-- spend a bounded budget deleting covered entries through the index.
 --
--- KEYS[1]      p:epoch    invalidation counter (fill tokens are its values)
--- KEYS[2]      p:users    set of every user with an entry
--- KEYS[3]      p:names    the catalogue of config names (see get_all.lua)
--- ARGV[1]      the key prefix p; the other keys are built from it and the set members,
---              so every key shares the prefix (and its hash tag, in cluster mode)
--- ARGV[2]      "1" to drop the catalogue too (a policy was created or deleted), else "0"
--- ARGV[3..]    targets, each: scope, id, count, then `count` encoded names
---                scope "user"    id = user id
---                scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
---                scope "public"  id = "public"
---                scope "reset"   id ignored: drop every key under the prefix (see below)
---              count -1 means every name of that scope; otherwise only the names given
+-- KEYS[1]    p:seq     invalidation sequence (see set.lua)
+-- KEYS[2]    p:names   the catalogue of config names (see get.lua)
+-- KEYS[3]    p:gc      clean-up queue: one job per large target, resumable by any caller
+-- ARGV[1]    the key prefix p; other keys are built from it (one hash tag on a cluster)
+-- ARGV[2]    the shortest a stamp may live, ms (the caller's TTL + the fill token age)
+-- ARGV[3]    how old a fill token may be, ms (added to the longest TTL written)
+-- ARGV[4]    budget: how many entries this call may examine while cleaning up
+-- ARGV[5]    "1" to drop the catalogue too (a policy was created or deleted), else "0"
+-- ARGV[6..]  targets, each: scope, id, count, then `count` encoded names
+--              scope "user"    id = user id
+--              scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
+--              scope "public"  id = "public"
+--              scope "reset"   id ignored: start a new life of the index (see below)
+--            count -1 means every name of that scope; otherwise only the names given.
+--            No target and "0": a clean-up step only, no new stamp.
 --
--- Reply: the number of entries deleted.
+-- Reply: {entries deleted by this call, clean-up jobs still queued}
+--
+-- The logical step: n += 1, and each target's stamp (field "*" or its names) := n. From
+-- then on get.lua serves no entry it covers and set.lua refuses every fill whose token
+-- is older. Deleting the entries only frees memory: a user target is cleaned here (a
+-- user has few names); a domain or public target becomes a job that walks its index in
+-- steps (ZSCAN), deleting entries older than the stamp. Any call continues the queue.
 --
 -- allow-oom: an invalidation only frees memory, and must still run when a full server
 -- refuses writes (maxmemory + noeviction); skipping it would leave stale entries.
 --
--- A key of another type where a membership set or the epoch belongs (written by someone
--- else) means the index can no longer say which entries a target covers. Rather than
--- fail (and fail again on every replay), the script then drops every key under the
--- prefix, entries and sets alike, and starts a fresh epoch: more misses, never stale.
+-- A key of another type where a stamp, the sequence or the queue belongs (written by
+-- someone else) would make the stamp unwritable. Rather than fail (and fail again on
+-- every replay), the call then resets: a new life of the index refuses every entry and
+-- token of the old one, whatever the keys say, and a sweep job removes what is left.
 
-local prefix = ARGV[1]
-local epoch_key, all_users_key = KEYS[1], KEYS[2]
-local dropped = 0
-local corrupt = false
-
--- redis.call, except that WRONGTYPE marks the index corrupt and answers `empty`.
-local function call(empty, ...)
-  local reply = redis.pcall(...)
-  if type(reply) == 'table' and reply.err then
-    if string.find(reply.err, 'WRONGTYPE', 1, true) then
-      corrupt = true
-      return empty
-    end
-    error(reply)
-  end
-  return reply
-end
+local prefix, budget = ARGV[1], tonumber(ARGV[4])
+local seq_key, catalogue_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
+local clock = redis.call('TIME')
+local now_us = clock[1] * 1000000 + clock[2]
+local deleted, examined = 0, 0
+local corrupt = false  -- an index key of another type met while cleaning up
 
 local function entry_key(user, name) return prefix .. ':merged:' .. user .. ':' .. name end
-local function user_names_key(user) return prefix .. ':user:' .. user .. ':names' end
-local function name_users_key(name) return prefix .. ':name:' .. name .. ':users' end
-local function domain_users_key(domain) return prefix .. ':domain:' .. domain .. ':users' end
-
-local function drop_entry(user, name)
-  dropped = dropped + redis.call('UNLINK', entry_key(user, name))
-  call(0, 'SREM', user_names_key(user), name)
-  call(0, 'SREM', name_users_key(name), user)
+local function user_index(user) return prefix .. ':idx:user:' .. user end
+local function domain_index(domain) return prefix .. ':idx:domain:' .. domain end
+local users_index = prefix .. ':idx:users'
+local function stamps_key(scope, id)
+  if scope == 'public' then return prefix .. ':stamp:public' end
+  return prefix .. ':stamp:' .. scope .. ':' .. id
 end
 
-local function drop_user(user, names)
-  if names then
-    for _, name in ipairs(names) do drop_entry(user, name) end
-    return
-  end
-  for _, name in ipairs(call({}, 'SMEMBERS', user_names_key(user))) do
-    drop_entry(user, name)
-  end
-  call(0, 'SREM', all_users_key, user)
+-- The fill token and domain in an entry's header (nil for anything undecodable).
+local function header(raw)
+  if type(raw) ~= 'string' then return nil end
+  local t, domain = string.match(raw, '^(%d+) ([^\n]+)\n')
+  return tonumber(t), domain
 end
 
-local function drop_domain(domain, names)
-  local members_key = domain_users_key(domain)
-  if names then
-    -- Only users of this domain that hold an entry for the name.
-    for _, name in ipairs(names) do
-      for _, user in ipairs(call({}, 'SINTER', members_key, name_users_key(name))) do
-        drop_entry(user, name)
-      end
-    end
-    return
-  end
-  for _, user in ipairs(call({}, 'SMEMBERS', members_key)) do drop_user(user, nil) end
-  redis.call('UNLINK', members_key)
-end
-
-local function drop_public(names)
-  if names then
-    for _, name in ipairs(names) do
-      for _, user in ipairs(call({}, 'SMEMBERS', name_users_key(name))) do
-        drop_entry(user, name)
-      end
-    end
-    return
-  end
-  for _, user in ipairs(call({}, 'SMEMBERS', all_users_key)) do drop_user(user, nil) end
-end
-
--- Every key this schema writes under the prefix, but the epoch: what is left to do when
--- the index is corrupt. Only keys of exactly these shapes (components never hold ':'),
--- so a longer prefix that shares the start ("p:tenant2", even "p:user") is left alone.
--- SCAN walks the whole keyspace: a rare, slow path.
-local shapes = { '^merged:[^:]+:[^:]+$', '^user:[^:]+:names$', '^domain:[^:]+:users$',
-                 '^name:[^:]+:users$', '^users$', '^names$' }
-local function ours(rest)
-  for _, shape in ipairs(shapes) do
-    if string.find(rest, shape) then return true end
-  end
-  return false
-end
-local function drop_prefix()
-  local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
-  local cursor = '0'
-  repeat
-    local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
-    cursor = reply[1]
-    for _, key in ipairs(reply[2]) do
-      local rest = string.sub(key, #prefix + 2)
-      if ours(rest) then
-        local gone = redis.call('UNLINK', key)
-        if string.find(rest, '^merged:') then dropped = dropped + gone end
-      end
-    end
-  until cursor == '0'
-end
-
--- A fresh epoch starts at the server clock in microseconds, so a counter lost with a
--- restart can never climb back to a token handed out before it.
-local function fresh_epoch()
-  local now = redis.call('TIME')
-  redis.call('SET', epoch_key, now[1] .. string.format('%06d', tonumber(now[2])))
-end
-
-if redis.call('EXISTS', epoch_key) == 0 then fresh_epoch() end
-if type(redis.pcall('INCR', epoch_key)) ~= 'number' then
-  corrupt = true  -- not a counter: no token handed out from it can be trusted either
-  fresh_epoch()
-  redis.call('INCR', epoch_key)
-end
-if ARGV[2] == '1' then
-  redis.call('UNLINK', KEYS[3])
-end
-
-local i = 3
-while i <= #ARGV do
-  local scope, id, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local names = nil
-  if count >= 0 then
-    names = {}
-    for j = 1, count do names[j] = ARGV[i + 2 + j] end
-  end
-  if scope == 'user' then
-    drop_user(id, names)
-  elseif scope == 'domain' then
-    drop_domain(id, names)
-  elseif scope == 'public' then
-    drop_public(names)
-  elseif scope == 'reset' then
+-- Delete the entries of `user` (the names given, or all in its index) that a stamp of
+-- value `s` covers: older than it and, for a domain target, filled under that domain.
+-- Index members of entries that are gone are removed; a user left with no entry leaves
+-- the user index and the domain indexes its entries named.
+local function sweep_user(user, names, s, domain)
+  local index = user_index(user)
+  local ok, listed = pcall(redis.call, 'ZRANGE', index, 0, -1)
+  if not ok then
     corrupt = true
-  else
+    listed = {}
+  end
+  local domains = {}
+  for _, name in ipairs(names or listed) do
+    local key = entry_key(user, name)
+    local raw = redis.pcall('GET', key)
+    local t, d = header(raw)
+    if d then domains[d] = true end
+    if raw and (t == nil or (t < s and (domain == nil or d == domain))) then
+      deleted = deleted + redis.call('UNLINK', key)
+      raw = false
+    end
+    if not raw and ok then redis.call('ZREM', index, name) end
+  end
+  examined = examined + #(names or listed) + 1
+  if ok and redis.call('EXISTS', index) == 0 then
+    redis.call('ZREM', users_index, user)
+    if domain then domains[domain] = true end
+    for d in pairs(domains) do redis.pcall('ZREM', domain_index(d), user) end
+  end
+end
+
+-- A sweep (after a reset) deletes keys of this schema's shapes that hold another type,
+-- and entries older than the new life. Components never hold ':', so a longer prefix
+-- that shares the start ("p:tenant2", even "p:idx") is left alone.
+local shapes = {
+  { '^merged:[^:]+:[^:]+$', 'string' }, { '^idx:user:[^:]+$', 'zset' },
+  { '^idx:domain:[^:]+$', 'zset' }, { '^idx:users$', 'zset' },
+  { '^stamp:user:[^:]+$', 'hash' }, { '^stamp:domain:[^:]+$', 'hash' },
+  { '^stamp:public$', 'hash' }, { '^names$', 'set' }, { '^seq$', 'hash' }, { '^gc$', 'list' },
+}
+local function sweep_key(key, born)
+  local rest = string.sub(key, #prefix + 2)
+  for _, shape in ipairs(shapes) do
+    if string.find(rest, shape[1]) then
+      local kind = redis.call('TYPE', key)['ok']
+      local t = kind == 'string' and header(redis.call('GET', key))
+      if kind ~= shape[2] or (shape[2] == 'string' and (t == nil or t < born)) then
+        redis.call('UNLINK', key)
+        if shape[2] == 'string' then deleted = deleted + 1 end
+      end
+      return
+    end
+  end
+end
+
+-- One step of a job "scope\tid\tstamp\tcursor\tnames" (names: "*" or comma-separated,
+-- encoded names never hold a comma). Returns the cursor to resume from, "0" when done;
+-- nil, with `corrupt` set, when the index it walks is not a sorted set.
+local function run_job(job)
+  local scope, id, s, cursor, names = string.match(job, '^([^\t]+)\t([^\t]*)\t(%d+)\t(%d+)\t(.*)$')
+  if scope == nil then return '0' end  -- not a job of this version: dropped
+  s = tonumber(s)
+  local list = nil
+  if names ~= '*' then
+    list = {}
+    for name in string.gmatch(names, '[^,]+') do list[#list + 1] = name end
+  end
+  repeat
+    if scope == 'sweep' then
+      local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
+      local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 100)
+      cursor = reply[1]
+      for _, key in ipairs(reply[2]) do sweep_key(key, s) end
+      examined = examined + 100
+    else
+      local index = scope == 'domain' and domain_index(id) or users_index
+      local ok, reply = pcall(redis.call, 'ZSCAN', index, cursor, 'COUNT', 50)
+      if not ok then
+        corrupt = true
+        return nil
+      end
+      cursor = reply[1]
+      for i = 1, #reply[2], 2 do
+        sweep_user(reply[2][i], list, s, scope == 'domain' and id or nil)
+      end
+    end
+  until cursor == '0' or examined >= budget or corrupt
+  return cursor
+end
+
+local function queue(scope, id, s, names)
+  redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names }, '\t'))
+end
+
+-- A new life of the index: above the old sequence and the clock, so no old token or
+-- entry is valid again. Fixed-name keys go at once (any may be the wrong-typed one).
+local function reset()
+  local ok, old = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
+  if not ok then old = {} end
+  local born = string.format('%d', math.max(now_us, (tonumber(old[1]) or 0) + 1))
+  redis.call('UNLINK', seq_key, catalogue_key, queue_key, users_index, stamps_key('public'))
+  redis.call('HSET', seq_key, 'n', born, 'b', born, 'ttl', tonumber(old[2]) or 0)
+  queue('sweep', '', born, '*')
+end
+
+-- Stamp every target with `s`; the user targets are cleaned at once, the others queued.
+-- False when a stamp key holds another type (nothing is queued then).
+local function stamp_targets(s, life)
+  local written = string.format('%d', s)
+  local function stamp(scope, id, fields)
+    local key = stamps_key(scope, id)
+    for _, field in ipairs(fields) do
+      local reply = redis.pcall('HSET', key, field, written)
+      if type(reply) == 'table' and reply.err then return false end
+    end
+    if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
+    return true
+  end
+  local later = {}
+  if ARGV[5] == '1' then
+    redis.call('UNLINK', catalogue_key)
+    if not stamp('public', 'public', { '#names' }) then return false end
+  end
+  local i = 6
+  while i <= #ARGV do
+    local scope, id, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local names = nil
+    if count >= 0 then names = { unpack(ARGV, i + 3, i + 2 + count) } end
+    if scope == 'reset' then return false end
+    if not stamp(scope, id, names or { '*' }) then return false end
+    if scope == 'user' then
+      later[#later + 1] = function() sweep_user(id, names, s, nil) end
+    else
+      later[#later + 1] = function() queue(scope, id, written, names and table.concat(names, ',') or '*') end
+    end
+    i = i + 3 + math.max(count, 0)
+  end
+  for _, step in ipairs(later) do step() end
+  return not corrupt
+end
+
+local i = 6
+while i <= #ARGV do
+  local scope = ARGV[i]
+  if scope ~= 'user' and scope ~= 'domain' and scope ~= 'public' and scope ~= 'reset' then
     return redis.error_reply('ERR unknown invalidation scope: ' .. scope)
   end
-  i = i + 3 + math.max(count, 0)
+  i = i + 3 + math.max(tonumber(ARGV[i + 2]), 0)
 end
-if corrupt then
-  drop_prefix()  -- entries already dropped above are gone, so none is counted twice
+
+local queue_type = redis.call('TYPE', queue_key)['ok']
+if #ARGV > 5 or ARGV[5] == '1' then
+  local ok, seq = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
+  if ok and queue_type ~= 'none' and queue_type ~= 'list' then ok = false end
+  if ok then
+    if seq[1] == false then  -- no index yet (or lost): a new life, as in set.lua
+      local born = string.format('%d', now_us)
+      redis.call('HSET', seq_key, 'n', born, 'b', born)
+    end
+    local s = redis.call('HINCRBY', seq_key, 'n', 1)
+    ok = stamp_targets(s, math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3])))
+  end
+  if not ok then
+    corrupt = false
+    reset()
+  end
+elseif queue_type ~= 'none' and queue_type ~= 'list' then
+  reset()
 end
-return dropped
+
+-- Clean up within the budget, newest job first.
+local job = redis.call('LINDEX', queue_key, 0)
+while job and examined < budget do
+  local cursor = run_job(job)
+  if corrupt then
+    corrupt = false
+    reset()  -- replaces the queue with one sweep job
+  elseif cursor == '0' then
+    redis.call('LPOP', queue_key)
+  else
+    redis.call('LSET', queue_key, 0, (string.gsub(job, '\t%d+\t([^\t]*)$', '\t' .. cursor .. '\t%1')))
+  end
+  job = redis.call('LINDEX', queue_key, 0)
+end
+if job then
+  -- Jobs outlive no entry they could find: every entry expires within the longest TTL.
+  local ttl = math.max(tonumber(redis.call('HGET', seq_key, 'ttl')) or 0, tonumber(ARGV[2]))
+  if redis.call('PTTL', queue_key) < ttl then redis.call('PEXPIRE', queue_key, ttl) end
+end
+return { deleted, redis.call('LLEN', queue_key) }

@@ -1,61 +1,93 @@
--- set: store merged configs of one user with their TTL and every membership that can
--- later invalidate them, in one atomic step; refuse a fill that raced an invalidation.
+-- set: store merged configs of one user with their TTL and their memberships in the
+-- index, in one atomic step; refuse a fill that an invalidation covering it overtook.
 --
--- KEYS[1]      p:user:{user}:names      set of names cached for the user
--- KEYS[2]      p:domain:{domain}:users  set of users cached, by domain at fill time
--- KEYS[3]      p:users                  set of every user with an entry
--- KEYS[4]      p:epoch                  invalidation counter
--- KEYS[5]      p:names                  the catalogue of config names (see get_all.lua)
--- KEYS[6..]    pairs: p:merged:{user}:{name}, p:name:{name}:users   (one pair per entry)
--- ARGV[1]      TTL in seconds (positive integer)
--- ARGV[2]      the user id, as stored in the sets
--- ARGV[3]      "1" when ARGV[4] is a fill token that must still be current, else "0"
--- ARGV[4]      the fill token get.lua returned ("" means: no epoch existed then)
--- ARGV[5]      c: how many catalogue names follow (-1: leave the catalogue alone)
--- ARGV[6..]    c catalogue names (replace the catalogue), then pairs: encoded name,
---              value (same order as the key pairs)
+-- KEYS[1]    p:seq     invalidation sequence: hash of n, b (n when the index was born) and
+--                      ttl (the longest entry TTL ever written, ms: stamps outlive it)
+-- KEYS[2]    p:names   the catalogue of config names (see get.lua)
+-- ARGV[1]    the key prefix p
+-- ARGV[2]    TTL in milliseconds (positive integer)
+-- ARGV[3]    the user id
+-- ARGV[4]    the user's encoded domain at fill time
+-- ARGV[5]    the fill token get.lua returned ("n:ms"), or "" to write unconditionally
+-- ARGV[6]    how old a fill token may be, in ms (stamps live at least this long)
+-- ARGV[7]    c: how many catalogue names follow (-1: leave the catalogue alone)
+-- ARGV[8..]  c catalogue names (replace the catalogue), then pairs: encoded name, JSON
 --
--- Reply: 1 when written, 0 when the fill token is stale (nothing written).
+-- Reply: 1 when written, 0 when refused (nothing written). A fill is refused when its
+-- token is older than the index (lost since), from a sequence the server never reached,
+-- older than ARGV[6], or older than any stamp that covers one of its entries (or the
+-- catalogue, when it replaces it). Other users, domains and names never refuse it.
 
-if ARGV[3] == '1' and (redis.call('GET', KEYS[4]) or '') ~= ARGV[4] then
-  return 0
+local prefix, ttl, user, domain = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local catalogue_size = tonumber(ARGV[7])
+local first_pair = 8 + math.max(catalogue_size, 0)
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+
+local seq = redis.call('HMGET', KEYS[1], 'n', 'b', 'ttl')
+local current, born = tonumber(seq[1]), tonumber(seq[2])
+if current == nil then
+  -- No index (first use, restart without persistence, FLUSHALL): a new life starts at
+  -- the server clock in µs, above any token the lost one handed out.
+  born = clock[1] * 1000000 + clock[2]
+  current = born
+  redis.call('HSET', KEYS[1], 'n', string.format('%d', born), 'b', string.format('%d', born))
 end
 
-local ttl = tonumber(ARGV[1])
-local user = ARGV[2]
-local catalogue_size = tonumber(ARGV[5])
-
--- Refresh, never shorten: a set must outlive the longest-lived entry it indexes.
--- TTL answers -1 for a set without expiry and -2 for a missing one; both are < ttl.
-local function index(set_key, member)
-  redis.call('SADD', set_key, member)
-  if redis.call('TTL', set_key) < ttl then
-    redis.call('EXPIRE', set_key, ttl)
+local t = current
+if ARGV[5] ~= '' then
+  local n, issued = string.match(ARGV[5], '^(%d+):(%d+)$')
+  t, issued = tonumber(n), tonumber(issued)
+  if t == nil or t < born or t > current or now - issued > tonumber(ARGV[6]) then
+    return 0
   end
+  local function newest(key, name)
+    local fields = redis.call('HMGET', key, '*', name)
+    return math.max(tonumber(fields[1]) or 0, tonumber(fields[2]) or 0)
+  end
+  local user_stamps = prefix .. ':stamp:user:' .. user
+  local domain_stamps = prefix .. ':stamp:domain:' .. domain
+  local public_stamps = prefix .. ':stamp:public'
+  for i = first_pair, #ARGV, 2 do
+    local name = ARGV[i]
+    if newest(public_stamps, name) > t or newest(domain_stamps, name) > t
+        or newest(user_stamps, name) > t then
+      return 0
+    end
+  end
+  if catalogue_size >= 0 and newest(public_stamps, '#names') > t then return 0 end
 end
+
+if ttl > (tonumber(seq[3]) or 0) then redis.call('HSET', KEYS[1], 'ttl', ARGV[2]) end
 
 if catalogue_size >= 0 then
-  redis.call('DEL', KEYS[5])
-  for i = 6, 5 + catalogue_size do
-    redis.call('SADD', KEYS[5], ARGV[i])
-  end
-  redis.call('EXPIRE', KEYS[5], ttl)
+  redis.call('DEL', KEYS[2])
+  for i = 8, 7 + catalogue_size do redis.call('SADD', KEYS[2], ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 
--- Memberships first, values last: if a command fails half-way (OOM, WRONGTYPE),
--- no value exists without the sets that can invalidate it.
-local first_pair = 6 + math.max(catalogue_size, 0)
-index(KEYS[2], user)
-index(KEYS[3], user)
-local arg = first_pair
-for key = 6, #KEYS, 2 do
-  index(KEYS[1], ARGV[arg])
-  index(KEYS[key + 1], user)
-  arg = arg + 2
+-- The index: sorted sets scored by expiry (ms), so that members leave with their
+-- entries. A key lives as long as its longest-lived member (refresh, never shorten),
+-- and each write prunes a bounded number of expired members: bounded work, and an
+-- index that follows the live entries, not every user ever cached.
+local expiry = now + ttl
+local function refresh_and_prune(key)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, 32)
+  if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
 end
-arg = first_pair
-for key = 6, #KEYS, 2 do
-  redis.call('SET', KEYS[key], ARGV[arg + 1], 'EX', ttl)
-  arg = arg + 2
+local user_index = prefix .. ':idx:user:' .. user
+for i = first_pair, #ARGV, 2 do redis.call('ZADD', user_index, 'GT', expiry, ARGV[i]) end
+refresh_and_prune(user_index)
+for _, key in ipairs({ prefix .. ':idx:domain:' .. domain, prefix .. ':idx:users' }) do
+  redis.call('ZADD', key, 'GT', expiry, user)
+  refresh_and_prune(key)
+end
+
+-- Values last: if a command above fails (OOM, WRONGTYPE), no value exists without the
+-- memberships that let an invalidation find it.
+local header = string.format('%d', t) .. ' ' .. domain .. '\n'
+for i = first_pair, #ARGV, 2 do
+  redis.call('SET', prefix .. ':merged:' .. user .. ':' .. ARGV[i], header .. ARGV[i + 1], 'PX', ttl)
 end
 return 1

@@ -17,10 +17,31 @@ from atomic_cache import (
     ScopeType,
     ScriptRegistry,
 )
+from atomic_cache.cache_source import FILL_TOKEN_MAX_AGE_MS
 
 from .valkey_tools import keys_under, monitor, smembers, text
 
 NAMES = ("webui", "theme", "limits")
+
+# Each (scope, id, names) against one entry: user U of domain "d", name "webui".
+U = uuid.uuid4()
+COVERING = [
+    (ScopeType.USER, str(U), None),
+    (ScopeType.USER, str(U), ["webui"]),
+    (ScopeType.DOMAIN, "d", None),
+    (ScopeType.DOMAIN_USER_DEFAULTS, "d", None),
+    (ScopeType.DOMAIN, "d", ["webui", "theme"]),
+    (ScopeType.PUBLIC, "public", None),
+    (ScopeType.PUBLIC, "public", ["webui"]),
+]
+NOT_COVERING = [
+    (ScopeType.USER, str(uuid.uuid4()), None),
+    (ScopeType.USER, str(U), ["theme"]),
+    (ScopeType.DOMAIN, "other", None),
+    (ScopeType.DOMAIN, "d", ["theme"]),
+    (ScopeType.DOMAIN_USER_DEFAULTS, "dd", None),
+    (ScopeType.PUBLIC, "public", ["theme"]),
+]
 
 
 def merged(user: uuid.UUID, domain: str, name: str, **config: object) -> AppConfigData:
@@ -89,55 +110,6 @@ async def test_config_none_round_trips(cache: AppConfigFragmentCacheSource) -> N
     assert found.hit and found.value == empty and found.fill_token is None
 
 
-async def test_entry_ttl_and_membership_sets(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
-) -> None:
-    user, other = uuid.uuid4(), uuid.uuid4()
-    await fill(cache, user, "alpha", "webui", "theme")
-    await fill(cache, other, "beta", "webui")
-
-    ttl = await valkey.ttl(keys.entry(user, "webui"))
-    assert 590 <= ttl <= 600
-    assert await smembers(valkey, keys.user_names(user)) == {"webui", "theme"}
-    assert await smembers(valkey, keys.user_names(other)) == {"webui"}
-    assert await smembers(valkey, keys.domain_users("alpha")) == {str(user)}
-    assert await smembers(valkey, keys.domain_users("beta")) == {str(other)}
-    assert await smembers(valkey, keys.name_users("webui")) == {str(user), str(other)}
-    assert await smembers(valkey, keys.name_users("theme")) == {str(user)}
-    assert await smembers(valkey, keys.all_users) == {str(user), str(other)}
-    assert await keys_under(valkey, keys.prefix) == {
-        keys.entry(user, "webui"), keys.entry(user, "theme"), keys.entry(other, "webui"),
-        keys.user_names(user), keys.user_names(other),
-        keys.domain_users("alpha"), keys.domain_users("beta"),
-        keys.name_users("webui"), keys.name_users("theme"), keys.all_users,
-    }  # fmt: skip
-
-
-async def test_sets_outlive_their_longest_lived_member(
-    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
-) -> None:
-    long_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=5000, keys=keys)
-    short_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=100, keys=keys)
-    user, other = uuid.uuid4(), uuid.uuid4()
-    await fill(long_lived, user, "alpha", "webui")
-    await fill(short_lived, other, "alpha", "webui")  # must not shorten the shared sets
-    await fill(short_lived, user, "alpha", "theme")
-    for set_key in (
-        keys.domain_users("alpha"),
-        keys.name_users("webui"),
-        keys.all_users,
-        keys.user_names(user),
-    ):
-        assert await valkey.ttl(set_key) > 4900, set_key
-    assert await valkey.ttl(keys.entry(other, "webui")) <= 100
-    # A set first created by a short-lived entry grows when a longer-lived one joins.
-    await fill(short_lived, other, "beta", "limits")
-    assert await valkey.ttl(keys.domain_users("beta")) <= 100
-    await fill(long_lived, user, "beta", "limits")
-    assert await valkey.ttl(keys.domain_users("beta")) > 4900
-    assert await valkey.ttl(keys.user_names(other)) <= 100
-
-
 async def test_user_scope_drops_exactly_that_user(
     cache: AppConfigFragmentCacheSource,
     world: dict[str, list[uuid.UUID]],
@@ -148,10 +120,10 @@ async def test_user_scope_drops_exactly_that_user(
     target = world["alpha"][0]
     assert await cache.invalidate_for_scope(ScopeType.USER, str(target)) == len(NAMES)
     assert await cached_pairs(cache, users) == everything(users) - everything([target])
-    assert await smembers(valkey, keys.user_names(target)) == set()
-    assert str(target) not in await smembers(valkey, keys.all_users)
-    for name in NAMES:
-        assert str(target) not in await smembers(valkey, keys.name_users(name))
+    # The index follows the live entries: the user has none left.
+    assert await valkey.exists([keys.user_index(target)]) == 0
+    assert str(target) not in await index_members(valkey, keys.users_index)
+    assert await index_members(valkey, keys.domain_index("alpha")) == {str(world["alpha"][1])}
     # Invalidating again finds nothing.
     assert await cache.invalidate_for_scope(ScopeType.USER, str(target)) == 0
 
@@ -169,7 +141,7 @@ async def test_user_scope_narrowed_to_names(
     )
     assert dropped == 1
     assert await cached_pairs(cache, users) == everything(users) - {(target, "webui")}
-    assert await smembers(valkey, keys.user_names(target)) == {"theme", "limits"}
+    assert await index_members(valkey, keys.user_index(target)) == {"theme", "limits"}
 
 
 @pytest.mark.parametrize("scope", [ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS])
@@ -207,7 +179,7 @@ async def test_public_scope_drops_everything_and_narrows(
     }
     assert await cache.invalidate_for_scope(ScopeType.PUBLIC, "public") == 8
     assert await cached_pairs(cache, users) == set()
-    assert await smembers(valkey, keys.all_users) == set()
+    assert await keys_under(valkey, keys.prefix) == {keys.seq, keys.public_stamps}
 
 
 async def test_policy_drops_that_name_for_everyone(
@@ -221,7 +193,9 @@ async def test_policy_drops_that_name_for_everyone(
     assert await cached_pairs(cache, users) == everything(users) - {
         (user, "limits") for user in users
     }
-    assert await smembers(valkey, keys.name_users("limits")) == set()
+    for user in users:
+        assert await index_members(valkey, keys.user_index(user)) == {"webui", "theme"}
+    assert await index_members(valkey, keys.users_index) == {str(user) for user in users}
 
 
 async def test_batch_invalidation_in_one_command(
@@ -256,60 +230,6 @@ async def test_empty_invalidation_sends_nothing(
         assert await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha", names=[]) == 0
         assert await cache.invalidate_many([]) == 0
     assert sent.commands == []
-
-
-async def test_fill_token_from_before_an_invalidation_is_refused(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
-) -> None:
-    user = uuid.uuid4()
-    stale = await cache.lookup(user, "webui")
-    assert stale.fill_token is not None
-    # An invalidation of another user still moves the epoch: the token is global.
-    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
-    assert (
-        await cache.set_merged_config(
-            user, "webui", merged(user, "d", "webui", v=1), stale.fill_token
-        )
-        is False
-    )
-    assert await cache.get_merged_config(user, "webui") is None
-    assert await keys_under(valkey, keys.prefix) == {keys.epoch}  # nothing written, no set touched
-
-    fresh = await cache.lookup(user, "webui")
-    assert fresh.fill_token is not None and fresh.fill_token != stale.fill_token
-    assert (
-        await cache.set_merged_config(
-            user, "webui", merged(user, "d", "webui", v=2), fresh.fill_token
-        )
-        is True
-    )
-    found = await cache.get_merged_config(user, "webui")
-    assert found is not None and found.config == {"v": 2}
-    # A token is good for any number of fills until the next invalidation.
-    assert (
-        await cache.set_merged_config(
-            user, "theme", merged(user, "d", "theme", v=3), fresh.fill_token
-        )
-        is True
-    )
-
-
-async def test_lost_epoch_never_revives_an_old_token(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
-) -> None:
-    user = uuid.uuid4()
-    await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")
-    old = await cache.lookup(user, "webui")
-    assert old.fill_token
-    await valkey.delete([keys.epoch])  # as a restart without persistence would
-    assert (
-        await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), old.fill_token)
-        is False
-    )
-    await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")
-    restarted = await cache.lookup(user, "webui")
-    assert restarted.fill_token is not None
-    assert int(restarted.fill_token) > int(old.fill_token)
 
 
 async def test_set_many_is_all_or_nothing_and_refused_together(
@@ -373,7 +293,7 @@ async def test_odd_names_never_address_another_entry(
     assert await cache.invalidate_for_scope(ScopeType.USER, str(user), [name]) == 1
     assert await cache.get_merged_config(user, name) is None
     assert await cache.get_merged_config(user, other) is not None
-    assert await smembers(valkey, keys.user_names(user)) == {
+    assert await index_members(valkey, keys.user_index(user)) == {
         keys.entry(user, other).rsplit(":", 1)[1]
     }
     # A glob-looking domain matches only itself.
@@ -440,14 +360,19 @@ async def test_oversized_entry_is_not_cached(
 
 @pytest.mark.parametrize(
     "payload",
-    [b"not json", b'{"user_id": "nope"}', b"\xff\xfe", "wrong-key"],
+    [b"not json", b'{"user_id": "nope"}', b"\xff\xfe", b'{"no": "header"}', "wrong-key"],
 )
 async def test_corrupt_entry_is_a_miss_and_is_removed(
     cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, payload: bytes | str
 ) -> None:
-    user = uuid.uuid4()
+    user, other = uuid.uuid4(), uuid.uuid4()
+    await fill(cache, other, "d", "webui")
+    valid = await valkey.get(keys.entry(other, "webui"))
+    assert valid is not None
     if payload == "wrong-key":  # a valid entry of another user under this key
-        payload = merged(uuid.uuid4(), "d", "webui").model_dump_json().encode()
+        payload = valid
+    elif payload != b'{"no": "header"}':  # behind a header that is valid now
+        payload = valid.split(b"\n", 1)[0] + b"\n" + payload
     await valkey.set(keys.entry(user, "webui"), payload)
     found = await cache.lookup(user, "webui")
     assert found.value is None and found.fill_token is not None
@@ -469,38 +394,16 @@ async def test_wrong_type_entry_is_a_miss_and_is_removed(
     assert await valkey.exists([keys.entry(user, "webui")]) == 0
 
 
-async def test_wrong_type_membership_set_leaves_no_orphan_value(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
-) -> None:
-    user = uuid.uuid4()
-    await valkey.set(keys.name_users("webui"), "not a set")
-    with pytest.raises(Exception, match="WRONGTYPE"):
-        await cache.set_merged_config(user, "webui", merged(user, "d", "webui"))
-    # The value is written last, so a failed write leaves no entry the sets cannot find.
-    assert await valkey.exists([keys.entry(user, "webui")]) == 0
-
-
-async def test_epoch_is_one_number_per_prefix(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
-) -> None:
-    assert (await cache.lookup(uuid.uuid4(), "webui")).fill_token == ""
-    await cache.invalidate_for_policy("webui")
-    first = text(await valkey.get(keys.epoch))
-    await cache.invalidate_for_policy("webui")
-    assert int(text(await valkey.get(keys.epoch))) == int(first) + 1
-    assert await valkey.ttl(keys.epoch) == -1  # never expires
-
-
 async def test_lookup_all_needs_the_catalogue_and_reads_every_name(
     cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, valkey_url: str
 ) -> None:
     user = uuid.uuid4()
     empty = await cache.lookup_all(user)
-    assert empty.names is None and empty.values == {} and empty.fill_token == ""
+    assert empty.names is None and empty.values == {} and empty.fill_token.startswith("0:")
     values = [merged(user, "d", name, n=name) for name in ("webui", "a:b")]
-    assert await cache.set_many(user, values, fill_token="", catalogue=["webui", "a:b", "theme"])
+    assert await cache.set_many(user, values, catalogue=["webui", "a:b", "theme"])
     assert await smembers(valkey, keys.catalogue) == {"webui", "a%3Ab", "theme"}
-    assert 590 <= await valkey.ttl(keys.catalogue) <= 600
+    assert 590_000 <= await valkey.pttl(keys.catalogue) <= 600_000
     async with monitor(valkey_url, valkey) as sent:
         found = await cache.lookup_all(user)
     assert sent.names == ["EVALSHA_RO"]
@@ -525,45 +428,6 @@ async def test_policy_invalidation_drops_the_catalogue(
     assert await cache.get_merged_config(user, "webui") is not None
 
 
-@pytest.mark.parametrize(
-    "corrupt",
-    ["domain set", "user names set", "name users set", "all users set", "epoch"],
-)
-async def test_a_corrupt_index_key_makes_an_invalidation_drop_the_whole_prefix(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, corrupt: str
-) -> None:
-    """A key of another type where the index belongs cannot say what a target covers:
-    the invalidation drops everything under the prefix instead of failing (a failing
-    invalidation would fail again on every replay), and starts a fresh epoch."""
-    alpha, beta = uuid.uuid4(), uuid.uuid4()
-    await fill(cache, alpha, "alpha", *NAMES)
-    await fill(cache, beta, "beta", *NAMES)
-    stale_token = (await cache.lookup(uuid.uuid4(), "webui")).fill_token
-    key = {
-        "domain set": keys.domain_users("alpha"),
-        "user names set": keys.user_names(alpha),
-        "name users set": keys.name_users("webui"),
-        "all users set": keys.all_users,
-        "epoch": keys.epoch,
-    }[corrupt]
-    await valkey.delete([key])
-    await valkey.custom_command(["HSET", key, "field", "value"])
-
-    if corrupt == "all users set":  # only a whole-PUBLIC invalidation reads that one
-        dropped = await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")
-    else:
-        dropped = await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha", ["webui"])
-    assert dropped == 2 * len(NAMES)  # beta's entries too, each counted once
-    assert await keys_under(valkey, keys.prefix) == {keys.epoch}
-    assert text(await valkey.get(keys.epoch)).isdigit()
-    assert await cached_pairs(cache, [alpha, beta]) == set()
-    fresh = merged(alpha, "alpha", "webui")
-    assert await cache.set_merged_config(alpha, "webui", fresh, stale_token) is False
-    token = (await cache.lookup(alpha, "webui")).fill_token
-    assert await cache.set_merged_config(alpha, "webui", fresh, token) is True
-    assert await cache.get_merged_config(alpha, "webui") == fresh
-
-
 async def test_other_script_errors_still_fail_the_invalidation(
     cache: AppConfigFragmentCacheSource,
     registry: ScriptRegistry,
@@ -574,12 +438,13 @@ async def test_other_script_errors_still_fail_the_invalidation(
         await registry.call(
             valkey,
             "invalidate",
-            [keys.epoch, keys.all_users, keys.catalogue],
-            [keys.prefix, "0", "bogus", "x", "-1"],
+            [keys.seq, keys.catalogue, keys.cleanup_queue],
+            [keys.prefix, "1000", "1000", "100", "0", "bogus", "x", "-1"],
         )
+    assert await valkey.exists([keys.seq]) == 0  # refused before any write
 
 
-@pytest.mark.parametrize("suffix", ["tenant2", "user", "merged", "domain", "name"])
+@pytest.mark.parametrize("suffix", ["tenant2", "idx", "merged", "stamp", "seq"])
 async def test_a_prefix_reset_leaves_a_longer_prefix_alone(
     cache: AppConfigFragmentCacheSource,
     valkey: GlideClient,
@@ -594,23 +459,312 @@ async def test_a_prefix_reset_leaves_a_longer_prefix_alone(
     user = uuid.uuid4()
     await fill(cache, user, "alpha", *NAMES)
     await fill(nested, user, "alpha", *NAMES)
-    await nested.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # gives it an epoch
+    other = str(uuid.uuid4())
+    await nested.invalidate_for_scope(ScopeType.USER, other)  # gives it a stamp
+    await valkey.set(keys.user_stamps(user), "someone else's")
 
     def schema_keys(schema: KeySchema) -> list[str]:
         return [
             *(schema.entry(user, name) for name in NAMES),
-            *(schema.name_users(name) for name in NAMES),
-            schema.user_names(user),
-            schema.domain_users("alpha"),
-            schema.all_users,
+            schema.user_stamps(user),
         ]
 
-    nested_epoch = await valkey.get(nested.keys.epoch)
-    assert await cache.reset_index() == len(NAMES)
+    nested_seq = await valkey.hgetall(nested.keys.seq)
+    await cache.reset_index()
+    await cache.reclaim()
     assert await valkey.exists(schema_keys(keys)) == 0
-    assert await valkey.exists([keys.epoch]) == 1
-    nested_schema_keys = schema_keys(nested.keys)
+    assert await valkey.exists([keys.seq]) == 1
+    nested_schema_keys = [*schema_keys(nested.keys)[:-1], nested.keys.user_stamps(other)]
     assert await valkey.exists(nested_schema_keys) == len(nested_schema_keys)
-    assert await valkey.get(nested.keys.epoch) == nested_epoch
+    assert await valkey.hgetall(nested.keys.seq) == nested_seq
     assert await cached_pairs(nested, [user]) == {(user, name) for name in NAMES}
     assert await cached_pairs(cache, [user]) == set()
+
+
+async def index_members(valkey: GlideClient, key: str) -> set[str]:
+    reply = await valkey.custom_command(["ZRANGE", key, "0", "-1"])
+    assert isinstance(reply, list)
+    return {text(member) for member in reply}
+
+
+async def server_ms(valkey: GlideClient) -> int:
+    reply = await valkey.custom_command(["TIME"])
+    assert isinstance(reply, list)
+    return int(text(reply[0])) * 1000 + int(text(reply[1])) // 1000
+
+
+async def test_entry_ttl_and_index(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    user, other = uuid.uuid4(), uuid.uuid4()
+    before = await server_ms(valkey)
+    await fill(cache, user, "alpha", "webui", "theme")
+    await fill(cache, other, "beta", "webui")
+    after = await server_ms(valkey)
+
+    assert 590_000 <= await valkey.pttl(keys.entry(user, "webui")) <= 600_000
+    assert await index_members(valkey, keys.user_index(user)) == {"webui", "theme"}
+    assert await index_members(valkey, keys.user_index(other)) == {"webui"}
+    assert await index_members(valkey, keys.domain_index("alpha")) == {str(user)}
+    assert await index_members(valkey, keys.domain_index("beta")) == {str(other)}
+    assert await index_members(valkey, keys.users_index) == {str(user), str(other)}
+    # Members are scored by their entry's expiry in ms, so they can leave with it.
+    score = await valkey.zscore(keys.user_index(user), "webui")
+    assert score is not None and before + 600_000 <= score <= after + 600_000
+    assert await keys_under(valkey, keys.prefix) == {
+        keys.entry(user, "webui"), keys.entry(user, "theme"), keys.entry(other, "webui"),
+        keys.user_index(user), keys.user_index(other),
+        keys.domain_index("alpha"), keys.domain_index("beta"), keys.users_index, keys.seq,
+    }  # fmt: skip
+
+
+async def test_index_keys_outlive_their_longest_lived_member_in_ms(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    long_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=5000, keys=keys)
+    short_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=100, keys=keys)
+    user, other = uuid.uuid4(), uuid.uuid4()
+    await fill(long_lived, user, "alpha", "webui")
+    await fill(short_lived, other, "alpha", "webui")  # must not shorten the shared keys
+    await fill(short_lived, user, "alpha", "theme")
+    for index_key in (keys.domain_index("alpha"), keys.users_index, keys.user_index(user)):
+        assert await valkey.pttl(index_key) > 4_990_000, index_key
+    assert await valkey.pttl(keys.entry(other, "webui")) <= 100_000
+    # A key first created by a short-lived entry grows when a longer-lived one joins.
+    await fill(short_lived, other, "beta", "limits")
+    assert await valkey.pttl(keys.domain_index("beta")) <= 100_000
+    await fill(long_lived, user, "beta", "limits")
+    assert await valkey.pttl(keys.domain_index("beta")) > 4_990_000
+    assert await valkey.pttl(keys.user_index(other)) <= 100_000
+
+    # In ms, not whole seconds: no index key expires before the newest entry it lists.
+    async def expires_at(key: str) -> int:
+        reply = await valkey.custom_command(["PEXPIRETIME", key])
+        assert isinstance(reply, int)
+        return reply
+
+    entry_expiry = await expires_at(keys.entry(user, "limits"))
+    for index_key in (keys.user_index(user), keys.domain_index("beta"), keys.users_index):
+        assert await expires_at(index_key) >= entry_expiry
+
+
+async def test_stamps_outlive_every_entry_and_token_they_cover(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    long_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=5000, keys=keys)
+    short_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=100, keys=keys)
+    user = uuid.uuid4()
+    await fill(long_lived, user, "alpha", "webui")
+    # The invalidating process has a short TTL, but an entry of 5,000 s may be covered.
+    await short_lived.invalidate_for_scope(ScopeType.DOMAIN, "alpha")
+    assert (
+        await valkey.pttl(keys.domain_stamps("alpha")) > 5_000_000 + FILL_TOKEN_MAX_AGE_MS - 10_000
+    )
+    await short_lived.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    fresh_prefix = KeySchema(f"{keys.prefix}x")
+    alone = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=100, keys=fresh_prefix)
+    await alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
+    assert await valkey.pttl(fresh_prefix.public_stamps) > 100_000 + FILL_TOKEN_MAX_AGE_MS - 10_000
+    # Refresh, never shorten.
+    long_alone = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=5000, keys=fresh_prefix)
+    await long_alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
+    await alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
+    assert await valkey.pttl(fresh_prefix.public_stamps) > 5_000_000
+
+
+@pytest.mark.parametrize("target", COVERING, ids=lambda t: f"{t[0].name}-{t[2]}")
+async def test_a_fill_is_refused_by_an_invalidation_that_covers_it(
+    cache: AppConfigFragmentCacheSource,
+    valkey: GlideClient,
+    keys: KeySchema,
+    target: tuple[ScopeType, str, list[str] | None],
+) -> None:
+    await fill(cache, uuid.uuid4(), "d", "webui")  # gives the prefix a sequence
+    stale = await cache.lookup(U, "webui")
+    assert stale.fill_token is not None
+    await cache.invalidate_for_scope(*target)
+    value = merged(U, "d", "webui", v=1)
+    assert await cache.set_merged_config(U, "webui", value, stale.fill_token) is False
+    assert await cache.get_merged_config(U, "webui") is None
+    assert await valkey.exists([keys.entry(U, "webui"), keys.user_index(U)]) == 0  # nothing
+    fresh = await cache.lookup(U, "webui")
+    assert fresh.fill_token is not None
+    assert await cache.set_merged_config(U, "webui", value, fresh.fill_token) is True
+    assert await cache.get_merged_config(U, "webui") == value
+
+
+@pytest.mark.parametrize("target", NOT_COVERING, ids=lambda t: f"{t[0].name}-{t[1][:5]}-{t[2]}")
+async def test_a_fill_is_not_refused_by_an_invalidation_of_another_slice(
+    cache: AppConfigFragmentCacheSource, target: tuple[ScopeType, str, list[str] | None]
+) -> None:
+    await fill(cache, uuid.uuid4(), "d", "webui")  # gives the prefix a sequence
+    token = (await cache.lookup(U, "webui")).fill_token
+    await cache.invalidate_for_scope(*target)
+    value = merged(U, "d", "webui", v=1)
+    assert await cache.set_merged_config(U, "webui", value, token) is True
+    assert await cache.get_merged_config(U, "webui") == value
+
+
+async def test_a_token_serves_many_fills_until_an_invalidation_covers_them(
+    cache: AppConfigFragmentCacheSource,
+) -> None:
+    user = uuid.uuid4()
+    await fill(cache, uuid.uuid4(), "d", "webui")
+    token = (await cache.lookup(user, "webui")).fill_token
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), token)
+    assert await cache.set_merged_config(user, "theme", merged(user, "d", "theme"), token)
+    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["limits"])
+    assert await cache.set_merged_config(user, "theme", merged(user, "d", "theme"), token)
+    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["theme"])
+    assert not await cache.set_merged_config(user, "theme", merged(user, "d", "theme"), token)
+    assert await cache.get_merged_config(user, "webui") is not None
+
+
+async def test_a_lost_index_refuses_every_older_token_and_entry(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """A restart without persistence, FLUSHALL or a failover can lose the sequence, the
+    stamps and the index: no token handed out before, nor an entry left behind, is valid."""
+    user = uuid.uuid4()
+    value = merged(user, "d", "webui")
+    # The "no sequence yet" token of an empty prefix...
+    first = await cache.lookup(user, "webui")
+    assert first.fill_token is not None and first.fill_token.startswith("0:")
+    assert await cache.set_merged_config(user, "webui", value, first.fill_token) is False
+    # ...and a real token, followed by an invalidation that covers it; then all is lost.
+    old = (await cache.lookup(user, "webui")).fill_token
+    assert old is not None and not old.startswith("0:")
+    await cache.invalidate_for_scope(ScopeType.USER, str(user))
+    await valkey.delete(list(await keys_under(valkey, keys.prefix)))
+    for token in (first.fill_token, old):
+        assert await cache.set_merged_config(user, "webui", value, token) is False
+    assert await valkey.exists([keys.entry(user, "webui")]) == 0
+    # An entry that outlives its sequence (deleted alone) is not served either.
+    fresh = (await cache.lookup(user, "webui")).fill_token
+    assert await cache.set_merged_config(user, "webui", value, fresh) is True
+    assert await cache.get_merged_config(user, "webui") == value
+    await valkey.delete([keys.seq])
+    assert await cache.get_merged_config(user, "webui") is None
+    await fill(cache, uuid.uuid4(), "d", "theme")  # a new life of the sequence begins
+    assert await cache.get_merged_config(user, "webui") is None
+    assert await cache.set_merged_config(user, "webui", value, fresh) is False
+
+
+async def test_a_token_from_a_sequence_the_server_never_reached_is_refused(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """A failover to a replica that missed invalidations moves the sequence back: a token
+    (or an entry) from beyond it belongs to a lost history."""
+    user = uuid.uuid4()
+    await fill(cache, uuid.uuid4(), "d", "webui")
+    token = (await cache.lookup(user, "webui")).fill_token
+    assert token is not None
+    seq, ms = token.split(":")
+    ahead = f"{int(seq) + 1}:{ms}"
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), ahead) is False
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), token)
+    await valkey.custom_command(["HINCRBY", keys.seq, "n", "-1"])  # the history rolls back
+    assert await cache.get_merged_config(user, "webui") is None
+
+
+async def test_a_fill_token_older_than_its_max_age_is_refused(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient
+) -> None:
+    """Stamps expire; a fill that waited longer than they live must not land."""
+    user = uuid.uuid4()
+    await fill(cache, uuid.uuid4(), "d", "webui")
+    token = (await cache.lookup(user, "webui")).fill_token
+    assert token is not None
+    seq = token.split(":")[0]
+    now = await server_ms(valkey)
+    late = f"{seq}:{now - FILL_TOKEN_MAX_AGE_MS - 1000}"
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), late) is False
+    recent = f"{seq}:{now - FILL_TOKEN_MAX_AGE_MS + 5000}"
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), recent)
+    for bad in ("12", "a:b", "1:2:3", f"{seq}:"):
+        assert not await cache.set_merged_config(user, "x", merged(user, "d", "x"), bad)
+
+
+async def test_validity_never_depends_on_the_index(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    """The stale read of the one-script design: an index key that expired (or was lost)
+    before its entry let an invalidation miss the entry. Stamps need no index."""
+    cache = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=2, keys=keys)
+    user = uuid.uuid4()
+    await fill(cache, user, "alpha", *NAMES)
+    index_keys = [keys.user_index(user), keys.domain_index("alpha"), keys.users_index]
+    assert await valkey.delete(index_keys) == 3
+    await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha", ["webui"])
+    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["theme"])
+    await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["limits"])
+    assert await cached_pairs(cache, [user]) == set()
+
+
+async def test_wrong_type_index_key_leaves_no_orphan_value(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    user = uuid.uuid4()
+    await valkey.set(keys.domain_index("d"), "not a sorted set")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await cache.set_merged_config(user, "webui", merged(user, "d", "webui"))
+    # The value is written last, so a failed write leaves no entry the index cannot find.
+    assert await valkey.exists([keys.entry(user, "webui")]) == 0
+
+
+async def test_the_sequence_is_one_counter_per_prefix(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    token = (await cache.lookup(uuid.uuid4(), "webui")).fill_token
+    assert token is not None and token.startswith("0:")
+    await cache.invalidate_for_policy("webui")
+    first = int(text(await valkey.hget(keys.seq, "n")))
+    await cache.invalidate_for_policy("webui")
+    await cache.invalidate_many([(ScopeType.USER, str(uuid.uuid4())), (ScopeType.DOMAIN, "d")])
+    assert int(text(await valkey.hget(keys.seq, "n"))) == first + 2
+    assert await valkey.pttl(keys.seq) == -1  # never expires
+    token = (await cache.lookup(uuid.uuid4(), "webui")).fill_token
+    assert token is not None and token.startswith(f"{first + 2}:")
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    ["domain index", "user index", "users index", "sequence", "domain stamps", "queue"],
+)
+async def test_a_corrupt_index_key_starts_a_new_life_of_the_index(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema, corrupt: str
+) -> None:
+    """A key of another type where the index belongs: the invalidation does not fail
+    (it would fail again on every replay); a new life of the index makes every older
+    entry and token invalid at once, and a sweep removes the wrong-typed key."""
+    alpha, beta = uuid.uuid4(), uuid.uuid4()
+    await fill(cache, alpha, "alpha", *NAMES)
+    await fill(cache, beta, "beta", *NAMES)
+    stale_token = (await cache.lookup(uuid.uuid4(), "webui")).fill_token
+    key = {
+        "domain index": keys.domain_index("alpha"),
+        "user index": keys.user_index(alpha),
+        "users index": keys.users_index,
+        "sequence": keys.seq,
+        "domain stamps": keys.domain_stamps("alpha"),
+        "queue": keys.cleanup_queue,
+    }[corrupt]
+    await valkey.delete([key])
+    await valkey.custom_command(["SADD", key, "someone else's"])
+
+    if corrupt == "user index":
+        await cache.invalidate_for_scope(ScopeType.USER, str(alpha))
+    elif corrupt == "users index":
+        await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")
+    else:
+        await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha")
+    assert await cached_pairs(cache, [alpha, beta]) == set()  # beta's entries too
+    await cache.reclaim()
+    left = await keys_under(valkey, keys.prefix)
+    assert not any(k.startswith(f"{keys.prefix}:merged:") for k in left)
+    assert key not in left or text(await valkey.custom_command(["TYPE", key])) != "set"
+    fresh = merged(alpha, "alpha", "webui")
+    assert await cache.set_merged_config(alpha, "webui", fresh, stale_token) is False
+    token = (await cache.lookup(alpha, "webui")).fill_token
+    assert await cache.set_merged_config(alpha, "webui", fresh, token) is True
+    assert await cache.get_merged_config(alpha, "webui") == fresh

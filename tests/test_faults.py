@@ -225,12 +225,12 @@ async def test_loading_on_a_live_connection(clean_db: AsyncEngine) -> None:
             await rig.client.close()
 
 
-async def test_a_corrupt_membership_set_does_not_block_invalidations(rig: Rig) -> None:
-    """Someone wrote a hash where a1's set of names belongs: the write's invalidation
-    still lands (it drops the whole prefix), nothing waits for a replay, nothing is stale,
-    and the cache fills again."""
+async def test_a_corrupt_index_key_does_not_block_invalidations(rig: Rig) -> None:
+    """Someone wrote a hash where a1's index of names belongs: the write's invalidation
+    still lands (it starts a new life of the index), nothing waits for a replay, nothing
+    is stale, and the cache fills again."""
     a1, a2 = await seed(rig)
-    names_key = rig.cache.keys.user_names(a1)
+    names_key = rig.cache.keys.user_index(a1)
     await rig.client.delete([names_key])
     await rig.client.custom_command(["HSET", names_key, "oops", "1"])
     await write_version(rig, a1, "webui", 1)

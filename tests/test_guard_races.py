@@ -254,16 +254,16 @@ async def test_writes_while_the_breaker_is_open_log_once(
     rig.server.start()
 
 
-@pytest.mark.parametrize("key", ["all users set", "epoch"])
+@pytest.mark.parametrize("key", ["users index", "sequence"])
 async def test_a_corrupt_index_key_is_reset_by_the_first_call_it_breaks(rig: Rig, key: str) -> None:
-    """A fill (p:users) or a read (the epoch) meets WRONGTYPE: the guard resets the
-    prefix once, and the cache works again; nothing stale is served meanwhile."""
+    """A fill (p:idx:users) or a read (the sequence) meets WRONGTYPE: the guard resets
+    the index once, and the cache works again; nothing stale is served meanwhile."""
     a1 = rig.world.users[0]
     await seed(rig, a1)
     await write(rig, a1, 2)  # (an invalidation that meets a corrupt key resets it itself)
-    target = rig.cache.keys.all_users if key == "all users set" else rig.cache.keys.epoch
+    target = rig.cache.keys.users_index if key == "users index" else rig.cache.keys.seq
     await rig.client.delete([target])
-    await rig.client.custom_command(["HSET", target, "x", "y"])
+    await rig.client.custom_command(["SADD", target, "x"])
     for _ in range(3):
         assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}
     await until_cached(rig, a1, "webui")
@@ -271,7 +271,7 @@ async def test_a_corrupt_index_key_is_reset_by_the_first_call_it_breaks(rig: Rig
     assert stats.index_resets == 1
     assert stats.fall_throughs["wrongtype"] >= 1
     kind = await rig.client.custom_command(["TYPE", target])
-    assert kind in ({b"set", "set"} if key == "all users set" else {b"string", "string"})
+    assert kind in ({b"zset", "zset"} if key == "users index" else {b"hash", "hash"})
 
 
 def test_the_guard_lives_and_dies_with_its_source(rig: Rig) -> None:
@@ -364,8 +364,8 @@ async def test_an_index_reset_never_holds_up_the_read_that_asked_for_it(rig: Rig
         return await real_reset()
 
     rig.cache.reset_index = held_reset  # type: ignore[method-assign]
-    await rig.client.delete([rig.cache.keys.epoch])
-    await rig.client.custom_command(["HSET", rig.cache.keys.epoch, "x", "y"])
+    await rig.client.delete([rig.cache.keys.seq])
+    await rig.client.custom_command(["SADD", rig.cache.keys.seq, "x"])
     assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # from PostgreSQL
     guard = GuardedCache.of(rig.cache)
     assert guard._reset is not None and not guard._reset.done()  # still waiting

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomic_cache.keys import KeySchema, decode_component, encode_component, user_component
+from atomic_cache.keys import (
+    KeySchema,
+    decode_component,
+    encode_component,
+    token_sequence,
+    user_component,
+)
 
 USER = uuid.UUID("12345678-1234-5678-1234-567812345678")
 
@@ -17,20 +23,26 @@ USER = uuid.UUID("12345678-1234-5678-1234-567812345678")
 def test_default_keys_match_the_spec() -> None:
     keys = KeySchema()
     assert keys.entry(USER, "webui") == f"app_config:merged:{USER}:webui"
-    assert keys.user_names(USER) == f"app_config:user:{USER}:names"
-    assert keys.domain_users("default") == "app_config:domain:default:users"
-    assert keys.name_users("webui") == "app_config:name:webui:users"
-    assert keys.all_users == "app_config:users"
-    assert keys.epoch == "app_config:epoch"
+    assert keys.seq == "app_config:seq"
+    assert keys.public_stamps == "app_config:stamp:public"
+    assert keys.domain_stamps("default") == "app_config:stamp:domain:default"
+    assert keys.user_stamps(USER) == f"app_config:stamp:user:{USER}"
+    assert keys.user_index(USER) == f"app_config:idx:user:{USER}"
+    assert keys.domain_index("default") == "app_config:idx:domain:default"
+    assert keys.users_index == "app_config:idx:users"
+    assert keys.catalogue == "app_config:names"
+    assert keys.cleanup_queue == "app_config:gc"
 
 
 def test_cluster_prefix_keeps_one_hash_tag() -> None:
     keys = KeySchema("{app_config}")
     for key in (
         keys.entry(USER, "{x}"),
-        keys.domain_users("a{b}"),
-        keys.name_users("}{"),
-        keys.epoch,
+        keys.domain_index("a{b}"),
+        keys.domain_stamps("}{"),
+        keys.user_index(USER),
+        keys.seq,
+        keys.cleanup_queue,
     ):
         assert key.startswith("{app_config}:")
         assert key.count("{") == 1 and key.count("}") == 1
@@ -76,8 +88,8 @@ def test_no_name_reaches_another_users_or_sets_key(name: str, other: str) -> Non
     assert entry.count(":") == 3  # prefix, kind, user, name: no extra separators
     if name != other:
         assert entry != keys.entry(USER, other)
-        assert keys.name_users(name) != keys.name_users(other)
-        assert keys.domain_users(name) != keys.domain_users(other)
+        assert keys.domain_index(name) != keys.domain_index(other)
+        assert keys.domain_stamps(name) != keys.domain_stamps(other)
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 257])
@@ -85,7 +97,7 @@ def test_empty_or_long_components_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="name"):
         KeySchema().entry(USER, bad)
     with pytest.raises(ValueError, match="domain"):
-        KeySchema().domain_users(bad)
+        KeySchema().domain_index(bad)
 
 
 def test_user_ids_are_canonical_uuids() -> None:
@@ -95,3 +107,8 @@ def test_user_ids_are_canonical_uuids() -> None:
     for bad in ["", "bob", "12345678-1234", f"{USER}:x", "*"]:
         with pytest.raises(ValueError, match="not a UUID"):
             user_component(bad)
+
+
+def test_token_sequence_is_the_part_before_the_clock() -> None:
+    assert token_sequence("1795975639356616:1795975639357") == "1795975639356616"
+    assert token_sequence("0:1") == "0"

@@ -108,9 +108,10 @@ async def test_a_fill_refused_by_an_invalidation_is_counted(
     repo: AppConfigFragmentRepository, cache: AppConfigFragmentCacheSource, world: World
 ) -> None:
     user = world.users[0]
+    await cache.invalidate_for_policy("theme")  # the prefix has a sequence now
     missed = await cache.lookup(user, "webui")
     assert missed.value is None and missed.fill_token is not None
-    await cache.invalidate_for_policy("theme")  # any invalidation moves the epoch
+    await cache.invalidate_for_policy("webui")  # covers the entry
     await repo._fill(user, [await repo._load(user, "webui")], missed.fill_token)
     assert (repo.stats().fills, repo.stats().refused_fills) == (0, 1)
     assert (await cache.lookup(user, "webui")).value is None
