@@ -68,19 +68,21 @@ local function sweep_user(user, names, s, domain)
     corrupt = true
     listed = {}
   end
-  local domains = {}
+  local stale, gone, domains = {}, {}, {}
   for _, name in ipairs(names or listed) do
     local key = entry_key(user, name)
     local raw = redis.pcall('GET', key)
     local t, d = header(raw)
     if d then domains[d] = true end
     if raw and (t == nil or (t < s and (domain == nil or d == domain))) then
-      deleted = deleted + redis.call('UNLINK', key)
+      stale[#stale + 1] = key
       raw = false
     end
-    if not raw and ok then redis.call('ZREM', index, name) end
+    if not raw then gone[#gone + 1] = name end
   end
   examined = examined + #(names or listed) + 1
+  if #stale > 0 then deleted = deleted + redis.call('UNLINK', unpack(stale)) end
+  if #gone > 0 and ok then redis.call('ZREM', index, unpack(gone)) end
   if ok and redis.call('EXISTS', index) == 0 then
     redis.call('ZREM', users_index, user)
     if domain then domains[domain] = true end
@@ -133,7 +135,7 @@ local function run_job(job)
       examined = examined + 100
     else
       local index = scope == 'domain' and domain_index(id) or users_index
-      local ok, reply = pcall(redis.call, 'ZSCAN', index, cursor, 'COUNT', 50)
+      local ok, reply = pcall(redis.call, 'ZSCAN', index, cursor, 'COUNT', 10)
       if not ok then
         corrupt = true
         return nil

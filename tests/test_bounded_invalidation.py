@@ -1,0 +1,171 @@
+"""Scope invalidation in bounded server time: large scopes are unservable as soon as the
+call returns, their memory is reclaimed in bounded steps, and no server command this
+package sends runs longer than 10 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+
+from glide import GlideClient
+
+from atomic_cache import (
+    AppConfigData,
+    AppConfigFragmentCacheSource,
+    KeySchema,
+    ScopeType,
+    ScriptRegistry,
+    create_valkey_client,
+)
+
+from .valkey_tools import keys_under, text
+
+NAMES = ("n0", "n1", "n2", "n3", "n4")
+BIG = 20_000  # users in the large domain: 100,000 entries
+SMALL = 100
+
+
+def config(user: uuid.UUID, domain: str, name: str) -> AppConfigData:
+    return AppConfigData(user_id=user, domain_name=domain, name=name, config={"u": str(user)})
+
+
+async def limited(jobs: Iterable[Callable[[], Awaitable[object]]], limit: int = 64) -> None:
+    queue = list(jobs)
+
+    async def worker() -> None:
+        while queue:
+            await queue.pop()()
+
+    await asyncio.gather(*(worker() for _ in range(limit)))
+
+
+async def fill_domain(
+    cache: AppConfigFragmentCacheSource, domain: str, count: int
+) -> list[uuid.UUID]:
+    users = [uuid.uuid4() for _ in range(count)]
+
+    def job(user: uuid.UUID) -> Callable[[], Awaitable[object]]:
+        return lambda: cache.set_many(user, [config(user, domain, name) for name in NAMES])
+
+    await limited(job(user) for user in users)
+    return users
+
+
+async def served(
+    cache: AppConfigFragmentCacheSource, users: list[uuid.UUID]
+) -> set[tuple[uuid.UUID, str]]:
+    found: set[tuple[uuid.UUID, str]] = set()
+
+    def job(user: uuid.UUID) -> Callable[[], Awaitable[object]]:
+        async def look() -> None:
+            for name, hit in (await cache.lookup_many(user, list(NAMES))).items():
+                if hit.value is not None:
+                    found.add((user, name))
+
+        return look
+
+    await limited(job(user) for user in users)
+    return found
+
+
+def pairs(users: list[uuid.UUID], names: Iterable[str] = NAMES) -> set[tuple[uuid.UUID, str]]:
+    return {(user, name) for user in users for name in names}
+
+
+@asynccontextmanager
+async def slow_log(valkey: GlideClient, threshold_us: int) -> AsyncIterator[list[object]]:
+    """The slow log's entries over ``threshold_us``, recorded inside the block."""
+    before = await valkey.config_get(["slowlog-log-slower-than", "slowlog-max-len"])
+    settings = {text(k): text(v) for k, v in before.items()}
+    await valkey.config_set(
+        {"slowlog-log-slower-than": str(threshold_us), "slowlog-max-len": "1024"}
+    )
+    await valkey.custom_command(["SLOWLOG", "RESET"])
+    entries: list[object] = []
+    try:
+        yield entries
+        reply = await valkey.custom_command(["SLOWLOG", "GET", "1024"])
+        assert isinstance(reply, list)
+        entries.extend(reply)
+    finally:
+        await valkey.config_set(settings)
+
+
+async def test_large_domain_and_public_invalidations_in_bounded_steps(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    big = await fill_domain(cache, "big", BIG)
+    small = await fill_domain(cache, "small", SMALL)
+    everyone = big + small
+
+    async with slow_log(valkey, 10_000) as slow:
+        # PUBLIC, narrowed to one name: that name is a miss for every user at once.
+        await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["n0"])
+        assert await served(cache, everyone) == pairs(everyone, NAMES[1:])
+        # A fill after the invalidation is valid, and survives the clean-up.
+        refilled = big[:50]
+        for user in refilled:
+            token = (await cache.lookup(user, "n0")).fill_token
+            assert await cache.set_merged_config(user, "n0", config(user, "big", "n0"), token)
+
+        # DOMAIN: every entry of the 20,000 users is a miss; the other domain still hits.
+        await cache.invalidate_for_scope(ScopeType.DOMAIN, "big")
+        assert await served(cache, everyone) == pairs(small, NAMES[1:])
+        await cache.reclaiming()
+        assert await valkey.llen(keys.cleanup_queue) == 0
+
+    assert slow == [], f"server commands over 10 ms: {slow!r:.2000}"
+    left = {key for key in await keys_under(valkey, keys.prefix) if ":merged:" in key}
+    assert left == {keys.entry(user, name) for user in small for name in NAMES[1:]}
+    # The index lists live entries only.
+    assert await valkey.exists([keys.domain_index("big")]) == 0
+    assert await valkey.zcard(keys.users_index) == SMALL
+    assert await valkey.exists([keys.user_index(user) for user in big]) == 0
+
+
+async def members(valkey: GlideClient, key: str) -> set[str]:
+    reply = await valkey.custom_command(["ZRANGE", key, "0", "-1"])
+    assert isinstance(reply, list)
+    return {text(member) for member in reply}
+
+
+async def test_expired_members_leave_the_index_as_traffic_goes_on(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    long_lived = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=600, keys=keys)
+    short = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=1, keys=keys)
+    kept = await fill_domain(long_lived, "d", 1)  # keeps the shared index keys alive
+    gone = await fill_domain(short, "d", 40)
+    await asyncio.sleep(1.2)  # every entry above has expired, by the server's clock
+    assert await valkey.exists([keys.entry(user, "n0") for user in gone]) == 0
+    assert await valkey.exists([keys.user_index(user) for user in gone]) == 0
+    assert await valkey.zcard(keys.users_index) == 41  # until traffic prunes it
+    live = await fill_domain(short, "d", 2)  # each write prunes up to 32 expired members
+    expected = {str(user) for user in kept + live}
+    assert await members(valkey, keys.users_index) == expected
+    assert await members(valkey, keys.domain_index("d")) == expected
+
+
+async def test_a_clean_up_left_by_a_dead_process_is_resumed_by_another(
+    cache: AppConfigFragmentCacheSource,
+    valkey: GlideClient,
+    valkey_url: str,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+) -> None:
+    users = await fill_domain(cache, "d", 2_000)
+    await cache.invalidate_for_scope(ScopeType.DOMAIN, "d")
+    assert cache._reclaimer is not None
+    cache._reclaimer.cancel()  # the invalidating process dies before its clean-up ran
+    assert await valkey.llen(keys.cleanup_queue) == 1
+    other_client = await create_valkey_client(valkey_url, request_timeout_ms=5000)
+    try:
+        other = AppConfigFragmentCacheSource(other_client, registry, keys=keys)
+        await other.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # any call
+        await other.reclaiming()
+    finally:
+        await other_client.close()
+    assert await valkey.llen(keys.cleanup_queue) == 0
+    assert await valkey.exists([keys.entry(user, name) for user in users for name in NAMES]) == 0
