@@ -371,8 +371,8 @@ async def test_corrupt_entry_is_a_miss_and_is_removed(
     assert valid is not None
     if payload == "wrong-key":  # a valid entry of another user under this key
         payload = valid
-    elif payload != b'{"no": "header"}':  # behind a header that is valid now
-        payload = valid.split(b"\n", 1)[0] + b"\n" + payload
+    elif isinstance(payload, bytes) and payload != b'{"no": "header"}':
+        payload = valid.split(b"\n", 1)[0] + b"\n" + payload  # behind a valid header
     await valkey.set(keys.entry(user, "webui"), payload)
     found = await cache.lookup(user, "webui")
     assert found.value is None and found.fill_token is not None

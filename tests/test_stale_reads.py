@@ -91,7 +91,7 @@ async def test_every_write_invalidates_only_after_its_commit(
     user = world.users[0]
     repo = AppConfigFragmentRepository(clean_db, cache=cache)
     policies = AppConfigPolicyRepository(clean_db, cache=cache)
-    seen: list[object] = []
+    seen: list[tuple[list[object], object]] = []
     real = cache.invalidate_many
 
     async def committed_first(targets: Any, **kwargs: Any) -> int:
