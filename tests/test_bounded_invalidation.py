@@ -169,3 +169,22 @@ async def test_a_clean_up_left_by_a_dead_process_is_resumed_by_another(
         await other_client.close()
     assert await valkey.llen(keys.cleanup_queue) == 0
     assert await valkey.exists([keys.entry(user, name) for user in users for name in NAMES]) == 0
+
+
+async def test_the_clean_up_spares_entries_filled_after_the_invalidation(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    users = await fill_domain(cache, "d", 1_000)
+    await cache.invalidate_for_scope(ScopeType.DOMAIN, "d")
+    assert cache._reclaimer is not None
+    cache._reclaimer.cancel()  # hold the clean-up back until the refills are in
+    refilled = users[-20:]
+    for user in refilled:
+        token = (await cache.lookup(user, "n0")).fill_token
+        assert await cache.set_merged_config(user, "n0", config(user, "d", "n0"), token)
+    assert await valkey.llen(keys.cleanup_queue) == 1
+    await cache.reclaim()
+    assert await served(cache, users) == pairs(refilled, ["n0"])
+    left = {key for key in await keys_under(valkey, keys.prefix) if ":merged:" in key}
+    assert left == {keys.entry(user, "n0") for user in refilled}
+    assert await members(valkey, keys.domain_index("d")) == {str(user) for user in refilled}
