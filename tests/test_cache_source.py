@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from glide import GlideClient, RequestError
@@ -685,19 +685,55 @@ async def test_a_fill_token_older_than_its_max_age_is_refused(
         assert not await cache.set_merged_config(user, "x", merged(user, "d", "x"), bad)
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        (ScopeType.USER, "{user}", None),
+        (ScopeType.DOMAIN, "alpha", None),
+        (ScopeType.DOMAIN_USER_DEFAULTS, "alpha", ["webui"]),
+        (ScopeType.PUBLIC, "public", None),
+        (ScopeType.PUBLIC, "public", ["limits"]),
+    ],
+    ids=lambda t: f"{t[0].name}-{t[2]}",
+)
 async def test_validity_never_depends_on_the_index(
-    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    target: tuple[ScopeType, str, list[str] | None],
 ) -> None:
     """The stale read of the one-script design: an index key that expired (or was lost)
-    before its entry let an invalidation miss the entry. Stamps need no index."""
+    before its entry let an invalidation miss the entry. Here the index is gone, so the
+    clean-up cannot find the entries: they stay in memory, and still are never served."""
     cache = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=2, keys=keys)
     user = uuid.uuid4()
     await fill(cache, user, "alpha", *NAMES)
     index_keys = [keys.user_index(user), keys.domain_index("alpha"), keys.users_index]
     assert await valkey.delete(index_keys) == 3
-    await cache.invalidate_for_scope(ScopeType.DOMAIN, "alpha", ["webui"])
-    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["theme"])
-    await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["limits"])
+    scope, scope_id, names = target
+    await cache.invalidate_for_scope(scope, scope_id.format(user=user), names)
+    await cache.reclaim()
+    covered = set(names or NAMES)
+    assert await valkey.exists([keys.entry(user, name) for name in covered]) == len(covered)
+    assert await cached_pairs(cache, [user]) == everything([user]) - pairs_of(user, covered)
+
+
+def pairs_of(user: uuid.UUID, names: Iterable[str]) -> set[tuple[uuid.UUID, str]]:
+    return {(user, name) for name in names}
+
+
+async def test_a_user_who_moved_domains_keeps_the_entries_of_the_new_one(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """Entries carry the domain they were filled under: invalidating the old domain
+    neither serves nor deletes what was filled under the new one."""
+    user = uuid.uuid4()
+    await fill(cache, user, "old", "webui")
+    await fill(cache, user, "new", "theme")  # the user moved; the old index still lists it
+    assert await cache.invalidate_for_scope(ScopeType.DOMAIN, "old") == 1
+    assert await cached_pairs(cache, [user]) == {(user, "theme")}
+    assert await valkey.exists([keys.entry(user, "theme")]) == 1
+    assert await cache.invalidate_for_scope(ScopeType.DOMAIN, "new") == 1
     assert await cached_pairs(cache, [user]) == set()
 
 
