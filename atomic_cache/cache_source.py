@@ -151,6 +151,23 @@ class AppConfigFragmentCacheSource:
     async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
         return (await self.lookup(user_id, name)).value
 
+    async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
+        """The cached value, or a miss with the fill token to pass to set_merged_config.
+
+        The hot path: one name, no batching around it."""
+        user = user_component(user_id)
+        reply = await self._read([user, 1, encode_component(name, what="name")])
+        raws = reply[1] if len(reply) == 2 else None
+        if not isinstance(raws, list) or len(raws) != 1:
+            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+        raw = raws[0]
+        if raw is not None:
+            value = self._decode(raw, user, name)
+            if value is not None:
+                return CacheLookup(value=value)
+            await self._remove_corrupt([self.keys.entry(user, name)])
+        return CacheLookup(fill_token=_text(reply[0]))
+
     async def ping(self) -> str:
         """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
@@ -166,10 +183,6 @@ class AppConfigFragmentCacheSource:
         if not isinstance(reply, list) or len(reply) not in (1, 2, 3):
             raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
         return reply
-
-    async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
-        """The cached value, or a miss with the fill token to pass to set_merged_config."""
-        return (await self.lookup_many(user_id, [name]))[name]
 
     async def lookup_many(self, user_id: uuid.UUID, names: Sequence[str]) -> dict[str, CacheLookup]:
         """Look up several names of one user in one round trip; one fill token for all."""

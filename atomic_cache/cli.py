@@ -281,7 +281,7 @@ def doctor(ctx: click.Context, options: ServerOptions, strict: bool) -> None:
 
     Reports the server and version, required commands (Redis >= 7.0 or any Valkey),
     whether the scripts are loaded, the eviction policy (allkeys-* and volatile-* can
-    evict a membership set before its entries: missed invalidations), persistence and
+    evict an invalidation stamp before the entries it covers: stale reads), persistence and
     replication. Read-only. Exit status: 1 if any check FAILs (or WARNs, with --strict),
     else 0.
     """

@@ -177,17 +177,17 @@ def check_eviction(info: Mapping[str, str], config: Mapping[str, str]) -> Check:
         return Check(
             "maxmemory-policy",
             Status.WARN,
-            f"{policy}: a membership set can be evicted before the entries it indexes, and an"
-            " invalidation then misses them (stale reads until their TTL). Use noeviction,"
+            f"{policy}: an invalidation stamp can be evicted before the entries it covers,"
+            " which then become servable again (stale reads until their TTL). Use noeviction,"
             f" or a volatile-* policy on a server shared with TTL-less data{limit_note}",
         )
     if policy.startswith("volatile-"):
         return Check(
             "maxmemory-policy",
             Status.WARN,
-            f"{policy}: spares keys without a TTL, but every cache key (entries and membership"
-            " sets) carries one, so a set can still be evicted before its entries and an"
-            f" invalidation then misses them. noeviction keeps every invariant{limit_note}",
+            f"{policy}: spares keys without a TTL, but entries, stamps and the index all"
+            " carry one, so a stamp can still be evicted before the entries it covers, which"
+            f" are then served again. noeviction keeps every invariant{limit_note}",
         )
     return Check("maxmemory-policy", Status.WARN, f"unknown policy {policy!r}{limit_note}")
 
@@ -205,7 +205,8 @@ def check_persistence(info: Mapping[str, str], config: Mapping[str, str]) -> Che
             return Check(
                 "persistence",
                 Status.OK,
-                f"AOF, appendfsync always: entries and the epoch survive a restart; {scripts_note}",
+                f"AOF, appendfsync always: entries, stamps and the sequence survive a restart;"
+                f" {scripts_note}",
             )
         return Check(
             "persistence",
@@ -226,14 +227,14 @@ def check_persistence(info: Mapping[str, str], config: Mapping[str, str]) -> Che
             Status.WARN,
             f"RDB snapshots (save {save!r}) without AOF: after a crash the server loads the"
             " last snapshot, bringing back entries invalidated since then (until their TTL)"
-            " and an older epoch; prefer no persistence for a cache (an empty cache and a lost"
-            f" epoch are safe: the epoch restarts from the server clock); {scripts_note}",
+            " with the older stamps; prefer no persistence for a cache (an empty cache is"
+            f" safe: a new life of the index refuses every older fill token); {scripts_note}",
         )
     return Check(
         "persistence",
         Status.OK,
-        "none: a restart empties the cache and the epoch restarts from the server clock, so"
-        f" no old fill token can match; {scripts_note}",
+        "none: a restart empties the cache and the sequence starts a new life above the"
+        f" server clock, so no old fill token is accepted; {scripts_note}",
     )
 
 

@@ -2,7 +2,7 @@
 
 Pure code, no I/O. Names, domains and ids are percent-encoded before they become part of
 a key, so no value (``a:b``, ``*``, ``{tag}``, spaces, ``%``) can address another entry or
-membership set: the encoding is injective and its output holds only ``[A-Za-z0-9._~%-]``.
+index, stamp or sequence: the encoding is injective and its output holds only ``[A-Za-z0-9._~%-]``.
 The Lua scripts build the same keys from the same prefix and the encoded set members;
 ``tests/test_cache_source.py`` checks that both sides agree.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "app_config"
@@ -27,6 +28,12 @@ def encode_component(value: str, *, what: str = "value") -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > MAX_COMPONENT_LENGTH:
         raise ValueError(f"{what} is longer than {MAX_COMPONENT_LENGTH} characters")
+    return _quote(value)
+
+
+@lru_cache(maxsize=4096)
+def _quote(value: str) -> str:
+    # Names and domains are few and read on every hit: encode each once.
     return quote(value, safe="")
 
 
