@@ -12,7 +12,8 @@
 --        {token, values}, or with c = -1 {token, values, names}, or {token} when the
 --        catalogue is not cached
 --   token    "n:ms": the sequence and the server clock now; a caller that fills a miss
---            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses it)
+--            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses
+--            it). "" when every name was served: no fill follows
 --   values   per name: the JSON of a valid entry; nil when absent or no longer valid;
 --            0 when the key holds something undecodable (the caller removes it)
 --   names    the catalogue's encoded names, in the order of values
@@ -25,22 +26,38 @@
 local prefix, user = ARGV[1], ARGV[2]
 local seq = redis.call('HMGET', KEYS[1], 'n', 'b')
 local current, born = tonumber(seq[1]), tonumber(seq[2])
-local now = redis.call('TIME')
-local token = string.format('%d:%d', current or 0, now[1] * 1000 + math.floor(now[2] / 1000))
+
+-- "n:ms": the sequence now and the server clock (set.lua refuses tokens that are too old).
+local function fill_token()
+  local now = redis.call('TIME')
+  return string.format('%d:%d', current or 0, now[1] * 1000 + math.floor(now[2] / 1000))
+end
 
 local names = {}
 local count = tonumber(ARGV[3])
 if count < 0 then
   names = redis.pcall('SMEMBERS', KEYS[2])
-  if names.err or #names == 0 then return { token } end
+  if names.err or #names == 0 then return { fill_token() } end
 else
   for i = 1, count do names[i] = ARGV[3 + i] end
 end
 
--- Each stamp hash is read once per call; one that is not a hash (written by someone
--- else) covers everything: nothing under it is served.
+-- A stamp's sequence; a value that is not a number covers everything.
+local function stamp(value)
+  if not value then return 0 end
+  return tonumber(value) or math.huge
+end
+
+-- The newest stamp of a hash for a name: its "*" and its name field. One name (the hot
+-- path) reads two fields; several read each hash once. A key that is not a hash
+-- (written by someone else) covers everything: nothing under it is served.
 local stamps = {}
 local function newest(key, name)
+  if #names == 1 then
+    local fields = redis.pcall('HMGET', key, '*', name)
+    if fields.err then return math.huge end
+    return math.max(stamp(fields[1]), stamp(fields[2]))
+  end
   local fields = stamps[key]
   if fields == nil then
     fields = {}
@@ -48,7 +65,7 @@ local function newest(key, name)
     if flat.err then
       fields['*'] = math.huge
     else
-      for i = 1, #flat, 2 do fields[flat[i]] = tonumber(flat[i + 1]) or math.huge end
+      for i = 1, #flat, 2 do fields[flat[i]] = stamp(flat[i + 1]) end
     end
     stamps[key] = fields
   end
@@ -70,9 +87,13 @@ local function valid(raw, name)
 end
 
 local values = {}
+local missed = #names == 0
 for i, name in ipairs(names) do
   local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
   values[i] = raw and valid(raw, name)
+  missed = missed or not values[i] or values[i] == 0
 end
+-- The clock is read only when a fill may follow.
+local token = missed and fill_token() or ''
 if count < 0 then return { token, values, names } end
 return { token, values }
