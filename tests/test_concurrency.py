@@ -15,7 +15,9 @@ from atomic_cache import (
     AppConfigData,
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
+    FragmentInput,
     MyFragmentInput,
+    ScopeType,
 )
 
 from .repo_tools import make_world
@@ -78,27 +80,36 @@ async def test_fill_that_raced_a_write_never_lands(
 
 
 async def run_mixed_load(
-    engine: AsyncEngine, cache: AppConfigFragmentCacheSource, use_tokens: bool
+    engine: AsyncEngine, caches: Sequence[AppConfigFragmentCacheSource], use_tokens: bool
 ) -> tuple[int, int]:
-    """Writers bump versions while readers read; returns (reads, stale reads), where a
-    read is stale if it returns a version older than one whose write had returned
-    before the read began."""
-    world = await make_world(engine, cache)
+    """Writers bump versions while readers read, through one repository per cache source
+    (several sources on one server stand for several processes); returns (reads, stale
+    reads), where a read is stale if it returns a version older than one whose write had
+    returned before the read began."""
+    world = await make_world(engine, caches[0])
     users = world.users[:2]
     names = ["webui", "theme"]
-    writer = AppConfigFragmentRepository(engine, cache=cache)
+    writers = [AppConfigFragmentRepository(engine, cache=cache) for cache in caches]
     for user in users:
-        await writer.bulk_create_my(
+        await writers[0].bulk_create_my(
             user, [MyFragmentInput(name=n, extra_config={"v": 0}) for n in names]
         )
-    readers = RacyRepository(engine, cache=cache, use_tokens=use_tokens)
+    readers = [RacyRepository(engine, cache=cache, use_tokens=use_tokens) for cache in caches]
     floor = {(u, n): 0 for u in users for n in names}
     done = asyncio.Event()
     reads = stale = 0
 
-    async def write(user: uuid.UUID, name: str) -> None:
+    async def write(user: uuid.UUID, name: str, writer: AppConfigFragmentRepository) -> None:
         for v in range(1, 16):
-            await writer.bulk_update_my(user, [MyFragmentInput(name=name, extra_config={"v": v})])
+            if random.random() < 0.5:
+                await writer.bulk_update_my(
+                    user, [MyFragmentInput(name=name, extra_config={"v": v})]
+                )
+            else:
+                item = FragmentInput(
+                    scope_type=ScopeType.USER, scope_id=str(user), name=name, extra_config={"v": v}
+                )
+                await writer.admin_bulk_update([item])
             floor[(user, name)] = v
             await asyncio.sleep(random.uniform(0, 0.01))
 
@@ -106,31 +117,34 @@ async def run_mixed_load(
         nonlocal reads, stale
         rng = random.Random(seed)
         while not done.is_set():
-            user, name = rng.choice(users), rng.choice(names)
+            user, name, reader = rng.choice(users), rng.choice(names), rng.choice(readers)
             expected_at_least = floor[(user, name)]
             if rng.random() < 0.5:
-                got = version(await readers.app_config(user, name))
+                got = version(await reader.app_config(user, name))
             else:
-                got = next(version(d) for d in await readers.my_app_configs(user) if d.name == name)
+                got = next(version(d) for d in await reader.my_app_configs(user) if d.name == name)
             reads += 1
             stale += got < expected_at_least
 
     reader_tasks = [asyncio.create_task(read(seed)) for seed in range(12)]
-    await asyncio.gather(*(write(u, n) for u in users for n in names))
+    await asyncio.gather(
+        *(write(u, n, writers[i % len(writers)]) for i, (u, n) in enumerate(floor))
+    )
     done.set()
     await asyncio.gather(*reader_tasks)
-    # After everything settled, the cache agrees with the database.
+    # After everything settled, every cache agrees with the database.
     for user in users:
         for name in names:
             final = version(await AppConfigFragmentRepository(engine).app_config(user, name))
-            stale += version(await readers.app_config(user, name)) != final
+            for reader in readers:
+                stale += version(await reader.app_config(user, name)) != final
     return reads, stale
 
 
 async def test_many_readers_and_writers_never_read_stale(
     clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource
 ) -> None:
-    reads, stale = await run_mixed_load(clean_db, cache, use_tokens=True)
+    reads, stale = await run_mixed_load(clean_db, [cache], use_tokens=True)
     assert reads > 100
     assert stale == 0
 
@@ -138,6 +152,6 @@ async def test_many_readers_and_writers_never_read_stale(
 async def test_same_load_without_fill_tokens_reads_stale(
     clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource
 ) -> None:
-    reads, stale = await run_mixed_load(clean_db, cache, use_tokens=False)
+    reads, stale = await run_mixed_load(clean_db, [cache], use_tokens=False)
     assert reads > 100
     assert stale > 0

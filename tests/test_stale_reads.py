@@ -4,7 +4,6 @@ processes sharing one server, the order of commit and invalidation, the catalogu
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from atomic_cache import (
 from atomic_cache.db.schema import app_config_fragments, app_config_policies
 
 from .repo_tools import make_world
+from .test_concurrency import run_mixed_load
 
 
 def version(data: AppConfigData) -> int:
@@ -161,61 +161,6 @@ async def test_two_processes_under_load_never_read_older_than_a_returned_write(
     cache: AppConfigFragmentCacheSource,
     other_process: AppConfigFragmentCacheSource,
 ) -> None:
-    world = await make_world(clean_db, cache)
-    users, names = world.users, ["webui", "theme"]
-    processes = [
-        AppConfigFragmentRepository(clean_db, cache=cache),
-        AppConfigFragmentRepository(clean_db, cache=other_process),
-    ]
-    for user in users:
-        await processes[0].bulk_create_my(
-            user, [MyFragmentInput(name=n, extra_config={"v": 0}) for n in names]
-        )
-    floor = {(u, n): 0 for u in users for n in names}
-    done = asyncio.Event()
-    reads = stale = 0
-
-    async def write(user: uuid.UUID, name: str, writer: AppConfigFragmentRepository) -> None:
-        for v in range(1, 13):
-            if random.random() < 0.5:
-                await writer.bulk_update_my(
-                    user, [MyFragmentInput(name=name, extra_config={"v": v})]
-                )
-            else:
-                await writer.admin_bulk_update(
-                    [
-                        FragmentInput(
-                            scope_type=ScopeType.USER,
-                            scope_id=str(user),
-                            name=name,
-                            extra_config={"v": v},
-                        )
-                    ]
-                )
-            floor[(user, name)] = v
-            await asyncio.sleep(random.uniform(0, 0.005))
-
-    async def read(seed: int) -> None:
-        nonlocal reads, stale
-        rng = random.Random(seed)
-        while not done.is_set():
-            user, name = rng.choice(users), rng.choice(names)
-            reader = rng.choice(processes)
-            at_least = floor[(user, name)]
-            if rng.random() < 0.5:
-                got = version(await reader.app_config(user, name))
-            else:
-                got = next(version(d) for d in await reader.my_app_configs(user) if d.name == name)
-            reads += 1
-            stale += got < at_least
-
-    readers = [asyncio.create_task(read(seed)) for seed in range(10)]
-    await asyncio.gather(*(write(u, n, processes[i % 2]) for i, (u, n) in enumerate(floor)))
-    done.set()
-    await asyncio.gather(*readers)
+    reads, stale = await run_mixed_load(clean_db, [cache, other_process], use_tokens=True)
     assert reads > 100
     assert stale == 0
-    for user in users:
-        for name in names:
-            for process in processes:
-                assert version(await process.app_config(user, name)) == floor[(user, name)]
