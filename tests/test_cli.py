@@ -189,7 +189,7 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f"):
+    for key in ("a", "c", "d", "e", "f", "h", "i"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
     assert {"a. cached read, 1 task", "a. cached read, 50 tasks"} <= scenarios
     assert report["skipped"] == []
@@ -209,19 +209,44 @@ async def test_bench_writes_markdown_json_and_png(
             assert row["extra"]["stale_entries"] == 0
         assert row["samples"] == 20
 
-    # Each domain invalidation dropped exactly its users' entries.
-    fanout = [row for row in rows if row["scenario"] == "d. domain invalidation"]
-    assert [row["extra"]["users"] for row in fanout] == [50, 50, 200, 200]
-    assert [row["extra"]["dropped"] for row in fanout] == [250, 50, 1000, 200]
-    assert all(row["extra"]["server_block_us"] > 0 for row in fanout)
+    # Each invalidation, in each design, deleted exactly its users' entries; in the new
+    # design none was served once the call returned, and the clean-up left no entry or
+    # index key behind.
+    fanout = [row["extra"] for row in rows if row["scenario"].startswith("d. ")]
+    assert [(extra["users"], extra["scope"], extra["design"]) for extra in fanout] == [
+        (users, scope, design)
+        for users in (50, 200)
+        for scope in ("DOMAIN", "PUBLIC")
+        for design in ("legacy", "new")
+    ]
+    assert [extra["deleted"] for extra in fanout] == [250] * 4 + [1000] * 4
+    assert all(extra["longest_call_us"] > 0 for extra in fanout)
+    for extra in (extra for extra in fanout if extra["design"] == "new"):
+        assert extra["sampled"] == 5 * min(extra["users"], 200)
+        assert extra["served_after_call"] == 0
+        assert extra["entries_left"] == 0 and extra["index_keys_left"] == 0
 
     memory = {row["variant"]: row["extra"] for row in rows if row["scenario"].startswith("e.")}
     assert memory["entry key, MEMORY USAGE"]["bytes_per_entry"] > 0
     assert memory["JSON payload alone"]["bytes_per_entry"] > 0
 
     costs = {row["variant"]: row["extra"] for row in rows if row["scenario"].startswith("f.")}
-    assert costs["get.lua (get_merged_config)"]["commands_per_call"] == "GET x2"
+    assert "GET x1" in costs["get.lua (get_merged_config)"]["commands_per_call"]
+    assert costs["legacy get.lua (1 name)"]["commands_per_call"] == "GET x2"
     assert all(extra["server_us_per_call"] > 0 for extra in costs.values())
+
+    # Invalidations of other users and domains refuse the global epoch's fills only.
+    refusals = [row for row in rows if row["scenario"].startswith("h.")]
+    assert [row["baseline"] for row in refusals] == [True, False]
+    legacy, new = (row["extra"]["refused_fills"] for row in refusals)
+    assert new == 0 and legacy > 0
+    assert all(row["samples"] == TINY.refusal_fills for row in refusals)
+
+    # The index shrank back once the peak's entries expired.
+    peak, final, stamps = (row["extra"] for row in rows if row["scenario"].startswith("i."))
+    assert 0 < final["index_bytes"] < peak["index_bytes"]
+    assert 0 < peak["live_users"] <= TINY.churn_users
+    assert stamps["stamp_keys"] > 0
 
     markdown = (out / "bench.md").read_text()
     assert "| scenario | variant | n | p50 µs | p99 µs | ops/s | p50 ratio | notes |" in markdown
@@ -240,7 +265,9 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
-    assert [scenario.key for scenario in SCENARIOS] == ["a", "b", "c", "d", "e", "f", "g"]
+    assert [scenario.key for scenario in SCENARIOS] == [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i",
+    ]  # fmt: skip
 
 
 async def test_bench_sql_scenario_compares_cache_and_sql(
