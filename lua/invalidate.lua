@@ -114,43 +114,73 @@ local function sweep_key(key, born)
   end
 end
 
--- One step of a job "scope\tid\tstamp\tcursor\tnames" (names: "*" or comma-separated,
--- encoded names never hold a comma). Returns the cursor to resume from, "0" when done;
--- nil, with `corrupt` set, when the index it walks is not a sorted set.
-local function run_job(job)
-  local scope, id, s, cursor, names = string.match(job, '^([^\t]+)\t([^\t]*)\t(%d+)\t(%d+)\t(.*)$')
-  if scope == nil then return '0' end  -- not a job of this version: dropped
-  s = tonumber(s)
-  local list = nil
-  if names ~= '*' then
-    list = {}
-    for name in string.gmatch(names, '[^,]+') do list[#list + 1] = name end
-  end
-  repeat
-    if scope == 'sweep' then
-      local pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
-      local reply = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 100)
-      cursor = reply[1]
-      for _, key in ipairs(reply[2]) do sweep_key(key, s) end
-      examined = examined + 100
-    else
-      local index = scope == 'domain' and domain_index(id) or users_index
-      local ok, reply = pcall(redis.call, 'ZSCAN', index, cursor, 'COUNT', 10)
-      if not ok then
-        corrupt = true
-        return nil
-      end
-      cursor = reply[1]
-      for i = 1, #reply[2], 2 do
-        sweep_user(reply[2][i], list, s, scope == 'domain' and id or nil)
-      end
+local function split(text)
+  local items = {}
+  for item in string.gmatch(text, '[^,]+') do items[#items + 1] = item end
+  return items
+end
+
+-- The next page of what a job walks: users of an index (ZSCAN), or keys under the prefix
+-- (SCAN, for a sweep). Returns the cursor and the items; nil, with `corrupt` set, when
+-- the index is not a sorted set. A scan costs the budget a little even when empty.
+local key_pattern = string.gsub(prefix, '[%*%?%[%]\\]', '\\%0') .. ':*'
+local function next_page(scope, id, cursor)
+  examined = examined + 1
+  if scope == 'sweep' then
+    local reply = redis.call('SCAN', cursor, 'MATCH', key_pattern, 'COUNT', 100)
+    local keys = {}
+    for _, key in ipairs(reply[2]) do
+      if not string.find(key, '[,\t]') then keys[#keys + 1] = key end  -- never ours
     end
-  until cursor == '0' or examined >= budget or corrupt
-  return cursor
+    return reply[1], keys
+  end
+  local index = scope == 'domain' and domain_index(id) or users_index
+  local ok, reply = pcall(redis.call, 'ZSCAN', index, cursor, 'COUNT', 10)
+  if not ok then
+    corrupt = true
+    return nil
+  end
+  local users = {}
+  for i = 1, #reply[2], 2 do users[#users + 1] = reply[2][i] end
+  return reply[1], users
+end
+
+-- One step of a job "scope\tid\tstamp\tcursor\tnames\tcarry". names: "*" or a comma-
+-- separated list (encoded names never hold a comma); cursor: the scan's position, "end"
+-- once it has finished; carry: what the last page returned that no step swept yet. A
+-- page can be far larger than its COUNT (while the walked key's hash table resizes), so
+-- a step sweeps item by item and stops at its budget, whatever the page. Returns the
+-- job to keep, or nil when it is done (or unreadable: a job of another version).
+local function run_job(job)
+  local scope, id, s, cursor, names, carry =
+    string.match(job, '^([^\t]+)\t([^\t]*)\t(%d+)\t(%w+)\t([^\t]*)\t([^\t]*)$')
+  if scope == nil then return nil end
+  local stamp = tonumber(s)
+  local list = names ~= '*' and split(names) or nil
+  local pending = split(carry)
+  while examined < budget and not corrupt do
+    if #pending > 0 then
+      local item = table.remove(pending)
+      if scope == 'sweep' then
+        sweep_key(item, stamp)
+        examined = examined + 1
+      else
+        sweep_user(item, list, stamp, scope == 'domain' and id or nil)
+      end
+    elseif cursor == 'end' then
+      return nil
+    else
+      cursor, pending = next_page(scope, id, cursor)
+      if cursor == nil then return nil end
+      if cursor == '0' then cursor = 'end' end
+    end
+  end
+  if cursor == 'end' and #pending == 0 then return nil end
+  return table.concat({ scope, id, s, cursor, names, table.concat(pending, ',') }, '\t')
 end
 
 local function queue(scope, id, s, names)
-  redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names }, '\t'))
+  redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names, '' }, '\t'))
 end
 
 -- A new life of the index: above the old sequence and the clock, so no old token or
@@ -232,14 +262,14 @@ end
 -- Clean up within the budget, newest job first.
 local job = redis.call('LINDEX', queue_key, 0)
 while job and examined < budget do
-  local cursor = run_job(job)
+  local kept = run_job(job)
   if corrupt then
     corrupt = false
     reset()  -- replaces the queue with one sweep job
-  elseif cursor == '0' then
+  elseif kept == nil then
     redis.call('LPOP', queue_key)
   else
-    redis.call('LSET', queue_key, 0, (string.gsub(job, '\t%d+\t([^\t]*)$', '\t' .. cursor .. '\t%1')))
+    redis.call('LSET', queue_key, 0, kept)
   end
   job = redis.call('LINDEX', queue_key, 0)
 end
