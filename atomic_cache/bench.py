@@ -748,10 +748,17 @@ async def scenario_reads(ctx: BenchContext) -> list[BenchRow]:
         raise RuntimeError("the legacy read benchmark's entry is missing")
     entry_key = keys.entry(user, "webui")
     client, registry = ctx.client, ctx.registry
-    get_keys = [keys.seq, keys.catalogue]
-    get_args: list[ScriptArg] = [keys.prefix, user_component(user), 1, "webui"]
+    get_keys = [keys.seq]
+    get_args: list[ScriptArg] = [keys.prefix, user_component(user), "webui"]
+
+    async def get_and_decode(i: int) -> AppConfigData:
+        raw = await client.get(entry_key)
+        assert raw is not None
+        return AppConfigData.model_validate_json(raw.partition(b"\n")[2])
+
     variants: list[tuple[str, Op]] = [
         ("raw GET of the entry key (glide)", lambda i: client.get(entry_key)),
+        ("raw GET + JSON decode (what a plain cache-aside read does)", get_and_decode),
         (
             "get.lua by EVALSHA_RO, reply undecoded",
             lambda i: registry.call(client, "get", get_keys, get_args),
@@ -1493,7 +1500,7 @@ async def _cost_cases(ctx: BenchContext) -> list[_CostCase]:
             lambda i: cache.get_merged_config(reader, "webui"),
         ),
         _CostCase(
-            "get.lua, whole catalogue (lookup_all, 5 names)",
+            "get_all.lua, whole catalogue (lookup_all, 5 names)",
             "evalsha_ro",
             lambda i: cache.lookup_all(reader),
         ),

@@ -149,39 +149,46 @@ class AppConfigFragmentCacheSource:
     # -- reads ---------------------------------------------------------------------------
 
     async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
-        return (await self.lookup(user_id, name)).value
+        return (await self._get(user_id, name))[0]
 
     async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
-        """The cached value, or a miss with the fill token to pass to set_merged_config.
+        """The cached value, or a miss with the fill token to pass to set_merged_config."""
+        value, token = await self._get(user_id, name)
+        return CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
 
-        The hot path: one name, no batching around it."""
+    async def _get(self, user_id: uuid.UUID, name: str) -> tuple[AppConfigData | None, str]:
+        """The hot path of every cached read: one entry, one get.lua call."""
         user = user_component(user_id)
-        reply = await self._read([user, 1, encode_component(name, what="name")])
-        raws = reply[1] if len(reply) == 2 else None
-        if not isinstance(raws, list) or len(raws) != 1:
+        reply = await self._registry.call(
+            self._client,
+            "get",
+            [self.keys.seq],
+            [self.keys.prefix, user, encode_component(name, what="name")],
+        )
+        if not isinstance(reply, list) or len(reply) != 2:
             raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
-        raw = raws[0]
-        if raw is not None:
-            value = self._decode(raw, user, name)
-            if value is not None:
-                return CacheLookup(value=value)
+        token, raw = reply
+        if raw is None:
+            return None, _text(token)
+        value = self._decode(raw, user, name)
+        if value is None:
             await self._remove_corrupt([self.keys.entry(user, name)])
-        return CacheLookup(fill_token=_text(reply[0]))
+        return value, _text(token)
 
     async def ping(self) -> str:
         """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
         reply = await self._read(["-", 0])
         if len(reply) != 2 or reply[1] != []:
-            raise CacheError(f"get.lua answered {reply!r:.200}")
+            raise CacheError(f"get_all.lua answered {reply!r:.200}")
         return _text(reply[0])
 
     async def _read(self, args: list[ScriptArg]) -> list[object]:
         reply = await self._registry.call(
-            self._client, "get", [self.keys.seq, self.keys.catalogue], [self.keys.prefix, *args]
+            self._client, "get_all", [self.keys.seq, self.keys.catalogue], [self.keys.prefix, *args]
         )
         if not isinstance(reply, list) or len(reply) not in (1, 2, 3):
-            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         return reply
 
     async def lookup_many(self, user_id: uuid.UUID, names: Sequence[str]) -> dict[str, CacheLookup]:
@@ -196,7 +203,7 @@ class AppConfigFragmentCacheSource:
         reply = await self._read([user, len(encoded), *encoded])
         raws = reply[1] if len(reply) == 2 else None
         if not isinstance(raws, list) or len(raws) != len(names):
-            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         token = _text(reply[0])
         result: dict[str, CacheLookup] = {}
         corrupt: list[str] = []
@@ -222,7 +229,7 @@ class AppConfigFragmentCacheSource:
             return AllLookup(fill_token=token, names=None, values={})
         raws, encoded_names = reply[1], reply[2] if len(reply) == 3 else None
         if not isinstance(encoded_names, list) or not isinstance(raws, list):
-            raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         values: dict[str, AppConfigData | None] = {}
         corrupt: list[str] = []
         for encoded, raw in zip(encoded_names, raws, strict=True):

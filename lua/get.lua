@@ -1,99 +1,53 @@
 #!lua flags=no-writes
--- get: the valid cached merged configs of one user, and a fill token for the rest.
+-- get: the cached merged config of one user and name, if still valid, or a fill token.
+-- The hot path of every cached read: one entry, straight-line (get_all.lua reads several).
 --
--- KEYS[1]    p:seq     invalidation sequence: hash of n (current), b (n when the index was born)
--- KEYS[2]    p:names   the catalogue: every config name that has a policy (encoded)
+-- KEYS[1]    p:seq     invalidation sequence (hash; n = current)
 -- ARGV[1]    the key prefix p (entry and stamp keys are built from it)
 -- ARGV[2]    the user id
--- ARGV[3]    c: how many encoded names follow, or -1 for every name of the catalogue
--- ARGV[4..]  c encoded names
+-- ARGV[3]    the encoded name
 --
--- Reply (a miss is nil in the reply: false here, since a Lua array ends at its first nil):
---        {token, values}, or with c = -1 {token, values, names}, or {token} when the
---        catalogue is not cached
---   token    "n:ms": the sequence and the server clock now; a caller that fills a miss
---            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses
---            it). "" when every name was served: no fill follows
---   values   per name: the JSON of a valid entry; nil when absent or no longer valid;
---            0 when the key holds something undecodable (the caller removes it)
---   names    the catalogue's encoded names, in the order of values
+-- Reply: {"", json} on a hit; {token, nil} on a miss or when the entry is no longer
+--        valid; {token, 0} when the key holds something undecodable (the caller removes
+--        it). token = "n:ms": the sequence and the server clock, which the caller passes
+--        back to set.lua to fill the miss (n is 0 when no sequence exists; refused).
 --
 -- An entry "t d\n{json}" (fill token t, encoded domain d at fill time) is valid only if
--- t lies in the current life of the index (b <= t <= n) and no stamp that covers it is
--- newer than t: public, domain d and user, each for "*" and for its name (DESIGN §2).
--- Read-only (no-writes), so EVALSHA_RO may serve it from a replica.
+-- no stamp that covers it is newer than t: public, domain d and user, each for "*" and
+-- for the name. A new life of the index stamps public "*" with its first value, which
+-- covers every entry of the old one (DESIGN §2); an index without that stamp was lost.
+-- Read-only (no-writes): EVALSHA_RO.
 
-local prefix, user = ARGV[1], ARGV[2]
-local seq = redis.call('HMGET', KEYS[1], 'n', 'b')
-local current, born = tonumber(seq[1]), tonumber(seq[2])
+local prefix, user, name = ARGV[1], ARGV[2], ARGV[3]
 
--- "n:ms": the sequence now and the server clock (set.lua refuses tokens that are too old).
-local function fill_token()
+local function miss(value)
+  local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
   local now = redis.call('TIME')
-  return string.format('%d:%d', current or 0, now[1] * 1000 + math.floor(now[2] / 1000))
+  return { string.format('%d:%d', n, now[1] * 1000 + math.floor(now[2] / 1000)), value }
 end
 
-local names = {}
-local count = tonumber(ARGV[3])
-if count < 0 then
-  names = redis.pcall('SMEMBERS', KEYS[2])
-  if names.err or #names == 0 then return { fill_token() } end
-else
-  for i = 1, count do names[i] = ARGV[3 + i] end
-end
-
--- A stamp's sequence; a value that is not a number covers everything.
-local function stamp(value)
-  if not value then return 0 end
-  return tonumber(value) or math.huge
-end
-
--- The newest stamp of a hash for a name: its "*" and its name field. One name (the hot
--- path) reads two fields; several read each hash once. A key that is not a hash
--- (written by someone else) covers everything: nothing under it is served.
-local stamps = {}
-local function newest(key, name)
-  if #names == 1 then
-    local fields = redis.pcall('HMGET', key, '*', name)
-    if fields.err then return math.huge end
-    return math.max(stamp(fields[1]), stamp(fields[2]))
+-- Whether a stamp hash holds a stamp newer than t for "*" or the name. A key that is not
+-- a hash, or a stamp that is not a number (written by someone else), covers everything;
+-- so does a missing public "*": every life of the index begins by writing it, so
+-- without it the index was lost, and nothing it left behind is trusted.
+local function covered(key, t)
+  local stamps = redis.pcall('HMGET', key, '*', name)
+  if stamps.err then return true end
+  if key == prefix .. ':stamp:public' and not stamps[1] then return true end
+  for i = 1, 2 do
+    if stamps[i] and (tonumber(stamps[i]) or math.huge) > t then return true end
   end
-  local fields = stamps[key]
-  if fields == nil then
-    fields = {}
-    local flat = redis.pcall('HGETALL', key)
-    if flat.err then
-      fields['*'] = math.huge
-    else
-      for i = 1, #flat, 2 do fields[flat[i]] = stamp(flat[i + 1]) end
-    end
-    stamps[key] = fields
-  end
-  return math.max(fields['*'] or 0, fields[name] or 0)
+  return false
 end
 
-local function valid(raw, name)
-  if type(raw) ~= 'string' then return 0 end  -- WRONGTYPE: another type under the key
-  local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
-  t = tonumber(t)
-  if t == nil then return 0 end
-  if current == nil or t < born or t > current then return false end  -- a lost index
-  if newest(prefix .. ':stamp:public', name) > t
-      or newest(prefix .. ':stamp:domain:' .. domain, name) > t
-      or newest(prefix .. ':stamp:user:' .. user, name) > t then
-    return false
-  end
-  return string.sub(raw, body)
+local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
+if not raw then return miss(false) end
+if type(raw) ~= 'string' then return miss(0) end  -- WRONGTYPE
+local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
+t = tonumber(t)
+if t == nil then return miss(0) end
+if covered(prefix .. ':stamp:public', t) or covered(prefix .. ':stamp:domain:' .. domain, t)
+    or covered(prefix .. ':stamp:user:' .. user, t) then
+  return miss(false)
 end
-
-local values = {}
-local missed = #names == 0
-for i, name in ipairs(names) do
-  local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
-  values[i] = raw and valid(raw, name)
-  missed = missed or not values[i] or values[i] == 0
-end
--- The clock is read only when a fill may follow.
-local token = missed and fill_token() or ''
-if count < 0 then return { token, values, names } end
-return { token, values }
+return { '', string.sub(raw, body) }

@@ -91,12 +91,14 @@ local function sweep_user(user, names, s, domain)
 end
 
 -- A sweep (after a reset) deletes keys of this schema's shapes that hold another type,
--- and entries older than the new life. Components never hold ':', so a longer prefix
--- that shares the start ("p:tenant2", even "p:idx") is left alone.
+-- and entries older than the new life. Components never hold ':' and user ids are
+-- UUIDs, so a longer prefix that shares the start ("p:tenant2", "p:merged", "p:idx")
+-- is left alone.
+local uuid = '%x+%-%x+%-%x+%-%x+%-%x+'
 local shapes = {
-  { '^merged:[^:]+:[^:]+$', 'string' }, { '^idx:user:[^:]+$', 'zset' },
+  { '^merged:' .. uuid .. ':[^:]+$', 'string' }, { '^idx:user:' .. uuid .. '$', 'zset' },
   { '^idx:domain:[^:]+$', 'zset' }, { '^idx:users$', 'zset' },
-  { '^stamp:user:[^:]+$', 'hash' }, { '^stamp:domain:[^:]+$', 'hash' },
+  { '^stamp:user:' .. uuid .. '$', 'hash' }, { '^stamp:domain:[^:]+$', 'hash' },
   { '^stamp:public$', 'hash' }, { '^names$', 'set' }, { '^seq$', 'hash' }, { '^gc$', 'list' },
 }
 local function sweep_key(key, born)
@@ -183,14 +185,15 @@ local function queue(scope, id, s, names)
   redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names, '' }, '\t'))
 end
 
--- A new life of the index: above the old sequence and the clock, so no old token or
--- entry is valid again. Fixed-name keys go at once (any may be the wrong-typed one).
+-- A new life of the index: above the old sequence and the clock, so no old token is
+-- accepted again, and its first value stamps public "*", so no old entry is served. Fixed-name keys go at once (any may be the wrong-typed one).
 local function reset()
   local ok, old = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
   if not ok then old = {} end
   local born = string.format('%d', math.max(now_us, (tonumber(old[1]) or 0) + 1))
   redis.call('UNLINK', seq_key, catalogue_key, queue_key, users_index, stamps_key('public'))
   redis.call('HSET', seq_key, 'n', born, 'b', born, 'ttl', tonumber(old[2]) or 0)
+  redis.call('HSET', stamps_key('public'), '*', born)  -- covers every older entry
   queue('sweep', '', born, '*')
 end
 
@@ -204,7 +207,11 @@ local function stamp_targets(s, life)
       local reply = redis.pcall('HSET', key, field, written)
       if type(reply) == 'table' and reply.err then return false end
     end
-    if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
+    -- Public stamps (one per name, bounded) never expire: they also carry the start
+    -- of the index's life. The others live as long as what they must refuse.
+    if scope ~= 'public' and redis.call('PTTL', key) < life then
+      redis.call('PEXPIRE', key, life)
+    end
     return true
   end
   local later = {}
@@ -247,9 +254,10 @@ if #ARGV > 5 or ARGV[5] == '1' then
     if seq[1] == false then  -- no index yet (or lost): a new life, as in set.lua
       local born = string.format('%d', now_us)
       redis.call('HSET', seq_key, 'n', born, 'b', born)
+      ok = type(redis.pcall('HSET', stamps_key('public'), '*', born)) ~= 'table'
     end
     local s = redis.call('HINCRBY', seq_key, 'n', 1)
-    ok = stamp_targets(s, math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3])))
+    ok = ok and stamp_targets(s, math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3])))
   end
   if not ok then
     corrupt = false

@@ -28,10 +28,13 @@ local seq = redis.call('HMGET', KEYS[1], 'n', 'b', 'ttl')
 local current, born = tonumber(seq[1]), tonumber(seq[2])
 if current == nil then
   -- No index (first use, restart without persistence, FLUSHALL): a new life starts at
-  -- the server clock in µs, above any token the lost one handed out.
+  -- the server clock in µs, above any token the lost one handed out, and its first
+  -- value stamps public "*", covering every entry the lost life may have left.
   born = clock[1] * 1000000 + clock[2]
   current = born
-  redis.call('HSET', KEYS[1], 'n', string.format('%d', born), 'b', string.format('%d', born))
+  local first = string.format('%d', born)
+  redis.call('HSET', KEYS[1], 'n', first, 'b', first)
+  redis.call('HSET', prefix .. ':stamp:public', '*', first)
 end
 
 local t = current

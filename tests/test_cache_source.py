@@ -515,6 +515,7 @@ async def test_entry_ttl_and_index(
         keys.entry(user, "webui"), keys.entry(user, "theme"), keys.entry(other, "webui"),
         keys.user_index(user), keys.user_index(other),
         keys.domain_index("alpha"), keys.domain_index("beta"), keys.users_index, keys.seq,
+        keys.public_stamps,  # the index's life began: its first value stamps public "*"
     }  # fmt: skip
 
 
@@ -563,13 +564,18 @@ async def test_stamps_outlive_every_entry_and_token_they_cover(
     await short_lived.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
     fresh_prefix = KeySchema(f"{keys.prefix}x")
     alone = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=100, keys=fresh_prefix)
-    await alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
-    assert await valkey.pttl(fresh_prefix.public_stamps) > 100_000 + FILL_TOKEN_MAX_AGE_MS - 10_000
+    await alone.invalidate_for_scope(ScopeType.DOMAIN, "d", ["webui"])
+    assert (
+        await valkey.pttl(fresh_prefix.domain_stamps("d"))
+        > 100_000 + FILL_TOKEN_MAX_AGE_MS - 10_000
+    )
     # Refresh, never shorten.
     long_alone = AppConfigFragmentCacheSource(valkey, registry, ttl_seconds=5000, keys=fresh_prefix)
-    await long_alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
-    await alone.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
-    assert await valkey.pttl(fresh_prefix.public_stamps) > 5_000_000
+    await long_alone.invalidate_for_scope(ScopeType.DOMAIN, "d", ["webui"])
+    await alone.invalidate_for_scope(ScopeType.DOMAIN, "d", ["webui"])
+    assert await valkey.pttl(fresh_prefix.domain_stamps("d")) > 5_000_000
+    # Public stamps (one field per name) carry the start of the index's life: no expiry.
+    assert await valkey.pttl(fresh_prefix.public_stamps) == -1
 
 
 @pytest.mark.parametrize("target", COVERING, ids=lambda t: f"{t[0].name}-{t[2]}")
@@ -639,15 +645,21 @@ async def test_a_lost_index_refuses_every_older_token_and_entry(
     for token in (first.fill_token, old):
         assert await cache.set_merged_config(user, "webui", value, token) is False
     assert await valkey.exists([keys.entry(user, "webui")]) == 0
-    # An entry that outlives its sequence (deleted alone) is not served either.
+    # An entry that outlives the rest of the index is not served...
     fresh = (await cache.lookup(user, "webui")).fill_token
     assert await cache.set_merged_config(user, "webui", value, fresh) is True
     assert await cache.get_merged_config(user, "webui") == value
-    await valkey.delete([keys.seq])
+    left = await keys_under(valkey, keys.prefix)
+    await valkey.delete(list(left - {keys.entry(user, "webui")}))
     assert await cache.get_merged_config(user, "webui") is None
+    assert (await cache.lookup_many(user, ["webui"]))["webui"].value is None
+    # ...nor one that outlives its sequence alone, once a new life has begun.
+    assert await cache.set_merged_config(user, "webui", value) is True
+    fresh = (await cache.lookup(user, "theme")).fill_token
+    await valkey.delete([keys.seq])
     await fill(cache, uuid.uuid4(), "d", "theme")  # a new life of the sequence begins
     assert await cache.get_merged_config(user, "webui") is None
-    assert await cache.set_merged_config(user, "webui", value, fresh) is False
+    assert not await cache.set_merged_config(user, "theme", merged(user, "d", "theme"), fresh)
 
 
 async def test_a_token_from_a_sequence_the_server_never_reached_is_refused(
@@ -662,9 +674,8 @@ async def test_a_token_from_a_sequence_the_server_never_reached_is_refused(
     seq, ms = token.split(":")
     ahead = f"{int(seq) + 1}:{ms}"
     assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), ahead) is False
-    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), token)
     await valkey.custom_command(["HINCRBY", keys.seq, "n", "-1"])  # the history rolls back
-    assert await cache.get_merged_config(user, "webui") is None
+    assert await cache.set_merged_config(user, "webui", merged(user, "d", "webui"), token) is False
 
 
 async def test_a_fill_token_older_than_its_max_age_is_refused(

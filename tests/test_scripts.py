@@ -17,7 +17,7 @@ from atomic_cache.scripts import packaged_scripts_dir
 from .valkey_tools import monitor
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = {"get", "set", "invalidate"}
+EXPECTED = {"get", "get_all", "set", "invalidate"}
 
 
 def test_registry_reads_every_packaged_script() -> None:
