@@ -225,6 +225,9 @@ async def _writes(
     for label, write, affected in writes:
         before = await count_entries(client, keys)
         await write()
+        # Covered entries are unservable once the write returns; a large scope's are
+        # deleted by clean-up steps in the background: count them once those are done.
+        await cache.reclaiming()
         after = await count_entries(client, keys)
         with counting_sql(engine) as sql:
             await timed_load(affected, repo.my_app_configs, 50)

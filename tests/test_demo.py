@@ -25,7 +25,10 @@ async def test_demo_runs_and_reports_exact_invalidations(
     assert (reads.hits, reads.misses, reads.fills, reads.refused_fills) == (300, 300, 300, 0)
     assert reads.fall_throughs == {} and reads.breaker_state == "closed"
     final = report.stats
-    assert final.entries_dropped - reads.entries_dropped == sum(r.dropped for r in report.writes)
+    deleted = (final.entries_dropped + final.entries_reclaimed) - (
+        reads.entries_dropped + reads.entries_reclaimed
+    )
+    assert deleted == sum(r.dropped for r in report.writes)
     assert final.fills - reads.fills == sum(r.refills for r in report.writes)
     dropped = {row.label.split(":")[0]: row.dropped for row in report.writes}
     assert dropped["USER"] == 1

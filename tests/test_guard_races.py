@@ -364,8 +364,9 @@ async def test_an_index_reset_never_holds_up_the_read_that_asked_for_it(rig: Rig
         return await real_reset()
 
     rig.cache.reset_index = held_reset  # type: ignore[method-assign]
-    await rig.client.delete([rig.cache.keys.seq])
-    await rig.client.custom_command(["SADD", rig.cache.keys.seq, "x"])
+    stamps = rig.cache.keys.user_stamps(a1)  # the read misses; its fill meets WRONGTYPE
+    await rig.client.delete([stamps])
+    await rig.client.custom_command(["SADD", stamps, "x"])
     assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}  # from PostgreSQL
     guard = GuardedCache.of(rig.cache)
     assert guard._reset is not None and not guard._reset.done()  # still waiting
