@@ -33,7 +33,7 @@ FILL_TOKEN_MAX_AGE_MS = 60_000
 # Entries an invalidation call may examine while cleaning up, and a clean-up step: each
 # bounds one script's server time (a few µs per entry; see the README's figures).
 INVALIDATE_CLEANUP_BUDGET = 100
-STEP_CLEANUP_BUDGET = 250
+STEP_CLEANUP_BUDGET = 150
 
 # invalidate.lua's target that drops the whole prefix (a corrupt index).
 RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]

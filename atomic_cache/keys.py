@@ -77,8 +77,8 @@ class KeySchema:
 
     @property
     def seq(self) -> str:
-        """``p:seq``: hash of the invalidation sequence ``n``, the value ``b`` it had when
-        the index was born, and ``ttl``, the longest entry TTL written (ms)."""
+        """``p:seq``: hash of the invalidation sequence ``n`` and ``ttl``, the longest
+        entry TTL written (ms)."""
         return f"{self.prefix}:seq"
 
     @property

@@ -192,7 +192,7 @@ local function reset()
   if not ok then old = {} end
   local born = string.format('%d', math.max(now_us, (tonumber(old[1]) or 0) + 1))
   redis.call('UNLINK', seq_key, catalogue_key, queue_key, users_index, stamps_key('public'))
-  redis.call('HSET', seq_key, 'n', born, 'b', born, 'ttl', tonumber(old[2]) or 0)
+  redis.call('HSET', seq_key, 'n', born, 'ttl', tonumber(old[2]) or 0)
   redis.call('HSET', stamps_key('public'), '*', born)  -- covers every older entry
   queue('sweep', '', born, '*')
 end
@@ -249,12 +249,13 @@ end
 local queue_type = redis.call('TYPE', queue_key)['ok']
 if #ARGV > 5 or ARGV[5] == '1' then
   local ok, seq = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
-  if ok and queue_type ~= 'none' and queue_type ~= 'list' then ok = false end
+  local life_ok, life = pcall(redis.call, 'HGET', stamps_key('public'), '*')
+  ok = ok and life_ok and (queue_type == 'none' or queue_type == 'list')
   if ok then
-    if seq[1] == false then  -- no index yet (or lost): a new life, as in set.lua
-      local born = string.format('%d', now_us)
-      redis.call('HSET', seq_key, 'n', born, 'b', born)
-      ok = type(redis.pcall('HSET', stamps_key('public'), '*', born)) ~= 'table'
+    if not seq[1] or not life then  -- no index yet, or lost: a new life, as in set.lua
+      local first = string.format('%d', math.max(now_us, (tonumber(seq[1]) or 0) + 1))
+      redis.call('HSET', seq_key, 'n', first)
+      redis.call('HSET', stamps_key('public'), '*', first)
     end
     local s = redis.call('HINCRBY', seq_key, 'n', 1)
     ok = ok and stamp_targets(s, math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3])))

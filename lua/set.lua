@@ -1,8 +1,8 @@
 -- set: store merged configs of one user with their TTL and their memberships in the
 -- index, in one atomic step; refuse a fill that an invalidation covering it overtook.
 --
--- KEYS[1]    p:seq     invalidation sequence: hash of n, b (n when the index was born) and
---                      ttl (the longest entry TTL ever written, ms: stamps outlive it)
+-- KEYS[1]    p:seq     invalidation sequence: hash of n and ttl (the longest entry TTL
+--                      ever written, ms: stamps outlive it)
 -- KEYS[2]    p:names   the catalogue of config names (see get.lua)
 -- ARGV[1]    the key prefix p
 -- ARGV[2]    TTL in milliseconds (positive integer)
@@ -14,9 +14,10 @@
 -- ARGV[8..]  c catalogue names (replace the catalogue), then pairs: encoded name, JSON
 --
 -- Reply: 1 when written, 0 when refused (nothing written). A fill is refused when its
--- token is older than the index (lost since), from a sequence the server never reached,
--- older than ARGV[6], or older than any stamp that covers one of its entries (or the
--- catalogue, when it replaces it). Other users, domains and names never refuse it.
+-- token is older than any stamp that covers one of its entries (or the catalogue, when
+-- it replaces it; a token of a lost life of the index is older than its life stamp,
+-- public "*"), from a sequence the server never reached, or older than ARGV[6]. Other
+-- users, domains and names never refuse it.
 
 local prefix, ttl, user, domain = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local catalogue_size = tonumber(ARGV[7])
@@ -24,24 +25,25 @@ local first_pair = 8 + math.max(catalogue_size, 0)
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
-local seq = redis.call('HMGET', KEYS[1], 'n', 'b', 'ttl')
-local current, born = tonumber(seq[1]), tonumber(seq[2])
-if current == nil then
-  -- No index (first use, restart without persistence, FLUSHALL): a new life starts at
-  -- the server clock in µs, above any token the lost one handed out, and its first
-  -- value stamps public "*", covering every entry the lost life may have left.
-  born = clock[1] * 1000000 + clock[2]
-  current = born
-  local first = string.format('%d', born)
-  redis.call('HSET', KEYS[1], 'n', first, 'b', first)
-  redis.call('HSET', prefix .. ':stamp:public', '*', first)
+local seq = redis.call('HMGET', KEYS[1], 'n', 'ttl')
+local current = tonumber(seq[1])
+local public_stamps = prefix .. ':stamp:public'
+if current == nil or not redis.call('HGET', public_stamps, '*') then
+  -- No index, or it lost its life stamp (first use, restart without persistence,
+  -- FLUSHALL): a new life starts at the server clock in µs, above the old sequence, and
+  -- stamps public "*" with its first value. That stamp covers every entry and refuses
+  -- every token of the lost life, as any newer stamp would.
+  current = math.max(clock[1] * 1000000 + clock[2], (current or 0) + 1)
+  local first = string.format('%d', current)
+  redis.call('HSET', KEYS[1], 'n', first)
+  redis.call('HSET', public_stamps, '*', first)
 end
 
 local t = current
 if ARGV[5] ~= '' then
   local n, issued = string.match(ARGV[5], '^(%d+):(%d+)$')
   t, issued = tonumber(n), tonumber(issued)
-  if t == nil or t < born or t > current or now - issued > tonumber(ARGV[6]) then
+  if t == nil or t > current or now - issued > tonumber(ARGV[6]) then
     return 0
   end
   local function newest(key, name)
@@ -50,7 +52,6 @@ if ARGV[5] ~= '' then
   end
   local user_stamps = prefix .. ':stamp:user:' .. user
   local domain_stamps = prefix .. ':stamp:domain:' .. domain
-  local public_stamps = prefix .. ':stamp:public'
   for i = first_pair, #ARGV, 2 do
     local name = ARGV[i]
     if newest(public_stamps, name) > t or newest(domain_stamps, name) > t
@@ -61,7 +62,7 @@ if ARGV[5] ~= '' then
   if catalogue_size >= 0 and newest(public_stamps, '#names') > t then return 0 end
 end
 
-if ttl > (tonumber(seq[3]) or 0) then redis.call('HSET', KEYS[1], 'ttl', ARGV[2]) end
+if ttl > (tonumber(seq[2]) or 0) then redis.call('HSET', KEYS[1], 'ttl', ARGV[2]) end
 
 if catalogue_size >= 0 then
   redis.call('DEL', KEYS[2])

@@ -726,7 +726,12 @@ async def test_validity_never_depends_on_the_index(
     await cache.reclaim()
     covered = set(names or NAMES)
     assert await valkey.exists([keys.entry(user, name) for name in covered]) == len(covered)
-    assert await cached_pairs(cache, [user]) == everything([user]) - pairs_of(user, covered)
+    expected = everything([user]) - pairs_of(user, covered)
+    assert await cached_pairs(cache, [user]) == expected  # several names: get_all.lua
+    one_by_one = {  # one name: get.lua
+        (user, name) for name in NAMES if await cache.get_merged_config(user, name) is not None
+    }
+    assert one_by_one == expected
 
 
 def pairs_of(user: uuid.UUID, names: Iterable[str]) -> set[tuple[uuid.UUID, str]]:
