@@ -185,15 +185,15 @@ local function queue(scope, id, s, names)
   redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names, '' }, '\t'))
 end
 
--- A new life of the index: above the old sequence and the clock, so no old token is
--- accepted again, and its first value stamps public "*", so no old entry is served. Fixed-name keys go at once (any may be the wrong-typed one).
+-- A new life of the index: no old token is accepted again and no old entry is served. Fixed-name keys go at once (any may be the wrong-typed one).
 local function reset()
   local ok, old = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
   if not ok then old = {} end
   local born = string.format('%d', math.max(now_us, (tonumber(old[1]) or 0) + 1))
   redis.call('UNLINK', seq_key, catalogue_key, queue_key, users_index, stamps_key('public'))
+  -- Without its life stamp (public "*", deleted above) nothing older is served, and the
+  -- next write starts a new life above this sequence (set.lua).
   redis.call('HSET', seq_key, 'n', born, 'ttl', tonumber(old[2]) or 0)
-  redis.call('HSET', stamps_key('public'), '*', born)  -- covers every older entry
   queue('sweep', '', born, '*')
 end
 

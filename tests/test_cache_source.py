@@ -660,6 +660,17 @@ async def test_a_lost_index_refuses_every_older_token_and_entry(
     await fill(cache, uuid.uuid4(), "d", "theme")  # a new life of the sequence begins
     assert await cache.get_merged_config(user, "webui") is None
     assert not await cache.set_merged_config(user, "theme", merged(user, "d", "theme"), fresh)
+    # A life stamp lost alone: nothing it vouched for is served, and the next fill starts
+    # a new life, so the cache serves again.
+    limits = merged(user, "d", "limits")
+    assert await cache.set_merged_config(user, "limits", limits) is True
+    await valkey.delete([keys.public_stamps])
+    assert await cache.get_merged_config(user, "limits") is None
+    token = (await cache.lookup(user, "limits")).fill_token
+    assert not await cache.set_merged_config(user, "limits", limits, token)  # from the old life
+    token = (await cache.lookup(user, "limits")).fill_token
+    assert await cache.set_merged_config(user, "limits", limits, token) is True
+    assert await cache.get_merged_config(user, "limits") == limits
 
 
 async def test_a_token_from_a_sequence_the_server_never_reached_is_refused(
