@@ -400,14 +400,16 @@ def bench(
 
     a. cached read vs a raw GET of the same key (1 and 50 tasks); b. the repository,
     cached vs the SQL merged view; c. the Lua write vs client-side batches, and
-    fill-vs-invalidation races; d. domain invalidation of 1k, 10k, 100k users x 5 names
-    (wall time, server block, reader stall); e. memory per entry; f. server-side µs per
-    script call; g. the repository with Valkey dead or paused vs no cache, and glide's
-    own breaker in place of ours. b and g need PostgreSQL (embedded unless a URL is
-    given). Writes bench.md, bench.json, bench.png.
+    fill-vs-invalidation races; d. DOMAIN and PUBLIC invalidation of 1k, 10k, 100k
+    users x 5 names (the call, the longest server command, clean-up steps, time until
+    reclaimed; the one-script design beside it up to 10k); e. memory per entry;
+    f. server-side µs per script call; g. the repository with Valkey dead or paused vs
+    no cache, and glide's own breaker in place of ours; h. fill refusals while other
+    users and domains are invalidated; i. index memory after churn. b and g need
+    PostgreSQL (embedded unless a URL is given). Writes bench.md, bench.json, bench.png.
 
     Use a server of its own: the run resets INFO commandstats and the slow log and
-    briefly sets slowlog-log-slower-than 0 (restored). Its keys are removed at the end.
+    briefly lowers slowlog-log-slower-than (restored). Its keys are removed at the end.
     """
     sizes = bench_module.TINY if tiny else bench_module.QUICK if quick else bench_module.FULL
     scenarios = [s for s in bench_module.SCENARIOS if not selected or s.key in selected]
