@@ -666,10 +666,10 @@ async def test_a_lost_index_refuses_every_older_token_and_entry(
     assert await cache.set_merged_config(user, "limits", limits) is True
     await valkey.delete([keys.public_stamps])
     assert await cache.get_merged_config(user, "limits") is None
-    token = (await cache.lookup(user, "limits")).fill_token
-    assert not await cache.set_merged_config(user, "limits", limits, token)  # from the old life
-    token = (await cache.lookup(user, "limits")).fill_token
-    assert await cache.set_merged_config(user, "limits", limits, token) is True
+    old_life = (await cache.lookup(user, "limits")).fill_token
+    assert not await cache.set_merged_config(user, "limits", limits, old_life)  # starts one
+    new_life = (await cache.lookup(user, "limits")).fill_token
+    assert await cache.set_merged_config(user, "limits", limits, new_life) is True
     assert await cache.get_merged_config(user, "limits") == limits
 
 
