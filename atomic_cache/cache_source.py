@@ -452,6 +452,7 @@ class AppConfigFragmentCacheSource:
                 log.warning("cache clean-up paused, to resume with the next call: %s", error)
 
     async def reclaiming(self) -> None:
-        """Wait for the background clean-up this source started, if any (tests, shutdown)."""
+        """Wait for the background clean-up this source started, if any (tests, shutdown);
+        never raises: a clean-up that failed or was cancelled stays queued on the server."""
         if self._reclaimer is not None:
-            await asyncio.shield(self._reclaimer)
+            await asyncio.wait({self._reclaimer})

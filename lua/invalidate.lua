@@ -185,7 +185,8 @@ local function queue(scope, id, s, names)
   redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names, '' }, '\t'))
 end
 
--- A new life of the index: no old token is accepted again and no old entry is served. Fixed-name keys go at once (any may be the wrong-typed one).
+-- A new life of the index: no old token is accepted again and no old entry is served.
+-- Fixed-name keys go at once (any may be the wrong-typed one).
 local function reset()
   local ok, old = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
   if not ok then old = {} end
@@ -229,7 +230,8 @@ local function stamp_targets(s, life)
     if scope == 'user' then
       later[#later + 1] = function() sweep_user(id, names, s, nil) end
     else
-      later[#later + 1] = function() queue(scope, id, written, names and table.concat(names, ',') or '*') end
+      local listed = names and table.concat(names, ',') or '*'
+      later[#later + 1] = function() queue(scope, id, written, listed) end
     end
     i = i + 3 + math.max(count, 0)
   end
@@ -258,7 +260,10 @@ if #ARGV > 5 or ARGV[5] == '1' then
       redis.call('HSET', stamps_key('public'), '*', first)
     end
     local s = redis.call('HINCRBY', seq_key, 'n', 1)
-    ok = ok and stamp_targets(s, math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3])))
+    -- Stamps outlive every entry they cover (the longest TTL written) and every token
+    -- they must refuse (its maximum age).
+    local life = math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3]))
+    ok = stamp_targets(s, life)
   end
   if not ok then
     corrupt = false

@@ -92,6 +92,7 @@ end
 -- memberships that let an invalidation find it.
 local header = string.format('%d', t) .. ' ' .. domain .. '\n'
 for i = first_pair, #ARGV, 2 do
-  redis.call('SET', prefix .. ':merged:' .. user .. ':' .. ARGV[i], header .. ARGV[i + 1], 'PX', ttl)
+  local key = prefix .. ':merged:' .. user .. ':' .. ARGV[i]
+  redis.call('SET', key, header .. ARGV[i + 1], 'PX', ttl)
 end
 return 1
