@@ -52,15 +52,19 @@ _SERVER_ERRORS = (
     (re.compile(r"\bWRONGTYPE\b"), "wrongtype"),
     (re.compile(r"\b(NoScriptError|NOSCRIPT)\b"), "noscript"),
 )
-_CONNECTION_WORDS = re.compile(r"connection|broken pipe|closed", re.IGNORECASE)
+# glide words a refused or timed-out connect "Standalone connect failed - IoError: ...".
+_CONNECTION_WORDS = re.compile(
+    r"connection|connect failed|IoError|broken pipe|closed", re.IGNORECASE
+)
 
 # Causes that say the server could not serve the call at all, whatever the call was.
 UNWELL_CAUSES = frozenset({"timeout", "connection", "busy", "loading", "circuit_open"})
 
 # Causes that mean "the data is odd or the server is full", not "the server is unwell":
 # they must not open the breaker (reads keep working under OOM or on a read-only replica,
-# and a lost script is reloaded by the registry).
-_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript"})
+# and a lost script is reloaded by the registry). "invalid": a value the cache cannot
+# handle (a name too long for a key, a reply that does not decode); no server at fault.
+_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript", "invalid"})
 
 
 class CircuitOpen(Exception):
@@ -73,6 +77,8 @@ def cause_of(error: BaseException) -> str:
         return "circuit_open"  # ours, or glide's client-wide breaker, refused it: no I/O
     if isinstance(error, GlideTimeoutError):
         return "timeout"
+    if isinstance(error, ValueError | TypeError):  # UnicodeDecodeError is a ValueError
+        return "invalid"
     if isinstance(error, GlideConnectionError | ClosingError):
         return "connection"
     message = str(error)
@@ -91,9 +97,7 @@ def counts_against_health(error: BaseException | None) -> bool:
     and odd replies (``CacheError``), to which a live server answered: no."""
     if error is None or isinstance(error, CacheError):
         return False
-    if isinstance(error, GlideError):
-        return cause_of(error) not in _NOT_HEALTH
-    return True
+    return cause_of(error) not in _NOT_HEALTH
 
 
 class CircuitBreaker:

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import bench as bench_module
+from .circuit import UNWELL_CAUSES, cause_of
 from .client import create_valkey_client
 from .doctor import Check, Status, diagnose, exit_code
 from .embedded import EmbeddedValkey, postgres_url
@@ -248,7 +249,14 @@ def scripts_list(options: ServerOptions) -> None:
 
 async def _load_scripts(url: str, registry: ScriptRegistry) -> None:
     async with connected(url) as client:
-        await registry.load(client)
+        try:
+            await registry.load(client, required=True)
+        except CONNECTION_ERRORS as error:
+            if cause_of(error) not in UNWELL_CAUSES:
+                raise
+            raise click.ClickException(
+                f"cannot reach Valkey at {_redact(url)}: {str(error).strip()}"
+            ) from error
 
 
 @scripts.command("load")

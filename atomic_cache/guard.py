@@ -27,7 +27,7 @@ from .circuit import (
 from .metrics import CacheMetrics, CacheStats
 from .models import AppConfigData
 from .pending import DEFAULT_MAX_PENDING, PendingInvalidations, describe, merge_targets
-from .resilience import CACHE_ERRORS, LogThrottle
+from .resilience import LogThrottle
 
 log = logging.getLogger("atomic_cache")
 
@@ -125,7 +125,10 @@ class GuardedCache:
             return None
         try:
             result = await operation(self.source)
-        except CACHE_ERRORS as error:
+        except Exception as error:
+            # Not only Valkey's errors: a name too long for a key, a reply that does not
+            # decode... A cache, present or not, never changes what the caller sees: the
+            # database answers (and raises what it raises without a cache).
             self._failed(what, error)
             return None
         except asyncio.CancelledError:

@@ -30,6 +30,7 @@ FALL_THROUGH_CAUSES = (
     "oom",
     "wrongtype",
     "noscript",
+    "invalid",
     "error",
 )
 

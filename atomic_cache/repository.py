@@ -9,6 +9,7 @@ when Valkey fails: every cache call falls through to the database.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -63,7 +64,9 @@ class PolicyInUseError(ValueError):
 
 
 class SingleFlight:
-    """Concurrent callers with the same key share one in-flight computation."""
+    """Concurrent callers with the same key share one in-flight computation. The caller
+    that started it gets its result; every other caller gets a deep copy, so no caller's
+    edit of a mutable result (a config dict) shows up in another's."""
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, asyncio.Future[Any]] = {}
@@ -73,13 +76,14 @@ class SingleFlight:
 
     async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
         flight = self._flights.get(key)
+        joined = flight is not None
         if flight is None:
             flight = asyncio.ensure_future(compute())
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._landed(key, done))
         # shield: one caller giving up must not cancel the others' shared work.
         result: T = await asyncio.shield(flight)
-        return result
+        return copy.deepcopy(result) if joined else result
 
     def _landed(self, key: Hashable, flight: asyncio.Future[Any]) -> None:
         if self._flights.get(key) is flight:

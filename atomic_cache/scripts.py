@@ -98,8 +98,29 @@ class ScriptRegistry:
         except KeyError:
             raise KeyError(f"no script named {name!r}; known: {sorted(self._scripts)}") from None
 
-    async def load(self, client: ValkeyClient) -> None:
-        """SCRIPT LOAD every script; a rejected script fails with its file and the reason."""
+    async def load(self, client: ValkeyClient, *, required: bool = False) -> bool:
+        """SCRIPT LOAD every script; True once all are loaded.
+
+        A script the server rejects raises ScriptLoadError, naming its file. A server that
+        cannot serve the call (unreachable, paused, loading, busy) rejected nothing: by
+        default that is logged in one line and False returned, so a service starts with
+        Valkey down, and the scripts load on the first call that reaches the server (the
+        registry reloads on NOSCRIPT). ``required=True`` raises the error instead.
+        """
+        try:
+            await self._load_all(client)
+        except RequestError as error:
+            if required or cause_of(error) not in UNWELL_CAUSES:
+                raise
+            log.warning(
+                "could not load the cache's scripts now (%s); they load on the first call"
+                " that reaches the server",
+                str(error).strip(),
+            )
+            return False
+        return True
+
+    async def _load_all(self, client: ValkeyClient) -> None:
         for script in self._scripts.values():
             try:
                 sha = await client.custom_command(["SCRIPT", "LOAD", script.source])
@@ -146,5 +167,5 @@ class ScriptRegistry:
                 raise
         log.info("script cache lost on the server; reloading %d scripts", len(self._scripts))
         self.reloads += 1
-        await self.load(client)
+        await self.load(client, required=True)
         return await client.custom_command(command)

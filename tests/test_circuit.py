@@ -148,7 +148,9 @@ def test_a_success_resets_the_count() -> None:
         (CircuitBreakerError("Client circuit breaker is open"), True, "circuit_open"),
         (CacheError("get.lua answered 'x'"), False, "error"),
         (CircuitOpen("cache circuit open"), True, "circuit_open"),
-        (ValueError("something unexpected"), True, "error"),  # unknown trouble: counts
+        (RuntimeError("something unexpected"), True, "error"),  # unknown trouble: counts
+        (ValueError("name is longer than 256 characters"), False, "invalid"),  # bad input
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), False, "invalid"),
     ],
 )
 def test_which_errors_count_and_their_cause(error: BaseException, counts: bool, cause: str) -> None:

@@ -390,8 +390,9 @@ async def test_a_busy_server_during_a_script_reload_is_not_a_rejected_script(
         try:
             await client.custom_command(["PING"])  # connected: SCRIPT LOAD itself meets BUSY
             async with busy_script(server.port):
+                assert await ScriptRegistry().load(client) is False  # start-up goes on
                 with pytest.raises(RequestError, match="BUSY") as raised:
-                    await ScriptRegistry().load(client)
+                    await ScriptRegistry().load(client, required=True)
             assert not isinstance(raised.value, ScriptLoadError)
         finally:
             await client.close()
