@@ -1,7 +1,7 @@
 """atomic_cache: a Valkey cache for BEP-1052 app configs, written and invalidated by
 atomic Lua scripts."""
 
-from .cache_source import AllLookup, AppConfigFragmentCacheSource, InvalidationTarget
+from .cache_source import AllLookup, AppConfigFragmentCacheSource
 from .circuit import BreakerState, CircuitBreaker
 from .client import create_valkey_client
 from .db.source import UnknownPolicyError, UnknownUserError
@@ -27,6 +27,7 @@ from .repository import (
 )
 from .resilience import CACHE_ERRORS, CacheError, suppress_with_log
 from .scripts import ScriptLoadError, ScriptRegistry
+from .targets import InvalidationTarget
 from .validation import ConfigLimits
 
 __all__ = [

@@ -52,7 +52,8 @@ from .embedded import EmbeddedValkey, valkey_server_binary
 from .guard import GuardedCache
 from .keys import KeySchema, encode_component, token_sequence, user_component
 from .models import PUBLIC_SCOPE_ID, AppConfigData, AppConfigFragment, ScopeType
-from .scripts import ScriptArg, ScriptRegistry, packaged_scripts_dir
+from .scripts import ScriptRegistry, packaged_scripts_dir
+from .targets import ScriptArg
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -21,7 +21,8 @@ from .keys import KeySchema, decode_component, encode_component, user_component
 from .metrics import CacheMetrics
 from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from .resilience import CACHE_ERRORS, CacheError, LogThrottle
-from .scripts import ScriptArg, ScriptRegistry, ValkeyClient
+from .scripts import ScriptRegistry, ValkeyClient
+from .targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
 
 log = logging.getLogger(__name__)
 
@@ -34,65 +35,6 @@ FILL_TOKEN_MAX_AGE_MS = 60_000
 # bounds one script's server time (a few µs per entry; see the README's figures).
 INVALIDATE_CLEANUP_BUDGET = 100
 STEP_CLEANUP_BUDGET = 150
-
-# invalidate.lua's target that drops the whole prefix (a corrupt index).
-RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]
-
-# The scope words invalidate.lua understands; both domain scopes use the domain's users.
-_SCRIPT_SCOPE = {
-    ScopeType.USER: "user",
-    ScopeType.DOMAIN: "domain",
-    ScopeType.DOMAIN_USER_DEFAULTS: "domain",
-    ScopeType.PUBLIC: "public",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidationTarget:
-    """One slice to invalidate: a scope, its id, and optionally only some names.
-
-    ``names=None`` means every name of the scope; an empty list means nothing.
-    """
-
-    scope_type: ScopeType
-    scope_id: str
-    names: tuple[str, ...] | None = None
-
-    @classmethod
-    def of(
-        cls, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
-    ) -> InvalidationTarget:
-        """Validate and normalise; raises ValueError before any I/O."""
-        try:
-            scope = ScopeType(scope_type)
-        except ValueError:
-            raise ValueError(f"unknown scope type {scope_type!r}") from None
-        if not isinstance(scope_id, str) or not scope_id:
-            raise ValueError(f"{scope.name} scope id must be a non-empty string")
-        if scope is ScopeType.PUBLIC and scope_id != PUBLIC_SCOPE_ID:
-            raise ValueError(f"PUBLIC scope id must be {PUBLIC_SCOPE_ID!r}, not {scope_id!r}")
-        if scope is ScopeType.USER:
-            scope_id = user_component(scope_id)
-        if isinstance(names, str | bytes):
-            raise ValueError("names must be a list of names, not a single string")
-        normalised = None
-        if names is not None:
-            normalised = tuple(dict.fromkeys(names))
-            for name in normalised:
-                encode_component(name, what="name")
-        return cls(scope, scope_id, normalised)
-
-    def script_args(self) -> list[ScriptArg]:
-        if self.scope_type is ScopeType.USER:
-            script_id = self.scope_id
-        elif self.scope_type is ScopeType.PUBLIC:
-            script_id = PUBLIC_SCOPE_ID
-        else:
-            script_id = encode_component(self.scope_id, what="domain")
-        if self.names is None:
-            return [_SCRIPT_SCOPE[self.scope_type], script_id, -1]
-        encoded = [encode_component(name, what="name") for name in self.names]
-        return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
 
 
 @dataclass(frozen=True, slots=True)

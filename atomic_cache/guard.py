@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .cache_source import AppConfigFragmentCacheSource
 from .circuit import (
     BreakerState,
     CircuitBreaker,
@@ -28,6 +28,7 @@ from .metrics import CacheMetrics, CacheStats
 from .models import AppConfigData
 from .pending import DEFAULT_MAX_PENDING, PendingInvalidations, describe, merge_targets
 from .resilience import LogThrottle
+from .targets import InvalidationTarget
 
 log = logging.getLogger("atomic_cache")
 

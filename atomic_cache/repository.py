@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .cache_source import AppConfigFragmentCacheSource, InvalidationTarget
+from .cache_source import AppConfigFragmentCacheSource
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .guard import GuardedCache
 from .keys import MAX_COMPONENT_LENGTH, token_sequence
@@ -35,6 +35,7 @@ from .models import (
     MyFragmentInput,
     ScopeType,
 )
+from .targets import InvalidationTarget
 from .validation import (
     ALREADY_EXISTS,
     DUPLICATE_ITEM,

@@ -23,11 +23,11 @@ from glide import GlideClient, GlideClusterClient, RequestError
 
 from .circuit import UNWELL_CAUSES, cause_of
 from .resilience import CacheError
+from .targets import ScriptArg
 
 log = logging.getLogger(__name__)
 
 ValkeyClient: TypeAlias = GlideClient | GlideClusterClient
-ScriptArg: TypeAlias = str | bytes | int | float
 # What a script can answer, as glide decodes it.
 ScriptReply: TypeAlias = object
 

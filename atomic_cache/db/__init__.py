@@ -5,6 +5,7 @@ from .schema import (
     app_config_policies,
     create_schema,
     domains,
+    invalidation_outbox,
     metadata,
     users,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "app_config_policies",
     "create_schema",
     "domains",
+    "invalidation_outbox",
     "metadata",
     "users",
 ]

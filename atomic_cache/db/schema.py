@@ -5,16 +5,21 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
     UniqueConstraint,
     Uuid,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -78,6 +83,22 @@ app_config_fragments = Table(
     CheckConstraint(f"scope_type IN ({_SCOPE_VALUES})", name="ck_fragment_scope_type"),
     CheckConstraint("jsonb_typeof(extra_config) = 'object'", name="ck_fragment_object"),
     Index("ix_fragment_name", "name"),
+)
+
+# What committed writes still have to invalidate in the cache. A write inserts its row in
+# the same transaction as its change and deletes it once the invalidation has landed; a
+# row left behind (the process died, Valkey was down) is replayed by any process that
+# runs a repository with a cache (``atomic_cache/replayer.py``).
+invalidation_outbox = Table(
+    "app_config_invalidation_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # [[scope_type, scope_id, [names] or null], ...]: InvalidationTarget, as JSON.
+    Column("targets", JSONB, nullable=False),
+    Column("drop_catalogue", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 

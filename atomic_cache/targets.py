@@ -1,0 +1,77 @@
+"""InvalidationTarget: one slice of the cache to invalidate (pure: no I/O).
+
+A scope, its id and optionally some names; validated before any I/O, and turned into the
+arguments ``invalidate.lua`` reads. The cache source, the missed-invalidation queue and
+the PostgreSQL outbox all speak of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from .keys import encode_component, user_component
+from .models import PUBLIC_SCOPE_ID, ScopeType
+
+# An argument of a script call (the registry turns numbers and booleans into strings).
+ScriptArg: TypeAlias = str | bytes | int | float
+
+# invalidate.lua's target that starts a new life of the index (a corrupt index).
+RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]
+
+# The scope words invalidate.lua understands; both domain scopes use the domain's users.
+_SCRIPT_SCOPE = {
+    ScopeType.USER: "user",
+    ScopeType.DOMAIN: "domain",
+    ScopeType.DOMAIN_USER_DEFAULTS: "domain",
+    ScopeType.PUBLIC: "public",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidationTarget:
+    """One slice to invalidate: a scope, its id, and optionally only some names.
+
+    ``names=None`` means every name of the scope; an empty list means nothing.
+    """
+
+    scope_type: ScopeType
+    scope_id: str
+    names: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(
+        cls, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
+    ) -> InvalidationTarget:
+        """Validate and normalise; raises ValueError before any I/O."""
+        try:
+            scope = ScopeType(scope_type)
+        except ValueError:
+            raise ValueError(f"unknown scope type {scope_type!r}") from None
+        if not isinstance(scope_id, str) or not scope_id:
+            raise ValueError(f"{scope.name} scope id must be a non-empty string")
+        if scope is ScopeType.PUBLIC and scope_id != PUBLIC_SCOPE_ID:
+            raise ValueError(f"PUBLIC scope id must be {PUBLIC_SCOPE_ID!r}, not {scope_id!r}")
+        if scope is ScopeType.USER:
+            scope_id = user_component(scope_id)
+        if isinstance(names, str | bytes):
+            raise ValueError("names must be a list of names, not a single string")
+        normalised = None
+        if names is not None:
+            normalised = tuple(dict.fromkeys(names))
+            for name in normalised:
+                encode_component(name, what="name")
+        return cls(scope, scope_id, normalised)
+
+    def script_args(self) -> list[ScriptArg]:
+        if self.scope_type is ScopeType.USER:
+            script_id = self.scope_id
+        elif self.scope_type is ScopeType.PUBLIC:
+            script_id = PUBLIC_SCOPE_ID
+        else:
+            script_id = encode_component(self.scope_id, what="domain")
+        if self.names is None:
+            return [_SCRIPT_SCOPE[self.scope_type], script_id, -1]
+        encoded = [encode_component(name, what="name") for name in self.names]
+        return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
