@@ -50,6 +50,8 @@ class CacheStats(BaseModel):
     entries_reclaimed: int = 0  # covered entries deleted later, by clean-up steps
     failed_invalidations: int = 0  # post-commit invalidations kept for replay
     replayed_invalidations: int = 0  # successful round trips that carried a replay
+    outbox_replayed: int = 0  # outbox rows other writes left behind, replayed here
+    outbox_retries: int = 0  # outbox rows whose replay failed here (retried with back-off)
     corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
     index_resets: int = 0  # new index lives started because an index key had the wrong type
     script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
@@ -79,6 +81,8 @@ class CacheMetrics:
     entries_reclaimed: int = 0
     failed_invalidations: int = 0
     replayed_invalidations: int = 0
+    outbox_replayed: int = 0
+    outbox_retries: int = 0
     corrupt_entries_removed: int = 0
     index_resets: int = 0
     breaker_transitions: Counter[str] = field(default_factory=Counter)
@@ -97,6 +101,8 @@ class CacheMetrics:
             entries_reclaimed=self.entries_reclaimed,
             failed_invalidations=self.failed_invalidations,
             replayed_invalidations=self.replayed_invalidations,
+            outbox_replayed=self.outbox_replayed,
+            outbox_retries=self.outbox_retries,
             corrupt_entries_removed=self.corrupt_entries_removed,
             index_resets=self.index_resets,
             script_reloads=script_reloads,
@@ -122,6 +128,8 @@ _COUNTERS: dict[str, str] = {
     "entries_reclaimed": "Invalidated entries deleted later by clean-up steps",
     "failed_invalidations": "Post-commit invalidations that failed and were kept for replay",
     "replayed_invalidations": "Invalidation round trips that replayed missed invalidations",
+    "outbox_replayed": "Outbox rows left by other writes, replayed by this process",
+    "outbox_retries": "Outbox rows whose replay failed here and were postponed",
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
     "index_resets": "New index lives started because an index key had the wrong type",
     "script_reloads": "Script caches reloaded after NOSCRIPT",

@@ -14,12 +14,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .cache_source import AppConfigFragmentCacheSource
+from .db import outbox
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .guard import GuardedCache
 from .keys import MAX_COMPONENT_LENGTH, token_sequence
@@ -35,6 +37,7 @@ from .models import (
     MyFragmentInput,
     ScopeType,
 )
+from .replayer import DEFAULT_REPLAY_AFTER_S, OutboxReplayer
 from .targets import InvalidationTarget
 from .validation import (
     ALREADY_EXISTS,
@@ -102,6 +105,36 @@ def _target(key: FragmentKey) -> InvalidationTarget:
     return InvalidationTarget.of(key.scope_type, key.scope_id, [key.name])
 
 
+@dataclass
+class _AfterCommit:
+    """The invalidation a write owes once it commits, and its outbox row. The row is
+    recorded in the write's own transaction and deleted once the invalidation has
+    landed; if the process dies in between, or Valkey is down, the row stays and any
+    process's replayer sends it (``replayer.py``): no commit is forgotten."""
+
+    engine: AsyncEngine
+    cache: GuardedCache
+    targets: list[InvalidationTarget]
+    drop_catalogue: bool = False
+    row: int | None = None
+
+    async def record(self, conn: AsyncConnection) -> None:
+        """In the write's transaction, after its change."""
+        if self.cache.enabled and (self.targets or self.drop_catalogue):
+            self.row = await outbox.record(conn, self.targets, self.drop_catalogue)
+
+    async def invalidate(self) -> None:
+        """After the commit (or whatever ended the transaction). Never raises."""
+        landed = await self.cache.invalidate(self.targets, drop_catalogue=self.drop_catalogue)
+        if landed is None or self.row is None:
+            return  # not landed: the row waits for a replay
+        try:
+            async with self.engine.begin() as conn:
+                await outbox.forget(conn, [self.row])
+        except Exception as error:  # the row is replayed later: one needless invalidation
+            log.warning("could not delete outbox row %d: %s", self.row, error)
+
+
 class AppConfigFragmentRepository:
     """Merged app configs, read around the cache; bulk fragment writes with invalidation."""
 
@@ -111,12 +144,19 @@ class AppConfigFragmentRepository:
         cache: AppConfigFragmentCacheSource | None = None,
         *,
         limits: ConfigLimits | None = None,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
     ) -> None:
         self._db = AppConfigDBSource(engine)
         self._engine = engine
         self._cache = GuardedCache.of(cache)
         self._limits = limits or ConfigLimits()
         self._flights = SingleFlight()
+        # Replays what other writes left in the outbox; started on the first call.
+        self._replayer = OutboxReplayer(engine, self._cache, after_s=replay_after_s)
+
+    async def close(self) -> None:
+        """Stop this repository's outbox replayer (the engine and cache stay open)."""
+        await self._replayer.close()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -125,6 +165,7 @@ class AppConfigFragmentRepository:
 
         Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
         """
+        self._replayer.ensure_running()
         found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
         if found is not None and found.value is not None:
             if self._cache.servable(found.value):
@@ -179,6 +220,7 @@ class AppConfigFragmentRepository:
         Warm: one Valkey round trip and no SQL. Otherwise the missing names come from one
         SQL statement and are filled in one round trip.
         """
+        self._replayer.ensure_running()
         found = await self._cache.read(lambda cache: cache.lookup_all(user_id))
         if found is None:
             return _by_name(await self._db.merged_configs(user_id))
@@ -282,12 +324,13 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
+        after = _AfterCommit(self._engine, self._cache, touched)
         try:
-            await self._bulk(operation, items, apply, result)
+            await self._bulk(operation, items, apply, result, after)
         finally:
             # Also when the commit fails or is cancelled half-way: an invalidation of a
             # change that did not happen costs a miss; a missing one, a stale read.
-            await self._cache.invalidate(touched)
+            await after.invalidate()
         return result
 
     async def _delete_fragments(self, keys: Sequence[FragmentKey]) -> BulkResult[FragmentKey]:
@@ -303,10 +346,11 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
+        after = _AfterCommit(self._engine, self._cache, touched)
         try:
-            await self._bulk("delete", keys, apply, result)
+            await self._bulk("delete", keys, apply, result, after)
         finally:
-            await self._cache.invalidate(touched)
+            await after.invalidate()
         return result
 
     async def _bulk(
@@ -315,8 +359,11 @@ class AppConfigFragmentRepository:
         items: Sequence[FragmentKey],
         apply: Callable[[AsyncConnection, int, FragmentKey], Awaitable[Problem | None]],
         result: BulkResult[Any],
+        after: _AfterCommit,
     ) -> None:
-        """Validate every item, apply the valid ones each in its own savepoint, commit once."""
+        """Validate every item, apply the valid ones each in its own savepoint, record
+        what the cache must invalidate in the outbox, commit once."""
+        self._replayer.ensure_running()
 
         def fail(index: int, problem: Problem) -> None:
             result.failures.append(
@@ -354,6 +401,7 @@ class AppConfigFragmentRepository:
                 problem = problem or await apply(conn, index, key)
                 if problem is not None:
                     fail(index, problem)
+            await after.record(conn)
         result.failures.sort(key=lambda failure: failure.index)
 
     def _check_item(self, operation: Operation, item: FragmentKey) -> FragmentKey | Problem:
@@ -391,11 +439,20 @@ class AppConfigPolicyRepository:
     """App-config policies; every change invalidates that name's slice for everyone."""
 
     def __init__(
-        self, engine: AsyncEngine, cache: AppConfigFragmentCacheSource | None = None
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None = None,
+        *,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
     ) -> None:
         self._db = AppConfigDBSource(engine)
         self._engine = engine
         self._cache = GuardedCache.of(cache)
+        self._replayer = OutboxReplayer(engine, self._cache, after_s=replay_after_s)
+
+    async def close(self) -> None:
+        """Stop this repository's outbox replayer (the engine and cache stay open)."""
+        await self._replayer.close()
 
     def stats(self) -> CacheStats:
         """The cache's counters (the same snapshot as the fragment repository's)."""
@@ -426,43 +483,54 @@ class AppConfigPolicyRepository:
             return await self._db.list_policies(conn)
 
     @asynccontextmanager
-    async def _invalidating(self, name: str, *, drop_catalogue: bool) -> AsyncIterator[None]:
+    async def _invalidating(
+        self, name: str, *, drop_catalogue: bool
+    ) -> AsyncIterator[_AfterCommit]:
         """Invalidate the name's slice after the block: when it succeeded, and also when it
         was cancelled or failed in a way that may have committed. Not after the refusals
         that leave the database as it was (they would drop every user's entry for
-        nothing)."""
+        nothing). The block records the outbox row in its transaction."""
+        self._replayer.ensure_running()
         target = [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])]
+        after = _AfterCommit(self._engine, self._cache, target, drop_catalogue)
         try:
-            yield
+            yield after
         except (PolicyExistsError, PolicyInUseError, UnknownPolicyError):
             raise
         except BaseException:
-            await self._cache.invalidate(target, drop_catalogue=drop_catalogue)
+            await after.invalidate()
             raise
-        await self._cache.invalidate(target, drop_catalogue=drop_catalogue)
+        await after.invalidate()
 
     async def create(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
         scopes = self._checked(name, scope_sources)
-        async with self._invalidating(name, drop_catalogue=True):
+        async with self._invalidating(name, drop_catalogue=True) as after:
             try:
                 async with self._engine.begin() as conn:
-                    return await self._db.insert_policy(conn, name, scopes)
+                    policy = await self._db.insert_policy(conn, name, scopes)
+                    await after.record(conn)
+                    return policy
             except IntegrityError:
                 raise PolicyExistsError(f"a policy named {name!r} exists already") from None
 
     async def update(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
         """Replace the scope list (and so the merge order) of a policy."""
         scopes = self._checked(name, scope_sources)
-        async with self._invalidating(name, drop_catalogue=False):
+        async with self._invalidating(name, drop_catalogue=False) as after:
             async with self._engine.begin() as conn:
                 policy = await self._db.update_policy(conn, name, scopes)
+                if policy is not None:
+                    await after.record(conn)
             if policy is None:
                 raise UnknownPolicyError(f"no app-config policy named {name!r}")
             return policy
 
     async def delete(self, name: str, *, cascade: bool = False) -> None:
         """Delete a policy; refused while it has fragments unless ``cascade`` deletes them."""
-        async with self._invalidating(name, drop_catalogue=True), self._engine.begin() as conn:
+        async with (
+            self._invalidating(name, drop_catalogue=True) as after,
+            self._engine.begin() as conn,
+        ):
             in_use = await self._db.count_fragments(conn, name)
             if in_use and not cascade:
                 raise PolicyInUseError(
@@ -471,6 +539,7 @@ class AppConfigPolicyRepository:
                 )
             if not await self._db.delete_policy(conn, name, cascade=cascade):
                 raise UnknownPolicyError(f"no app-config policy named {name!r}")
+            await after.record(conn)
 
 
 __all__ = [

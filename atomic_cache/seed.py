@@ -57,7 +57,10 @@ def _config(rng: random.Random, name: str, scope: ScopeType) -> dict[str, object
 async def reset(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE app_config_fragments, app_config_policies, users, domains CASCADE")
+            text(
+                "TRUNCATE app_config_fragments, app_config_policies, users, domains,"
+                " app_config_invalidation_outbox CASCADE"
+            )
         )
 
 

@@ -90,6 +90,9 @@ async def clean_db(engine: AsyncEngine) -> AsyncEngine:
     """The test database, emptied: tests that use it see only their own rows."""
     async with engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE app_config_fragments, app_config_policies, users, domains CASCADE")
+            text(
+                "TRUNCATE app_config_fragments, app_config_policies, users, domains,"
+                " app_config_invalidation_outbox CASCADE"
+            )
         )
     return engine

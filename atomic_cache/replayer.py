@@ -1,0 +1,90 @@
+"""OutboxReplayer: replays the invalidations committed writes left in the outbox.
+
+A write records its invalidation targets in the outbox in the same transaction as its
+change, and deletes the row once the invalidation has landed. A row stays behind when
+its writer could not invalidate (Valkey down or paused, the process killed between its
+commit and its invalidation). Every repository with a cache runs a replayer, started on
+its first call: every ``every_s`` it locks the rows older than ``after_s`` (FOR UPDATE
+SKIP LOCKED: a row goes to one process), sends their targets in one invalidation, and
+deletes them, or postpones them with back-off when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .db import outbox
+from .guard import GuardedCache
+from .pending import merge_targets
+from .resilience import LogThrottle
+
+log = logging.getLogger("atomic_cache")
+
+DEFAULT_REPLAY_AFTER_S = 5.0  # leave a row this long to the write that made it
+DEFAULT_REPLAY_EVERY_S = 1.0
+REPLAY_BATCH = 100
+
+
+class OutboxReplayer:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: GuardedCache,
+        *,
+        after_s: float = DEFAULT_REPLAY_AFTER_S,
+        every_s: float = DEFAULT_REPLAY_EVERY_S,
+    ) -> None:
+        self._engine = engine
+        self._cache = cache
+        self.after_s = after_s
+        self.every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._log_throttle = LogThrottle()
+
+    def ensure_running(self) -> None:
+        """Start the replay loop unless it runs already (or there is no cache)."""
+        if self._closed or not self._cache.enabled:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop the loop; rows left are replayed by another process, or after a restart."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.replay_once()
+            except Exception as error:  # PostgreSQL down, say: the rows wait, safely
+                if self._log_throttle.due(type(error).__name__) is not None:
+                    log.warning("could not replay the invalidation outbox: %s", error)
+            await asyncio.sleep(self.every_s)
+
+    async def replay_once(self) -> int:
+        """One round: rows replayed (0 when none was due, or the invalidation failed)."""
+        async with self._engine.begin() as conn:
+            rows = await outbox.claim_due(conn, self.after_s, REPLAY_BATCH)
+            if not rows:
+                return 0
+            targets = merge_targets([target for row in rows for target in row.targets])
+            drop_catalogue = any(row.drop_catalogue for row in rows)
+            landed = await self._cache.invalidate(targets, drop_catalogue=drop_catalogue)
+            metrics = self._cache.metrics
+            if landed is None:
+                await outbox.postpone(conn, rows)
+                metrics.outbox_retries += len(rows)
+                return 0
+            await outbox.forget(conn, [row.id for row in rows])
+            metrics.outbox_replayed += len(rows)
+            log.warning(
+                "replayed %d invalidation(s) that other writes left in the outbox", len(rows)
+            )
+            return len(rows)
