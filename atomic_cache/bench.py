@@ -795,6 +795,7 @@ async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from .db import create_schema
+    from .models import MyFragmentInput
     from .repository import AppConfigFragmentRepository
     from .seed import SeedPlan, plan_rows, reset, write_rows
 
@@ -818,7 +819,37 @@ async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
         def user(i: int) -> uuid.UUID:
             return users[i % len(users)]
 
+        # Writes: one USER fragment of one user per call, a version bumped each time.
+        writers = users[: max(50, len(users) // 10)]
+        await gather_limited(
+            [
+                functools.partial(
+                    cached.bulk_create_my,
+                    u,
+                    [MyFragmentInput(name="shortcuts", extra_config={"v": 0})],
+                )
+                for u in writers
+            ],
+            ctx.sizes.fill_concurrency,
+        )
+        best_effort = AppConfigFragmentRepository(engine, cache=cache, durable=False)
+
+        def write(repo: AppConfigFragmentRepository) -> Op:
+            def op(i: int) -> Awaitable[object]:
+                item = MyFragmentInput(name="shortcuts", extra_config={"v": i})
+                return repo.bulk_update_my(writers[i % len(writers)], [item])
+
+            return op
+
         groups: list[tuple[str, list[tuple[str, Op]]]] = [
+            (
+                "b. bulk_update_my (1 USER fragment)",
+                [
+                    ("no cache (SQL only)", write(sql)),
+                    ("cached, invalidation without the outbox (durable=False)", write(best_effort)),
+                    ("cached, with the outbox (default): + INSERT, + DELETE", write(cached)),
+                ],
+            ),
             (
                 "b. app_config",
                 [

@@ -116,11 +116,12 @@ class _AfterCommit:
     cache: GuardedCache
     targets: list[InvalidationTarget]
     drop_catalogue: bool = False
+    durable: bool = True
     row: int | None = None
 
     async def record(self, conn: AsyncConnection) -> None:
         """In the write's transaction, after its change."""
-        if self.cache.enabled and (self.targets or self.drop_catalogue):
+        if self.durable and self.cache.enabled and (self.targets or self.drop_catalogue):
             self.row = await outbox.record(conn, self.targets, self.drop_catalogue)
 
     async def invalidate(self) -> None:
@@ -145,11 +146,15 @@ class AppConfigFragmentRepository:
         *,
         limits: ConfigLimits | None = None,
         replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+        durable: bool = True,
     ) -> None:
         self._db = AppConfigDBSource(engine)
         self._engine = engine
         self._cache = GuardedCache.of(cache)
         self._limits = limits or ConfigLimits()
+        # False: no outbox row per write (one INSERT and one DELETE less), and a missed
+        # invalidation lives only in this process's memory until it is replayed.
+        self._durable = durable
         self._flights = SingleFlight()
         # Replays what other writes left in the outbox; started on the first call.
         self._replayer = OutboxReplayer(engine, self._cache, after_s=replay_after_s)
@@ -324,7 +329,7 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        after = _AfterCommit(self._engine, self._cache, touched)
+        after = _AfterCommit(self._engine, self._cache, touched, durable=self._durable)
         try:
             await self._bulk(operation, items, apply, result, after)
         finally:
@@ -346,7 +351,7 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        after = _AfterCommit(self._engine, self._cache, touched)
+        after = _AfterCommit(self._engine, self._cache, touched, durable=self._durable)
         try:
             await self._bulk("delete", keys, apply, result, after)
         finally:

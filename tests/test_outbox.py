@@ -60,6 +60,11 @@ async def test_a_write_whose_invalidation_failed_leaves_its_row_for_any_process(
     writer = AppConfigFragmentRepository(
         clean_db, cache=AppConfigFragmentCacheSource(dead, registry, keys=cache.keys)
     )
+    best_effort = AppConfigFragmentRepository(
+        clean_db, cache=AppConfigFragmentCacheSource(dead, registry, keys=cache.keys), durable=False
+    )
+    await best_effort.bulk_create_my(user, [MyFragmentInput(name="theme", extra_config={})])
+    assert await rows(clean_db) == 0  # durable=False: no row, the miss lives in memory only
     await writer.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
     await writer.close()
     await dead.close()
