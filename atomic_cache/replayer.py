@@ -70,8 +70,11 @@ class OutboxReplayer:
 
     async def replay_once(self) -> int:
         """One round: rows replayed (0 when none was due, or the invalidation failed)."""
+        if self._cache.source is None:
+            return 0
+        prefix = self._cache.source.keys.prefix
         async with self._engine.begin() as conn:
-            rows = await outbox.claim_due(conn, self.after_s, REPLAY_BATCH)
+            rows = await outbox.claim_due(conn, prefix, self.after_s, REPLAY_BATCH)
             if not rows:
                 return 0
             targets = merge_targets([target for row in rows for target in row.targets])

@@ -121,8 +121,11 @@ class _AfterCommit:
 
     async def record(self, conn: AsyncConnection) -> None:
         """In the write's transaction, after its change."""
-        if self.durable and self.cache.enabled and (self.targets or self.drop_catalogue):
-            self.row = await outbox.record(conn, self.targets, self.drop_catalogue)
+        source = self.cache.source
+        if self.durable and source is not None and (self.targets or self.drop_catalogue):
+            self.row = await outbox.record(
+                conn, source.keys.prefix, self.targets, self.drop_catalogue
+            )
 
     async def invalidate(self) -> None:
         """After the commit (or whatever ended the transaction). Never raises."""

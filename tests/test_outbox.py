@@ -88,7 +88,7 @@ async def test_two_processes_replay_each_row_once(
     targets = [[InvalidationTarget.of(ScopeType.USER, str(uuid.uuid4()))] for _ in range(300)]
     async with clean_db.begin() as conn:
         for target in targets:
-            await outbox.record(conn, target, False)
+            await outbox.record(conn, cache.keys.prefix, target, False)
     other_client = await create_valkey_client(valkey_url, request_timeout_ms=5000)
     try:
         other = AppConfigFragmentCacheSource(other_client, registry, keys=cache.keys)
@@ -113,7 +113,9 @@ async def test_two_processes_replay_each_row_once(
 
 async def test_a_failing_replay_backs_off_and_is_counted(clean_db: AsyncEngine) -> None:
     async with clean_db.begin() as conn:
-        await outbox.record(conn, [InvalidationTarget.of(ScopeType.DOMAIN, "d")], False)
+        await outbox.record(
+            conn, "app_config", [InvalidationTarget.of(ScopeType.DOMAIN, "d")], False
+        )
     dead = await create_valkey_client(
         f"valkey://127.0.0.1:{free_port()}/0", request_timeout_ms=200, connect_timeout_ms=200
     )
@@ -215,3 +217,19 @@ async def test_a_write_committed_by_a_process_killed_before_its_invalidation(
         finally:
             await reader.close()
             await client.close()
+
+
+async def test_a_replayer_leaves_the_rows_of_another_cache_alone(
+    clean_db: AsyncEngine, cache: AppConfigFragmentCacheSource
+) -> None:
+    """Services with caches of their own (another prefix) may share the database."""
+    target = [InvalidationTarget.of(ScopeType.PUBLIC, "public")]
+    async with clean_db.begin() as conn:
+        await outbox.record(conn, f"{cache.keys.prefix}-other", target, False)
+        await outbox.record(conn, cache.keys.prefix, target, False)
+    replayer = OutboxReplayer(clean_db, GuardedCache.of(cache), after_s=0)
+    assert await replayer.replay_once() == 1
+    assert await replayer.replay_once() == 0
+    async with clean_db.connect() as conn:
+        left = (await conn.execute(select(invalidation_outbox.c.cache_prefix))).scalars().all()
+    assert left == [f"{cache.keys.prefix}-other"]

@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from atomic_cache import (
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
+    FragmentInput,
     KeySchema,
     MyFragmentInput,
+    ScopeType,
     ScriptLoadError,
     ScriptRegistry,
     UnknownPolicyError,
@@ -128,10 +130,23 @@ async def test_undecodable_values_in_the_index_answer_as_without_a_cache(
     await valkey.custom_command(["SADD", keys.catalogue, "\udcff".encode("utf-8", "surrogatepass")])
     await valkey.custom_command(["HSET", keys.user_stamps(user), "webui", "\xff"])
     await valkey.set(keys.entry(user, "theme"), b"\xff\xfe not utf-8")
+    odd = b"\xff\xfe"
+    domain = world.domain_of(user)
+    for index in (keys.users_index, keys.domain_index(domain), keys.user_index(user)):
+        await valkey.custom_command(["ZADD", index, "9999999999999", odd])
     for _ in range(3):
         assert await cached.my_app_configs(user) == expected
         assert await cached.app_config(user, "webui") == await plain.app_config(user, "webui")
         assert await cached.app_config(user, "theme") == await plain.app_config(user, "theme")
+    # A write's invalidation walks those indexes (domain and PUBLIC clean-up included).
+    item = FragmentInput(
+        scope_type=ScopeType.DOMAIN, scope_id=domain, name="webui", extra_config={"d": 1}
+    )
+    assert not (await cached.admin_bulk_create([item])).failures
+    await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["limits"])
+    await cache.reclaim()
+    for _ in range(2):
+        assert await cached.my_app_configs(user) == await plain.my_app_configs(user)
 
 
 async def test_each_waiter_of_a_shared_flight_gets_its_own_copy(

@@ -34,12 +34,15 @@ def _as_json(targets: Sequence[InvalidationTarget]) -> list[list[Any]]:
 
 
 async def record(
-    conn: AsyncConnection, targets: Sequence[InvalidationTarget], drop_catalogue: bool
+    conn: AsyncConnection,
+    cache_prefix: str,
+    targets: Sequence[InvalidationTarget],
+    drop_catalogue: bool,
 ) -> int:
     """Insert a row for a write's targets, in the write's transaction; returns its id."""
     row_id = await conn.scalar(
         insert(invalidation_outbox)
-        .values(targets=_as_json(targets), drop_catalogue=drop_catalogue)
+        .values(cache_prefix=cache_prefix, targets=_as_json(targets), drop_catalogue=drop_catalogue)
         .returning(invalidation_outbox.c.id)
     )
     assert row_id is not None
@@ -51,9 +54,12 @@ async def forget(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
     await conn.execute(delete(invalidation_outbox).where(invalidation_outbox.c.id.in_(row_ids)))
 
 
-async def claim_due(conn: AsyncConnection, older_than_s: float, limit: int) -> list[OutboxRow]:
-    """Lock rows older than ``older_than_s`` whose next attempt is due; rows another
-    process holds are skipped (FOR UPDATE SKIP LOCKED), so no row is replayed twice."""
+async def claim_due(
+    conn: AsyncConnection, cache_prefix: str, older_than_s: float, limit: int
+) -> list[OutboxRow]:
+    """Lock the rows of one cache older than ``older_than_s`` whose next attempt is due;
+    rows another process holds are skipped (FOR UPDATE SKIP LOCKED): none is replayed
+    twice."""
     due = (
         select(
             invalidation_outbox.c.id,
@@ -62,6 +68,7 @@ async def claim_due(conn: AsyncConnection, older_than_s: float, limit: int) -> l
             invalidation_outbox.c.attempts,
         )
         .where(
+            invalidation_outbox.c.cache_prefix == cache_prefix,
             invalidation_outbox.c.created_at <= func.now() - timedelta(seconds=older_than_s),
             invalidation_outbox.c.next_attempt_at <= func.now(),
         )

@@ -93,12 +93,16 @@ invalidation_outbox = Table(
     "app_config_invalidation_outbox",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
+    # The key prefix of the cache to invalidate: services with caches of their own may
+    # share the database, and each replays only its own rows.
+    Column("cache_prefix", String(256), nullable=False),
     # [[scope_type, scope_id, [names] or null], ...]: InvalidationTarget, as JSON.
     Column("targets", JSONB, nullable=False),
     Column("drop_catalogue", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_outbox_prefix_due", "cache_prefix", "next_attempt_at"),
 )
 
 
