@@ -280,12 +280,17 @@ async def test_bench_sql_scenario_compares_cache_and_sql(
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {
+        "b. bulk_update_my (1 USER fragment), 1 task",
+        f"b. bulk_update_my (1 USER fragment), {TINY.tasks} tasks",
         "b. app_config, 1 task",
         f"b. app_config, {TINY.tasks} tasks",
         "b. my_app_configs (5 names), 1 task",
         f"b. my_app_configs (5 names), {TINY.tasks} tasks",
     }
     assert {row["variant"] for row in rows} == {
+        "no cache (SQL only)",
+        "cached, invalidation without the outbox (durable=False)",
+        "cached, with the outbox (default): + INSERT, + DELETE",
         "SQL merged view (no cache)", "cached app_config", "cached, warm",
     }  # fmt: skip
     assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows)
