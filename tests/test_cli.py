@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -366,12 +367,19 @@ def test_an_interrupted_bench_stops_the_embedded_server(tmp_path: Path, how: str
         else:
             pytest.fail("the bench never started:\n" + "".join(seen))
         assert list(tmp_path.glob("atomic-cache-valkey-*")), "no embedded server started"
+        # Keep draining stderr, as a terminal would: a full pipe would block the bench
+        # on its next log line, and the test would wait on that instead of the exit.
+        stderr = process.stderr
+        threading.Thread(target=lambda: seen.extend(stderr), daemon=True).start()
         time.sleep(0.5)
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
             os.killpg(process.pid, signal.SIGINT)
         else:
             process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the bench did not stop; its last lines:\n" + "".join(seen[-30:]))
     finally:
         if process.poll() is None:
             process.kill()

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -36,6 +37,16 @@ ROOT = Path(__file__).resolve().parent.parent
 async def rows(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return await outbox.backlog(conn)
+
+
+async def attempts_and_wait(engine: AsyncEngine) -> tuple[int, timedelta]:
+    """The one row's failed attempts, and how long until its next one."""
+    async with engine.connect() as conn:
+        query = select(
+            invalidation_outbox.c.attempts, invalidation_outbox.c.next_attempt_at - func.now()
+        )
+        attempts, wait = (await conn.execute(query)).one()
+    return int(attempts), wait
 
 
 async def test_a_write_leaves_no_row_once_its_invalidation_landed(
@@ -124,29 +135,13 @@ async def test_a_failing_replay_backs_off_and_is_counted(clean_db: AsyncEngine) 
         replayer = OutboxReplayer(clean_db, GuardedCache.of(source), after_s=0)
         assert await replayer.replay_once() == 0
         assert await replayer.replay_once() == 0  # postponed: not due yet
-        async with clean_db.connect() as conn:
-            attempts, wait = (
-                await conn.execute(
-                    select(
-                        invalidation_outbox.c.attempts,
-                        invalidation_outbox.c.next_attempt_at - func.now(),
-                    )
-                )
-            ).one()
+        attempts, wait = await attempts_and_wait(clean_db)
         assert attempts == 1 and wait.total_seconds() > 0.5
         assert GuardedCache.of(source).stats().outbox_retries == 1
         async with clean_db.begin() as conn:  # due again: a second failure waits longer
             await conn.execute(update(invalidation_outbox).values(next_attempt_at=func.now()))
         assert await replayer.replay_once() == 0
-        async with clean_db.connect() as conn:
-            attempts, wait = (
-                await conn.execute(
-                    select(
-                        invalidation_outbox.c.attempts,
-                        invalidation_outbox.c.next_attempt_at - func.now(),
-                    )
-                )
-            ).one()
+        attempts, wait = await attempts_and_wait(clean_db)
         assert attempts == 2 and wait.total_seconds() > 1.5
         assert await rows(clean_db) == 1
     finally:
