@@ -354,6 +354,9 @@ def test_an_interrupted_bench_stops_the_embedded_server(tmp_path: Path, how: str
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, like a shell job
+        # A shell starts a foreground job with SIGINT at its default; a test run launched
+        # in the background (nohup, &) would pass its ignored SIGINT down instead.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stderr is not None
