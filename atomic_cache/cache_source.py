@@ -34,7 +34,7 @@ FILL_TOKEN_MAX_AGE_MS = 60_000
 # Entries an invalidation call may examine while cleaning up, and a clean-up step: each
 # bounds one script's server time (a few µs per entry; see the README's figures).
 INVALIDATE_CLEANUP_BUDGET = 100
-STEP_CLEANUP_BUDGET = 150
+STEP_CLEANUP_BUDGET = 100
 
 
 @dataclass(frozen=True, slots=True)
