@@ -147,17 +147,10 @@ class AppConfigFragmentCacheSource:
         if not isinstance(raws, list) or len(raws) != len(names):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         token = _text(reply[0])
-        result: dict[str, CacheLookup] = {}
-        corrupt: list[str] = []
-        for name, raw in zip(names, raws, strict=True):
-            value = None if raw is None else self._decode(raw, user, name)
-            if raw is not None and value is None:
-                corrupt.append(self.keys.entry(user, name))
-            result[name] = (
-                CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
-            )
-        await self._remove_corrupt(corrupt)
-        return result
+        return {
+            name: CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
+            for name, value in (await self._decoded(user, names, raws)).items()
+        }
 
     async def lookup_all(self, user_id: uuid.UUID) -> AllLookup:
         """Every cached config of a user, with the catalogue of names, in one round trip.
@@ -172,17 +165,23 @@ class AppConfigFragmentCacheSource:
         raws, encoded_names = reply[1], reply[2] if len(reply) == 3 else None
         if not isinstance(encoded_names, list) or not isinstance(raws, list):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        names = [decode_component(_text(encoded)) for encoded in encoded_names]
+        ordered = dict(sorted((await self._decoded(user, names, raws)).items()))
+        return AllLookup(fill_token=token, names=list(ordered), values=ordered)
+
+    async def _decoded(
+        self, user: str, names: Sequence[str], raws: Sequence[object]
+    ) -> dict[str, AppConfigData | None]:
+        """Each name's decoded value (None for a miss); undecodable entries are removed."""
         values: dict[str, AppConfigData | None] = {}
         corrupt: list[str] = []
-        for encoded, raw in zip(encoded_names, raws, strict=True):
-            name = decode_component(_text(encoded))
+        for name, raw in zip(names, raws, strict=True):
             value = None if raw is None else self._decode(raw, user, name)
             if raw is not None and value is None:
                 corrupt.append(self.keys.entry(user, name))
             values[name] = value
         await self._remove_corrupt(corrupt)
-        ordered = dict(sorted(values.items()))
-        return AllLookup(fill_token=token, names=list(ordered), values=ordered)
+        return values
 
     async def _remove_corrupt(self, keys: list[str]) -> None:
         """Delete entries that failed to decode. They are misses either way, so a node
