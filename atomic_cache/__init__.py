@@ -1,9 +1,9 @@
 """atomic_cache: a Valkey cache for BEP-1052 app configs, written and invalidated by
 atomic Lua scripts."""
 
-from .cache_source import AllLookup, AppConfigFragmentCacheSource
-from .circuit import BreakerState, CircuitBreaker
-from .client import create_valkey_client
+from .cache.client import create_valkey_client
+from .cache.scripts import ScriptLoadError, ScriptRegistry
+from .cache.source import AllLookup, AppConfigFragmentCacheSource
 from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
 from .metrics import CacheStats, register_prometheus
@@ -25,8 +25,9 @@ from .repository import (
     PolicyExistsError,
     PolicyInUseError,
 )
-from .resilience import CACHE_ERRORS, CacheError, suppress_with_log
-from .scripts import ScriptLoadError, ScriptRegistry
+from .resilience.breaker import BreakerState, CircuitBreaker
+from .resilience.errors import CACHE_ERRORS, CacheError
+from .resilience.logs import suppress_with_log
 from .targets import InvalidationTarget
 from .validation import ConfigLimits
 

@@ -15,24 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-# Why a cache call (read, fill or invalidation) did not happen or failed, so that the
-# database answered alone. ``circuit_open`` and ``pending_invalidation`` (a cached value
-# not served, or a read skipped, because a missed invalidation covering it is still
-# pending) cost no I/O; the others name the error the call met.
-FALL_THROUGH_CAUSES = (
-    "circuit_open",
-    "pending_invalidation",
-    "connection",
-    "timeout",
-    "busy",
-    "loading",
-    "readonly",
-    "oom",
-    "wrongtype",
-    "noscript",
-    "invalid",
-    "error",
-)
+from .resilience.errors import FALL_THROUGH_CAUSES
 
 
 class CacheStats(BaseModel):

@@ -23,6 +23,10 @@ class ScopeType(StrEnum):
     USER = "user"
 
 
+# The scopes whose scope_id is a domain name: they apply to that domain's members.
+DOMAIN_SCOPES = frozenset({ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS})
+
+
 class AppConfigFragment(BaseModel):
     """One stored fragment of configuration for one scope and name."""
 

@@ -17,9 +17,9 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import outbox
-from .guard import GuardedCache
-from .pending import merge_targets
-from .resilience import LogThrottle
+from .resilience.guard import GuardedCache
+from .resilience.logs import LogThrottle
+from .resilience.pending import merge_targets
 
 log = logging.getLogger("atomic_cache")
 

@@ -8,11 +8,9 @@ when Valkey fails: every cache call falls through to the database.
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -20,13 +18,13 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .cache_source import AppConfigFragmentCacheSource
+from .cache.source import AppConfigFragmentCacheSource
 from .db import outbox
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
-from .guard import GuardedCache
 from .keys import MAX_COMPONENT_LENGTH, token_sequence
 from .metrics import CacheStats
 from .models import (
+    DOMAIN_SCOPES,
     AppConfigData,
     AppConfigFragment,
     AppConfigPolicy,
@@ -38,6 +36,8 @@ from .models import (
     ScopeType,
 )
 from .replayer import DEFAULT_REPLAY_AFTER_S, OutboxReplayer
+from .resilience.guard import GuardedCache
+from .single_flight import SingleFlight
 from .targets import InvalidationTarget
 from .validation import (
     ALREADY_EXISTS,
@@ -65,35 +65,6 @@ class PolicyExistsError(ValueError):
 
 class PolicyInUseError(ValueError):
     """The policy still has fragments; delete them first or pass ``cascade=True``."""
-
-
-class SingleFlight:
-    """Concurrent callers with the same key share one in-flight computation. The caller
-    that started it gets its result; every other caller gets a deep copy, so no caller's
-    edit of a mutable result (a config dict) shows up in another's."""
-
-    def __init__(self) -> None:
-        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._flights)
-
-    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
-        flight = self._flights.get(key)
-        joined = flight is not None
-        if flight is None:
-            flight = asyncio.ensure_future(compute())
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._landed(key, done))
-        # shield: one caller giving up must not cancel the others' shared work.
-        result: T = await asyncio.shield(flight)
-        return copy.deepcopy(result) if joined else result
-
-    def _landed(self, key: Hashable, flight: asyncio.Future[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved here, so an unawaited failure is never reported
 
 
 def _by_name(configs: Sequence[AppConfigData]) -> list[AppConfigData]:
@@ -392,7 +363,7 @@ class AppConfigFragmentRepository:
                 conn, [uuid.UUID(k.scope_id) for _, k in checked if k.scope_type is ScopeType.USER]
             )
             known_domains = await self._db.existing_domains(
-                conn, [k.scope_id for _, k in checked if k.scope_type in _DOMAIN_SCOPES]
+                conn, [k.scope_id for _, k in checked if k.scope_type in DOMAIN_SCOPES]
             )
             seen: set[FragmentKey] = set()
             for index, key in checked:
@@ -426,9 +397,6 @@ class AppConfigFragmentRepository:
         return FragmentKey(scope_type=item.scope_type, scope_id=scope_id, name=item.name)
 
 
-_DOMAIN_SCOPES = (ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS)
-
-
 def _describe(key: FragmentKey) -> str:
     return f"the {key.scope_type.name} fragment {key.name!r} of {key.scope_id!r}"
 
@@ -438,7 +406,7 @@ def _check_scope_owner(
 ) -> Problem | None:
     if key.scope_type is ScopeType.USER and uuid.UUID(key.scope_id) not in known_users:
         return Problem(UNKNOWN_USER, f"no user {key.scope_id}")
-    if key.scope_type in _DOMAIN_SCOPES and key.scope_id not in known_domains:
+    if key.scope_type in DOMAIN_SCOPES and key.scope_id not in known_domains:
         return Problem(UNKNOWN_DOMAIN, f"no domain {key.scope_id!r}")
     return None
 
@@ -555,7 +523,6 @@ __all__ = [
     "AppConfigPolicyRepository",
     "PolicyExistsError",
     "PolicyInUseError",
-    "SingleFlight",
     "UnknownPolicyError",
     "UnknownUserError",
 ]

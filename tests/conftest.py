@@ -13,10 +13,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
-from atomic_cache.client import create_valkey_client
+from atomic_cache.cache.client import create_valkey_client
 from atomic_cache.db import create_schema
-from atomic_cache.embedded import postgres_url as resolve_postgres_url
-from atomic_cache.embedded import valkey_url as resolve_valkey_url
+from atomic_cache.tools.embedded import postgres_url as resolve_postgres_url
+from atomic_cache.tools.embedded import valkey_url as resolve_valkey_url
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.circuit import CircuitBreaker
 from atomic_cache.db import domains, invalidation_outbox, users
-from atomic_cache.embedded import EmbeddedValkey
-from atomic_cache.guard import GuardedCache
+from atomic_cache.resilience.breaker import CircuitBreaker
+from atomic_cache.resilience.guard import GuardedCache
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 ALL_SCOPES = [ScopeType.PUBLIC, ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS, ScopeType.USER]
 

@@ -19,7 +19,7 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.cache_source import STEP_CLEANUP_BUDGET
+from atomic_cache.cache.source import STEP_CLEANUP_BUDGET
 
 from .valkey_tools import keys_under, text
 

@@ -17,7 +17,7 @@ from atomic_cache import (
     ScopeType,
     ScriptRegistry,
 )
-from atomic_cache.cache_source import FILL_TOKEN_MAX_AGE_MS
+from atomic_cache.cache.source import FILL_TOKEN_MAX_AGE_MS
 
 from .valkey_tools import keys_under, monitor, smembers, text
 

@@ -28,17 +28,16 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.circuit import (
-    BreakerState,
-    CircuitBreaker,
+from atomic_cache.resilience.breaker import BreakerState, CircuitBreaker
+from atomic_cache.resilience.errors import (
+    FALL_THROUGH_CAUSES,
     CircuitOpen,
     cause_of,
     counts_against_health,
 )
-from atomic_cache.embedded import EmbeddedValkey
-from atomic_cache.guard import GuardedCache
-from atomic_cache.metrics import FALL_THROUGH_CAUSES
-from atomic_cache.resilience import LogThrottle
+from atomic_cache.resilience.guard import GuardedCache
+from atomic_cache.resilience.logs import LogThrottle
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 from .repo_tools import Rig, count_sql, open_rig, until_cached
 
@@ -197,12 +196,12 @@ async def test_dead_valkey_is_bypassed_then_used_again(
         for _ in range(10):
             assert (await rig.repo.app_config(a1, "webui")).config == {"v": 1}
         assert state_of(guard.breaker) is BreakerState.OPEN
-        assert guard.bypassed == 10 - 3  # three reads paid the timeout, then none
+        assert guard.stats().fall_throughs["circuit_open"] == 10 - 3  # three paid the timeout
         result = await rig.repo.bulk_update_my(
             a1, [MyFragmentInput(name="webui", extra_config={"v": 2})]
         )
         assert len(result.successes) == 1 and guard.pending  # kept for replay, no I/O
-        assert guard.bypassed == 10 - 3 + 1
+        assert guard.stats().fall_throughs["circuit_open"] == 10 - 3 + 1
 
         # While it stays open, requests log nothing: one line per state change only.
         caplog.clear()

@@ -27,9 +27,9 @@ from click.testing import CliRunner, Result
 from glide import GlideClient
 
 from atomic_cache import ScriptRegistry
-from atomic_cache.bench import SCENARIOS, TINY
-from atomic_cache.cli import main
-from atomic_cache.embedded import EmbeddedValkey, free_port
+from atomic_cache.tools.bench import SCENARIOS, TINY
+from atomic_cache.tools.cli import main
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
 from .valkey_tools import keys_under
 
@@ -348,7 +348,15 @@ def test_an_interrupted_bench_stops_the_embedded_server(tmp_path: Path, how: str
     env = {key: value for key, value in os.environ.items() if key != "VALKEY_URL"}
     env["TMPDIR"] = str(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "atomic_cache.cli", "bench", "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "atomic_cache.tools.cli",
+            "bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -8,8 +8,8 @@ import pytest
 from glide import GlideError
 
 from atomic_cache import create_valkey_client, suppress_with_log
-from atomic_cache.client import ValkeyURL
-from atomic_cache.embedded import EmbeddedValkey, free_port
+from atomic_cache.cache.client import ValkeyURL
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
 
 @pytest.mark.parametrize(

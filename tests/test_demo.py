@@ -7,8 +7,8 @@ import io
 from glide import GlideClient
 from rich.console import Console
 
-from atomic_cache.demo import run_demo, summary
-from atomic_cache.seed import SeedPlan
+from atomic_cache.tools.demo import run_demo, summary
+from atomic_cache.tools.seed import SeedPlan
 
 
 async def test_demo_runs_and_reports_exact_invalidations(

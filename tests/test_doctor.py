@@ -8,7 +8,7 @@ import pytest
 from glide import GlideClient
 
 from atomic_cache import ScriptRegistry
-from atomic_cache.doctor import (
+from atomic_cache.tools.doctor import (
     REQUIRED_COMMANDS,
     Check,
     ServerFacts,

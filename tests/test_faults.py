@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import AppConfigFragmentRepository, MyFragmentInput, create_valkey_client
-from atomic_cache.embedded import EmbeddedValkey
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 from .repo_tools import Rig, count_sql, open_rig, until_cached
 from .valkey_tools import busy_script, is_loading, raw_command, text, write_filler

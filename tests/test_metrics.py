@@ -20,7 +20,7 @@ from atomic_cache import (
     ScriptRegistry,
     register_prometheus,
 )
-from atomic_cache.embedded import EmbeddedValkey
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 from .repo_tools import World, make_world, open_rig
 

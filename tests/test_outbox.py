@@ -25,9 +25,9 @@ from atomic_cache import (
     create_valkey_client,
 )
 from atomic_cache.db import invalidation_outbox, outbox
-from atomic_cache.embedded import EmbeddedValkey, free_port
-from atomic_cache.guard import GuardedCache
 from atomic_cache.replayer import OutboxReplayer
+from atomic_cache.resilience.guard import GuardedCache
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
 from .repo_tools import count_sql, make_world
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from atomic_cache import AppConfigData, InvalidationTarget, ScopeType
-from atomic_cache.pending import PendingInvalidations, covers
+from atomic_cache.resilience.pending import PendingInvalidations, covers
 
 USER = uuid.uuid4()
 VALUE = AppConfigData(user_id=USER, domain_name="alpha", name="webui", config={"v": 1})

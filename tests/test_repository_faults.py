@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from atomic_cache import (
     MyFragmentInput,
 )
-from atomic_cache.embedded import EmbeddedValkey
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 from .repo_tools import Rig, open_rig, until_cached
 

@@ -12,7 +12,7 @@ import pytest
 from glide import GlideClient
 
 from atomic_cache import AppConfigFragmentCacheSource, ScriptLoadError, ScriptRegistry
-from atomic_cache.scripts import packaged_scripts_dir
+from atomic_cache.cache.scripts import packaged_scripts_dir
 
 from .valkey_tools import monitor
 

@@ -22,8 +22,8 @@ from atomic_cache import (
     UnknownPolicyError,
     create_valkey_client,
 )
-from atomic_cache.embedded import EmbeddedValkey, free_port
-from atomic_cache.guard import GuardedCache
+from atomic_cache.resilience.guard import GuardedCache
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
 from .repo_tools import count_sql, make_world
 from .test_cli import invoke

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from glide import GlideClient
 
-from atomic_cache.client import ValkeyURL
+from atomic_cache.cache.client import ValkeyURL
 
 
 def text(value: object) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..merge import merge_fragments
 from ..models import (
+    DOMAIN_SCOPES,
     PUBLIC_SCOPE_ID,
     AppConfigData,
     AppConfigFragment,
@@ -20,8 +21,6 @@ from ..models import (
     ScopeType,
 )
 from .schema import app_config_fragments, app_config_policies, domains, users
-
-_DOMAIN_SCOPES = (ScopeType.DOMAIN.value, ScopeType.DOMAIN_USER_DEFAULTS.value)
 
 
 class UnknownUserError(LookupError):
@@ -54,7 +53,10 @@ def _merged_view_statement(user_id: uuid.UUID, names: Sequence[str] | None) -> A
         and_(
             fragment.c.scope_type == ScopeType.PUBLIC.value, fragment.c.scope_id == PUBLIC_SCOPE_ID
         ),
-        and_(fragment.c.scope_type.in_(_DOMAIN_SCOPES), fragment.c.scope_id == user.c.domain_name),
+        and_(
+            fragment.c.scope_type.in_([scope.value for scope in DOMAIN_SCOPES]),
+            fragment.c.scope_id == user.c.domain_name,
+        ),
         and_(
             fragment.c.scope_type == ScopeType.USER.value,
             fragment.c.scope_id == cast(user.c.uuid, String),
@@ -127,20 +129,6 @@ class AppConfigDBSource:
     async def _user_exists(self, conn: AsyncConnection, user_id: uuid.UUID) -> bool:
         found = await conn.scalar(select(users.c.uuid).where(users.c.uuid == user_id))
         return found is not None
-
-    async def user_domain(self, user_id: uuid.UUID) -> str | None:
-        async with self.engine.connect() as conn:
-            domain: str | None = await conn.scalar(
-                select(users.c.domain_name).where(users.c.uuid == user_id)
-            )
-            return domain
-
-    async def policy_exists(self, name: str) -> bool:
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(app_config_policies.c.id).where(app_config_policies.c.config_name == name)
-            )
-            return found is not None
 
     # -- lookups inside a write transaction ----------------------------------------------
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .models import AppConfigData, ScopeType
-from .targets import InvalidationTarget
+from ..models import AppConfigData, ScopeType
+from ..targets import InvalidationTarget
 
 log = logging.getLogger("atomic_cache")
 

@@ -32,12 +32,12 @@ from glide import ClosingError, GlideClient, GlideError
 from rich.console import Console
 from rich.table import Table
 
+from ..cache.client import create_valkey_client
+from ..cache.scripts import ScriptLoadError, ScriptRegistry
+from ..resilience.errors import UNWELL_CAUSES, cause_of
 from . import bench as bench_module
-from .circuit import UNWELL_CAUSES, cause_of
-from .client import create_valkey_client
 from .doctor import Check, Status, diagnose, exit_code
 from .embedded import EmbeddedValkey, postgres_url
-from .scripts import ScriptLoadError, ScriptRegistry
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -19,13 +19,13 @@ from rich.table import Table
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .cache_source import AppConfigFragmentCacheSource
-from .db import create_schema, invalidation_outbox
-from .keys import KeySchema
-from .metrics import CacheStats
-from .models import FragmentInput, MyFragmentInput, ScopeType
-from .repository import AppConfigFragmentRepository, AppConfigPolicyRepository
-from .scripts import ScriptRegistry
+from ..cache.scripts import ScriptRegistry
+from ..cache.source import AppConfigFragmentCacheSource
+from ..db import create_schema, invalidation_outbox
+from ..keys import KeySchema
+from ..metrics import CacheStats
+from ..models import FragmentInput, MyFragmentInput, ScopeType
+from ..repository import AppConfigFragmentRepository, AppConfigPolicyRepository
 from .seed import SeededData, SeedPlan, plan_rows, reset, write_rows
 
 DEMO_PREFIX = "atomic_cache_demo"

@@ -1,4 +1,4 @@
-"""suppress_with_log, LogThrottle, and the error types that mean "the cache is unavailable"."""
+"""Bounded logging for a busy service: ``suppress_with_log`` and ``LogThrottle``."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from glide import ClosingError, GlideError
-
 log = logging.getLogger("atomic_cache")
-
-
-class CacheError(Exception):
-    """The cache source could not serve a call (bad reply shape, oversized value...)."""
-
-
-# Everything a cache call can raise when Valkey is down, slow, full or confused. glide's
-# ConnectionError and TimeoutError derive from its RequestError, itself a GlideError.
-CACHE_ERRORS: tuple[type[BaseException], ...] = (GlideError, ClosingError, CacheError)
 
 
 @contextmanager

@@ -20,16 +20,11 @@ circuit here.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from glide import CircuitBreakerError, ClosingError, GlideError
-from glide import ConnectionError as GlideConnectionError
-from glide import TimeoutError as GlideTimeoutError
-
-from .resilience import CacheError
+from .errors import counts_against_health
 
 log = logging.getLogger("atomic_cache")
 
@@ -38,66 +33,6 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-# How a server error reads once glide has passed it on, and its cause label. glide keeps
-# the code of some errors ("BUSY: Valkey is busy...", "OOM: ...", "WRONGTYPE: ...") but
-# renames others ("- BusyLoadingError: Valkey is loading...", "- ReadOnly: You can't
-# write...", "- NoScriptError: ..."); both spellings are matched, as whole words, in order.
-_SERVER_ERRORS = (
-    (re.compile(r"\b(BusyLoadingError|LOADING)\b"), "loading"),
-    (re.compile(r"\bBUSY\b"), "busy"),
-    (re.compile(r"\b(ReadOnly|READONLY)\b"), "readonly"),
-    (re.compile(r"\bOOM\b"), "oom"),
-    (re.compile(r"\bWRONGTYPE\b"), "wrongtype"),
-    (re.compile(r"\b(NoScriptError|NOSCRIPT)\b"), "noscript"),
-)
-# glide words a refused or timed-out connect "Standalone connect failed - IoError: ...".
-_CONNECTION_WORDS = re.compile(
-    r"connection|connect failed|IoError|broken pipe|closed", re.IGNORECASE
-)
-
-# Causes that say the server could not serve the call at all, whatever the call was.
-UNWELL_CAUSES = frozenset({"timeout", "connection", "busy", "loading", "circuit_open"})
-
-# Causes that mean "the data is odd or the server is full", not "the server is unwell":
-# they must not open the breaker (reads keep working under OOM or on a read-only replica,
-# and a lost script is reloaded by the registry). "invalid": a value the cache cannot
-# handle (a name too long for a key, a reply that does not decode); no server at fault.
-_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript", "invalid"})
-
-
-class CircuitOpen(Exception):
-    """Stands for a call the breaker did not let out (no I/O happened)."""
-
-
-def cause_of(error: BaseException) -> str:
-    """A stable cause label (one of ``metrics.FALL_THROUGH_CAUSES``) for a failed call."""
-    if isinstance(error, CircuitOpen | CircuitBreakerError):
-        return "circuit_open"  # ours, or glide's client-wide breaker, refused it: no I/O
-    if isinstance(error, GlideTimeoutError):
-        return "timeout"
-    if isinstance(error, ValueError | TypeError):  # UnicodeDecodeError is a ValueError
-        return "invalid"
-    if isinstance(error, GlideConnectionError | ClosingError):
-        return "connection"
-    message = str(error)
-    for pattern, cause in _SERVER_ERRORS:
-        if pattern.search(message):
-            return cause
-    # glide reports a broken or refused connection as a plain RequestError at times.
-    if isinstance(error, GlideError) and _CONNECTION_WORDS.search(message):
-        return "connection"
-    return "error"
-
-
-def counts_against_health(error: BaseException | None) -> bool:
-    """Connection trouble, timeouts, BUSY, LOADING, other server errors, anything
-    unexpected: yes. Data and capacity errors (WRONGTYPE, OOM, READONLY, a lost script)
-    and odd replies (``CacheError``), to which a live server answered: no."""
-    if error is None or isinstance(error, CacheError):
-        return False
-    return cause_of(error) not in _NOT_HEALTH
 
 
 class CircuitBreaker:

@@ -21,9 +21,8 @@ from typing import TypeAlias
 
 from glide import GlideClient, GlideClusterClient, RequestError
 
-from .circuit import UNWELL_CAUSES, cause_of
-from .resilience import CacheError
-from .targets import ScriptArg
+from ..resilience.errors import UNWELL_CAUSES, CacheError, cause_of
+from ..targets import ScriptArg
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def packaged_scripts_dir() -> Traversable:
     installed = resources.files("atomic_cache") / "lua"
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "lua"
+    return Path(__file__).resolve().parents[2] / "lua"
 
 
 def _as_arg(value: ScriptArg) -> str | bytes:

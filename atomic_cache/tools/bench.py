@@ -45,20 +45,20 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from glide import Batch, ExpirySet, ExpiryType, GlideClient, UpdateOptions
 
-from .cache_source import AppConfigFragmentCacheSource
-from .client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client
+from ..cache.client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client
+from ..cache.scripts import ScriptRegistry, packaged_scripts_dir
+from ..cache.source import AppConfigFragmentCacheSource
+from ..keys import KeySchema, encode_component, token_sequence, user_component
+from ..models import PUBLIC_SCOPE_ID, AppConfigData, AppConfigFragment, ScopeType
+from ..resilience.guard import GuardedCache
+from ..targets import ScriptArg
 from .doctor import parse_info, server_identity
 from .embedded import EmbeddedValkey, valkey_server_binary
-from .guard import GuardedCache
-from .keys import KeySchema, encode_component, token_sequence, user_component
-from .models import PUBLIC_SCOPE_ID, AppConfigData, AppConfigFragment, ScopeType
-from .scripts import ScriptRegistry, packaged_scripts_dir
-from .targets import ScriptArg
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from .repository import AppConfigFragmentRepository
+    from ..repository import AppConfigFragmentRepository
 
 # A bench command may legitimately block the server for seconds (a 100k-user domain
 # invalidation): the bench clients wait, unlike an application's 250 ms default.
@@ -794,9 +794,9 @@ async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
     side, on the seeded data set. Resets the BEP-1052 tables of the database it is given."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from .db import create_schema
-    from .models import MyFragmentInput
-    from .repository import AppConfigFragmentRepository
+    from ..db import create_schema
+    from ..models import MyFragmentInput
+    from ..repository import AppConfigFragmentRepository
     from .seed import SeedPlan, plan_rows, reset, write_rows
 
     assert ctx.database_url is not None
@@ -1642,8 +1642,8 @@ async def _open_outage(
     our breaker for glide's client-wide one."""
     from glide import ClientCircuitBreakerConfiguration
 
-    from .circuit import CircuitBreaker
-    from .repository import AppConfigFragmentRepository
+    from ..repository import AppConfigFragmentRepository
+    from ..resilience.breaker import CircuitBreaker
 
     server = EmbeddedValkey()
     stack.callback(server.cleanup)
@@ -1679,8 +1679,8 @@ async def scenario_outage(ctx: BenchContext) -> list[BenchRow]:
     one failure per cool-down. Resets the BEP-1052 tables of the database it is given."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from .db import create_schema
-    from .repository import AppConfigFragmentRepository
+    from ..db import create_schema
+    from ..repository import AppConfigFragmentRepository
     from .seed import SeedPlan, plan_rows, reset, write_rows
 
     assert ctx.database_url is not None

@@ -13,26 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from .cache_source import AppConfigFragmentCacheSource
-from .circuit import (
-    BreakerState,
-    CircuitBreaker,
-    CircuitOpen,
-    cause_of,
-    counts_against_health,
-)
-from .metrics import CacheMetrics, CacheStats
-from .models import AppConfigData
+from ..cache.source import AppConfigFragmentCacheSource
+from ..metrics import CacheMetrics, CacheStats
+from ..models import AppConfigData
+from ..targets import InvalidationTarget
+from .breaker import BreakerState, CircuitBreaker
+from .errors import CircuitOpen, cause_of, counts_against_health
+from .logs import LogThrottle
 from .pending import DEFAULT_MAX_PENDING, PendingInvalidations, describe, merge_targets
-from .resilience import LogThrottle
-from .targets import InvalidationTarget
 
 log = logging.getLogger("atomic_cache")
 
 T = TypeVar("T")
+
+# The guard of each live cache source, by id. Held weakly: the repositories that use a
+# guard keep it (and, through it, its source) alive, and the source knows nothing of it.
+# An id cannot be reused while its entry lives, since the guard holds the source.
+_GUARDS: weakref.WeakValueDictionary[int, GuardedCache] = weakref.WeakValueDictionary()
 
 
 class GuardedCache:
@@ -50,7 +51,6 @@ class GuardedCache:
         # The counters and the breaker settings live on the source, so that every guard
         # and the source itself (corrupt entries it removes) count into one place.
         self.metrics = source.metrics if source is not None else CacheMetrics()
-        self.bypassed = 0  # cache calls skipped while the breaker was open
         self.breaker = breaker or (source.breaker if source is not None else CircuitBreaker())
         self.pending = PendingInvalidations(max_pending)
         # Bumped by every invalidation, landed or not: part of the single-flight key, so
@@ -79,13 +79,13 @@ class GuardedCache:
 
     @classmethod
     def of(cls, source: AppConfigFragmentCacheSource | None) -> GuardedCache:
-        """The guard of a cache source (one per source, shared by its repositories and
-        kept on the source, so it lives and dies with it)."""
+        """The guard of a cache source: one per source while anything holds it (the
+        repositories of that source share it); the source knows nothing of it."""
         if source is None:
             return cls(None)
-        guard = source.guard
-        if not isinstance(guard, GuardedCache):
-            guard = source.guard = cls(source)
+        guard = _GUARDS.get(id(source))
+        if guard is None:
+            guard = _GUARDS[id(source)] = cls(source)
         return guard
 
     @property
@@ -197,7 +197,6 @@ class GuardedCache:
             if self.breaker.state is BreakerState.CLOSED:
                 return True
             self._check_health()
-        self.bypassed += 1
         return False
 
     async def _send_probe(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from glide import GlideError, RequestError
 
-from .scripts import ScriptRegistry, ValkeyClient
+from ..cache.scripts import ScriptRegistry, ValkeyClient
 
 # Every command the scripts and the cache source send, directly or from inside a script.
 REQUIRED_COMMANDS: tuple[str, ...] = (

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .circuit import CircuitBreaker
-from .keys import KeySchema, decode_component, encode_component, user_component
-from .metrics import CacheMetrics
-from .models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
-from .resilience import CACHE_ERRORS, CacheError, LogThrottle
+from ..keys import KeySchema, decode_component, encode_component, user_component
+from ..metrics import CacheMetrics
+from ..models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
+from ..resilience.breaker import CircuitBreaker
+from ..resilience.errors import CACHE_ERRORS, CacheError
+from ..resilience.logs import LogThrottle
+from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
 from .scripts import ScriptRegistry, ValkeyClient
-from .targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class AppConfigFragmentCacheSource:
         # thresholds are the caller's to set) and the counters they, and this, bump.
         self.breaker = breaker or CircuitBreaker()
         self.metrics = CacheMetrics()
-        self.guard: object | None = None  # the repositories' GuardedCache, set by it
         self._log_throttle = LogThrottle()
         self._reclaimer: asyncio.Task[None] | None = None  # held, so it is not collected
 
