@@ -16,6 +16,9 @@ from functools import lru_cache
 from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "app_config"
+# On a Valkey Cluster every key a script touches must hash to one slot: the prefix carries
+# a hash tag, and no other component can hold a brace (they are percent-encoded).
+CLUSTER_DEFAULT_PREFIX = "{app_config}"
 MAX_COMPONENT_LENGTH = 256
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.\-{}]+(:[A-Za-z0-9_.\-{}]+)*$")
 
@@ -56,8 +59,8 @@ def user_component(user_id: uuid.UUID | str) -> str:
 class KeySchema:
     """Key names under one prefix (DESIGN §2).
 
-    In cluster mode give the prefix a hash tag (``{app_config}``) so that every key a
-    script touches hashes to one slot.
+    On a cluster the prefix needs a hash tag (``{app_config}``, ``has_hash_tag``) so that
+    every key a script touches hashes to one slot; the cache source checks it.
     """
 
     prefix: str = DEFAULT_PREFIX
@@ -117,6 +120,14 @@ class KeySchema:
     def cleanup_queue(self) -> str:
         """``p:gc``: list of clean-up jobs (covered entries still to delete)."""
         return f"{self.prefix}:gc"
+
+
+def has_hash_tag(prefix: str) -> bool:
+    """Whether every key under ``prefix`` hashes to one cluster slot: the prefix holds the
+    key's first ``{`` and, after it, a ``}`` with something between (``{}`` hashes the
+    whole key)."""
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
 
 
 def token_sequence(fill_token: str) -> str:

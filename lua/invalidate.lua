@@ -18,7 +18,9 @@
 --            count -1 means every name of that scope; otherwise only the names given.
 --            No target and "0": a clean-up step only, no new stamp.
 --
--- Reply: {entries deleted by this call, clean-up jobs still queued}
+-- Reply: {entries deleted by this call, clean-up jobs still queued, the sequence n now}
+--        The sequence only moves forward on one server (a new life starts above it and
+--        the clock); the caller that sees it go back knows a failover lost writes.
 --
 -- The logical step: n += 1, and each target's stamp (field "*" or its names) := n. From
 -- then on get.lua serves no entry it covers and set.lua refuses every fill whose token
@@ -300,4 +302,5 @@ if job then
   local ttl = math.max(tonumber(redis.call('HGET', seq_key, 'ttl')) or 0, tonumber(ARGV[2]))
   if redis.call('PTTL', queue_key) < ttl then redis.call('PEXPIRE', queue_key, ttl) end
 end
-return { deleted, redis.call('LLEN', queue_key) }
+local seq_ok, n = pcall(redis.call, 'HGET', seq_key, 'n')
+return { deleted, redis.call('LLEN', queue_key), seq_ok and tonumber(n) or 0 }

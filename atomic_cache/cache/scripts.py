@@ -19,7 +19,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TypeAlias
 
-from glide import GlideClient, GlideClusterClient, RequestError
+from glide import AllNodes, GlideClient, GlideClusterClient, RequestError
 
 from ..resilience.errors import UNWELL_CAUSES, CacheError, cause_of
 from ..targets import ScriptArg
@@ -57,6 +57,21 @@ def packaged_scripts_dir() -> Traversable:
     if installed.is_dir():
         return installed
     return Path(__file__).resolve().parents[2] / "lua"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def on_every_node(client: ValkeyClient, command: list[str]) -> dict[str, object]:
+    """``command``'s reply from every node (a cluster's primaries and replicas: replicas
+    serve the read-only scripts), by node address; one entry on a standalone server."""
+    if isinstance(client, GlideClusterClient):
+        reply = await client.custom_command(command, AllNodes())
+        if isinstance(reply, dict):
+            return {_text(node): value for node, value in reply.items()}
+        return {"*": reply}  # glide folds equal replies of every node into one
+    return {"server": await client.custom_command(command)}
 
 
 def _as_arg(value: ScriptArg) -> str | bytes:
@@ -122,26 +137,39 @@ class ScriptRegistry:
     async def _load_all(self, client: ValkeyClient) -> None:
         for script in self._scripts.values():
             try:
-                sha = await client.custom_command(["SCRIPT", "LOAD", script.source])
+                replies = await on_every_node(client, ["SCRIPT", "LOAD", script.source])
             except RequestError as error:
                 if cause_of(error) in UNWELL_CAUSES:
                     raise  # timeout, BUSY, LOADING...: the server is unwell, not the script
                 raise ScriptLoadError(
                     f"{script.name}.lua was rejected by the server: {error}"
                 ) from error
-            loaded = sha.decode() if isinstance(sha, bytes) else str(sha)
-            if loaded != script.sha1:
-                raise ScriptLoadError(
-                    f"{script.name}.lua loaded as {loaded}, expected {script.sha1}"
-                )
+            for node, sha in replies.items():
+                if _text(sha) != script.sha1:
+                    raise ScriptLoadError(
+                        f"{script.name}.lua loaded as {_text(sha)} on {node},"
+                        f" expected {script.sha1}"
+                    )
 
     async def loaded(self, client: ValkeyClient) -> dict[str, bool]:
-        """Which scripts the server holds now (SCRIPT EXISTS), by name."""
-        reply = await client.custom_command(
-            ["SCRIPT", "EXISTS", *(s.sha1 for s in self._scripts.values())]
+        """Which scripts the server holds now (SCRIPT EXISTS), by name; on a cluster, a
+        script counts as loaded only if every node holds it."""
+        per_node = await self.loaded_per_node(client)
+        return {name: all(node[name] for node in per_node.values()) for name in self._scripts}
+
+    async def loaded_per_node(self, client: ValkeyClient) -> dict[str, dict[str, bool]]:
+        """Which scripts each node holds now, by node address, then by name."""
+        replies = await on_every_node(
+            client, ["SCRIPT", "EXISTS", *(s.sha1 for s in self._scripts.values())]
         )
+        return {node: self._exists(reply) for node, reply in replies.items()}
+
+    def _exists(self, reply: object) -> dict[str, bool]:
         flags = reply if isinstance(reply, list) else []
-        return {name: bool(flag) for name, flag in zip(self._scripts, flags, strict=False)}
+        return {
+            name: bool(flags[i]) if i < len(flags) else False
+            for i, name in enumerate(self._scripts)
+        }
 
     async def call(
         self,
@@ -164,7 +192,14 @@ class ScriptRegistry:
         except RequestError as error:
             if cause_of(error) != "noscript":
                 raise
-        log.info("script cache lost on the server; reloading %d scripts", len(self._scripts))
         self.reloads += 1
+        if isinstance(client, GlideClusterClient):
+            # The node that answered lost it (restarted, promoted, flushed); another node
+            # may be unreachable right now. EVAL goes where EVALSHA went (same key, same
+            # read-only flag), runs the script and caches it on that node.
+            log.info("script %s lost on a cluster node; sending its source", name)
+            command[:2] = ["EVAL_RO" if script.read_only else "EVAL", script.source]
+            return await client.custom_command(command)
+        log.info("script cache lost on the server; reloading %d scripts", len(self._scripts))
         await self.load(client, required=True)
         return await client.custom_command(command)

@@ -14,15 +14,25 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from glide import GlideClusterClient
 from pydantic import ValidationError
 
-from ..keys import KeySchema, decode_component, encode_component, user_component
+from ..keys import (
+    CLUSTER_DEFAULT_PREFIX,
+    DEFAULT_PREFIX,
+    KeySchema,
+    decode_component,
+    encode_component,
+    has_hash_tag,
+    user_component,
+)
 from ..metrics import CacheMetrics
 from ..models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.errors import CACHE_ERRORS, CacheError
 from ..resilience.logs import LogThrottle
 from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
+from .replicas import DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicaBarrier
 from .scripts import ScriptRegistry, ValkeyClient
 
 log = logging.getLogger(__name__)
@@ -68,13 +78,31 @@ class AppConfigFragmentCacheSource:
         keys: KeySchema | None = None,
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
         breaker: CircuitBreaker | None = None,
+        replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._client = client
         self._registry = registry
         self.ttl_seconds = ttl_seconds
-        self.keys = keys or KeySchema()
+        cluster = isinstance(client, GlideClusterClient)
+        self.keys = keys or KeySchema(CLUSTER_DEFAULT_PREFIX if cluster else DEFAULT_PREFIX)
+        if cluster and not has_hash_tag(self.keys.prefix):
+            raise ValueError(
+                f"key prefix {self.keys.prefix!r} has no hash tag: on a cluster every key a"
+                " script touches must hash to one slot; use e.g. '{app_config}' or"
+                " 'tenant:{app_config}'"
+            )
+        # On a cluster an invalidation waits until the shard's replicas have it (reads on
+        # replicas, failover); standalone there is no replica to read from.
+        self._replicas = (
+            ReplicaBarrier(client, self.keys.seq, timeout_ms=replica_ack_timeout_ms)
+            if isinstance(client, GlideClusterClient)
+            else None
+        )
+        # The highest invalidation sequence a primary returned to this source: it only
+        # moves forward, so a lower one means a failover lost acknowledged writes.
+        self._highest_sequence = 0
         self.max_entry_bytes = max_entry_bytes
         # Used by the repositories, not here: the breaker they apply to this cache (its
         # thresholds are the caller's to set) and the counters they, and this, bump.
@@ -331,16 +359,42 @@ class AppConfigFragmentCacheSource:
         args: list[ScriptArg] = []
         for target in targets:
             args += target
-        deleted, queued = await self._call_invalidate(
+        deleted, queued, sequence = await self._call_invalidate(
             INVALIDATE_CLEANUP_BUDGET, drop_catalogue, args
         )
+        if sequence <= self._highest_sequence:
+            deleted += await self._writes_were_lost(sequence)
+            queued = True
+        else:
+            self._highest_sequence = sequence
+        if self._replicas is not None:
+            await self._replicas.wait()
         if queued:
             self._start_reclaiming()
         return deleted
 
+    async def _writes_were_lost(self, sequence: int) -> int:
+        """The primary's sequence went back: a failover promoted a replica that lacked
+        invalidations acknowledged before it (or the server's data was replaced). Its
+        stamps may be missing, so nothing of the index can be trusted: start a new life,
+        which refuses every older entry and fill token."""
+        log.error(
+            "the cache's invalidation sequence went back from %d to %d under prefix %r:"
+            " writes were lost (failover?); starting a new life of the index",
+            self._highest_sequence,
+            sequence,
+            self.keys.prefix,
+        )
+        self.metrics.index_resets += 1
+        deleted, _, self._highest_sequence = await self._call_invalidate(
+            INVALIDATE_CLEANUP_BUDGET, True, list(RESET_TARGET_ARGS)
+        )
+        return deleted  # the sweep it queued is run by the caller's reclaimer
+
     async def _call_invalidate(
         self, budget: int, drop_catalogue: bool, targets: list[ScriptArg]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
+        """(entries deleted, clean-up jobs queued, the sequence now)."""
         reply = await self._registry.call(
             self._client,
             "invalidate",
@@ -356,17 +410,18 @@ class AppConfigFragmentCacheSource:
         )
         if (
             not isinstance(reply, list)
-            or len(reply) != 2
+            or len(reply) != 3
             or not all(isinstance(part, int) for part in reply)
         ):
             raise CacheError(f"invalidate.lua answered {reply!r:.200}")
-        return reply[0], reply[1]
+        return reply[0], reply[1], reply[2]
 
     # -- clean-up ------------------------------------------------------------------------
 
     async def cleanup_step(self) -> tuple[int, int]:
         """One bounded clean-up step: (entries deleted, jobs still queued)."""
-        return await self._call_invalidate(STEP_CLEANUP_BUDGET, False, [])
+        deleted, queued, _ = await self._call_invalidate(STEP_CLEANUP_BUDGET, False, [])
+        return deleted, queued
 
     async def reclaim(self) -> int:
         """Run clean-up steps until the queue is empty; returns entries deleted. Any

@@ -15,6 +15,12 @@ class CacheError(Exception):
     """The cache source could not serve a call (bad reply shape, oversized value...)."""
 
 
+class ReplicasBehindError(CacheError):
+    """An invalidation reached the primary, but not every replica within the bound: a
+    read on a lagging replica, or that replica promoted by a failover, could still see
+    what it covers. It counts as a failed invalidation (queued and replayed)."""
+
+
 # Everything a cache call can raise when Valkey is down, slow, full or confused. glide's
 # ConnectionError and TimeoutError derive from its RequestError, itself a GlideError.
 CACHE_ERRORS: tuple[type[BaseException], ...] = (GlideError, ClosingError, CacheError)
@@ -35,6 +41,7 @@ FALL_THROUGH_CAUSES = (
     "wrongtype",
     "noscript",
     "invalid",
+    "replicas_behind",
     "error",
 )
 
@@ -63,7 +70,7 @@ UNWELL_CAUSES = frozenset({"timeout", "connection", "busy", "loading", "circuit_
 # they must not open the breaker (reads keep working under OOM or on a read-only replica,
 # and a lost script is reloaded by the registry). "invalid": a value the cache cannot
 # handle (a name too long for a key, a reply that does not decode); no server at fault.
-_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript", "invalid"})
+_NOT_HEALTH = frozenset({"readonly", "oom", "wrongtype", "noscript", "invalid", "replicas_behind"})
 
 
 class CircuitOpen(Exception):
@@ -72,6 +79,8 @@ class CircuitOpen(Exception):
 
 def cause_of(error: BaseException) -> str:
     """A stable cause label (one of ``FALL_THROUGH_CAUSES``) for a failed call."""
+    if isinstance(error, ReplicasBehindError):
+        return "replicas_behind"  # the primary answered: not a health failure either
     if isinstance(error, CircuitOpen | CircuitBreakerError):
         return "circuit_open"  # ours, or glide's client-wide breaker, refused it: no I/O
     if isinstance(error, GlideTimeoutError):
