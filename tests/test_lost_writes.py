@@ -5,6 +5,7 @@ life, so no entry or fill token from before is trusted again."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from glide import GlideClient
@@ -97,3 +98,15 @@ async def test_a_sequence_moving_on_in_other_processes_is_not_a_loss(
     await valkey.delete(list(await keys_under(valkey, keys.prefix)))  # FLUSHALL, in effect
     await cache.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
     assert cache.metrics.index_resets == elsewhere.metrics.index_resets == 0
+
+
+async def test_concurrent_invalidations_of_one_source_are_not_a_loss(
+    cache: AppConfigFragmentCacheSource,
+) -> None:
+    """Their replies come back in order, but their tasks resume in any order: a reply
+    lower than a sibling's is not a sequence that went back."""
+    for _ in range(5):
+        await asyncio.gather(
+            *(cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4())) for _ in range(50))
+        )
+    assert cache.metrics.index_resets == 0

@@ -359,21 +359,25 @@ class AppConfigFragmentCacheSource:
         args: list[ScriptArg] = []
         for target in targets:
             args += target
+        # What the server had reached before this call was sent: the call must move it
+        # past that. (Concurrent calls of this source may land in any order: each is
+        # compared with what was known when it left, not with its siblings' replies.)
+        reached = self._highest_sequence
         deleted, queued, sequence = await self._call_invalidate(
             INVALIDATE_CLEANUP_BUDGET, drop_catalogue, args
         )
-        if sequence <= self._highest_sequence:
-            deleted += await self._writes_were_lost(sequence)
+        if sequence <= reached:
+            deleted += await self._writes_were_lost(reached, sequence)
             queued = True
         else:
-            self._highest_sequence = sequence
+            self._highest_sequence = max(self._highest_sequence, sequence)
         if self._replicas is not None:
             await self._replicas.wait()
         if queued:
             self._start_reclaiming()
         return deleted
 
-    async def _writes_were_lost(self, sequence: int) -> int:
+    async def _writes_were_lost(self, reached: int, sequence: int) -> int:
         """The primary's sequence went back: a failover promoted a replica that lacked
         invalidations acknowledged before it (or the server's data was replaced). Its
         stamps may be missing, so nothing of the index can be trusted: start a new life,
@@ -381,7 +385,7 @@ class AppConfigFragmentCacheSource:
         log.error(
             "the cache's invalidation sequence went back from %d to %d under prefix %r:"
             " writes were lost (failover?); starting a new life of the index",
-            self._highest_sequence,
+            reached,
             sequence,
             self.keys.prefix,
         )
