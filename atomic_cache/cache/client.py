@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from glide import (
     AdvancedGlideClientConfiguration,
@@ -18,6 +18,32 @@ DEFAULT_REQUEST_TIMEOUT_MS = 250
 DEFAULT_CONNECT_TIMEOUT_MS = 500
 _PLAIN_SCHEMES = {"valkey", "redis"}
 _TLS_SCHEMES = {"valkeys", "rediss"}
+_SCHEMES_HINT = "use valkey://, redis://, valkeys:// or rediss:// (valkey://host:port/db)"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials = f"{parts.username or ''}:***"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or outside 0-65535
+        port = -1
+    if port is None:
+        return 6379
+    if not 1 <= port <= 65535:
+        raw = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(
+            f"bad port {raw!r} in Valkey URL {redact_url(url)!r}: a number from 1 to 65535"
+        )
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +59,25 @@ class ValkeyURL:
 
     @classmethod
     def parse(cls, url: str) -> ValkeyURL:
+        """Split ``url``; ValueError, with one line naming what is wrong, if it cannot be
+        used (no or an unknown scheme, a bad port or database number). The password is
+        never part of the message."""
+        if not url.strip():
+            raise ValueError(f"empty Valkey URL: {_SCHEMES_HINT}")
+        if "://" not in url:
+            # "127.0.0.1:6379" or "localhost:6379": urlsplit would read a scheme, or none.
+            raise ValueError(f"Valkey URL {redact_url(url)!r} has no scheme: {_SCHEMES_HINT}")
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in _PLAIN_SCHEMES | _TLS_SCHEMES:
-            raise ValueError(
-                f"unsupported URL scheme {parts.scheme!r}: use valkey://, redis://,"
-                " valkeys:// or rediss://"
-            )
+            raise ValueError(f"unsupported URL scheme {parts.scheme!r}: {_SCHEMES_HINT}")
+        port = _port(url)
         path = parts.path.strip("/")
         if path and not path.isdigit():
-            raise ValueError(f"database number in {url!r} must be a non-negative integer")
-        try:
-            port = parts.port or 6379
-        except ValueError as error:
-            raise ValueError(f"bad port in Valkey URL: {error}") from None
+            raise ValueError(
+                f"database number {path!r} in Valkey URL {redact_url(url)!r} must be a"
+                " non-negative integer"
+            )
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,
@@ -90,6 +121,9 @@ async def create_valkey_client(
     client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
 ) -> GlideClient:
     """Create a standalone glide client; it connects lazily, on its first command.
+
+    A URL that cannot be used raises ValueError naming the problem (see
+    :meth:`ValkeyURL.parse`) before any client exists.
 
     ``request_timeout_ms`` bounds every command, so a stalled server costs at most that
     much per call (and the breaker of the repositories stops paying it).

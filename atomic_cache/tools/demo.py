@@ -1,10 +1,13 @@
 """``atomic-cache demo``: seed a realistic data set, run a WebUI-bootstrap-like read load,
-write at every scope, and show what the cache did."""
+write at every scope, and show what the cache did.
+
+The output reads top to bottom: each section prints its heading, runs, then prints its
+table right under it (a progress bar in between shows only on a terminal, and goes away).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -26,9 +29,14 @@ from ..keys import KeySchema
 from ..metrics import CacheStats
 from ..models import FragmentInput, MyFragmentInput, ScopeType
 from ..repository import AppConfigFragmentRepository, AppConfigPolicyRepository
-from .seed import SeededData, SeedPlan, plan_rows, reset, write_rows
+from .seed import POLICIES, SeededData, SeedPlan, plan_rows, reset, write_rows
 
 DEMO_PREFIX = "atomic_cache_demo"
+
+# Section headings, printed before each section runs, its table right under it.
+READS_HEADING = "Reads"
+WRITES_HEADING = "Writes at every scope"
+COUNTERS_HEADING = "Cache counters"
 
 
 @dataclass
@@ -58,7 +66,10 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 
 async def timed_load(
-    users: Sequence[uuid.UUID], call: Callable[[uuid.UUID], Awaitable[object]], concurrency: int
+    users: Sequence[uuid.UUID],
+    call: Callable[[uuid.UUID], Awaitable[object]],
+    concurrency: int,
+    on_call: Callable[[], None] | None = None,
 ) -> list[float]:
     """Call for every user with ``concurrency`` tasks; latencies in µs."""
     latencies: list[float] = []
@@ -70,9 +81,21 @@ async def timed_load(
             began = time.perf_counter()
             await call(user)
             latencies.append((time.perf_counter() - began) * 1e6)
+            if on_call is not None:
+                on_call()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
+
+
+@contextmanager
+def progress_bar(console: Console, description: str, total: int) -> Iterator[Callable[[], None]]:
+    """Advance-by-one for a bar shown while a step runs, on a terminal only: it vanishes
+    when the step ends, so each heading stays directly above its table; a pipe or a log
+    gets nothing (rich would leave a blank line there)."""
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
 
 
 async def count_entries(client: GlideClient, keys: KeySchema) -> int:
@@ -90,7 +113,8 @@ async def count_entries(client: GlideClient, keys: KeySchema) -> int:
 
 
 async def script_calls(client: GlideClient) -> int:
-    """EVALSHA + EVALSHA_RO calls since the last CONFIG RESETSTAT: commands clients sent."""
+    """EVALSHA + EVALSHA_RO calls the server counted so far (INFO commandstats). The demo
+    takes differences, so it never resets the statistics of a server it was given."""
     raw = await client.custom_command(["INFO", "commandstats"])
     info = raw.decode() if isinstance(raw, bytes) else str(raw)
     calls = 0
@@ -101,23 +125,61 @@ async def script_calls(client: GlideClient) -> int:
 
 
 @dataclass
+class ReadPass:
+    """One my_app_configs call per user: latencies, and what the calls sent the servers."""
+
+    latencies_us: list[float] = field(default_factory=list)
+    sql_statements: int = 0
+    valkey_commands: int = 0  # script calls (EVALSHA / EVALSHA_RO)
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies_us)
+
+    def p50(self) -> float:
+        return percentile(self.latencies_us, 0.5)
+
+    def p99(self) -> float:
+        return percentile(self.latencies_us, 0.99)
+
+
+@dataclass
 class WriteRow:
     label: str
-    dropped: int
+    users: int  # users whose merged configs the write changed, re-read afterwards
+    dropped: int  # cached entries gone: deleted by the call, or after it by clean-up steps
     refills: int
     sql_statements: int
 
 
 @dataclass
 class DemoReport:
-    reads: int = 0
-    cached_us: list[float] = field(default_factory=list)
-    sql_us: list[float] = field(default_factory=list)
-    hit_ratio: float = 0.0
-    commands_per_read: float = 0.0
+    cold: ReadPass = field(default_factory=ReadPass)  # through the cache, starting empty
+    warm: ReadPass = field(default_factory=ReadPass)  # through the cache, filled
+    sql_only: ReadPass = field(default_factory=ReadPass)  # the SQL merged view, no cache
     writes: list[WriteRow] = field(default_factory=list)
     read_stats: CacheStats = field(default_factory=CacheStats)  # after the read passes
     stats: CacheStats = field(default_factory=CacheStats)  # at the end
+
+    @property
+    def reads(self) -> int:
+        """my_app_configs calls through the cache: the cold pass and the warm pass."""
+        return self.cold.calls + self.warm.calls
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of the cold and warm passes' calls that needed no SQL (per call, where
+        ``CacheStats.hit_ratio`` counts per config name over the whole demo)."""
+        return 1 - (self.cold.sql_statements + self.warm.sql_statements) / self.reads
+
+    @property
+    def commands_per_read(self) -> float:
+        return (self.cold.valkey_commands + self.warm.valkey_commands) / self.reads
+
+    @property
+    def speed_up(self) -> float:
+        """The SQL merged view's p50 over the warm pass's p50."""
+        return self.sql_only.p50() / self.warm.p50()
 
 
 async def run_demo(
@@ -127,6 +189,7 @@ async def run_demo(
     plan: SeedPlan | None = None,
     readers: int = 50,
 ) -> DemoReport:
+    """Run the demo, printing each section to ``console`` as it completes."""
     plan = plan or SeedPlan()
     engine = create_async_engine(database_url, pool_size=readers, max_overflow=10)
     try:
@@ -146,57 +209,80 @@ async def _demo(
     await cache.invalidate_for_scope(ScopeType.PUBLIC, "public")  # a clean slate
     repo = AppConfigFragmentRepository(engine, cache=cache)
     sql_only = AppConfigFragmentRepository(engine)
+    policies = AppConfigPolicyRepository(engine, cache=cache)
+    try:
+        await create_schema(engine)
+        await reset(engine)
+        rows = plan_rows(plan)
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task(
+                f"seeding {plan.domains} domains, {plan.users:,} users,"
+                f" {rows.data.fragments:,} fragments",
+                total=rows.total,
+            )
+            data = await write_rows(engine, rows, lambda n: progress.advance(task, n))
 
-    await create_schema(engine)
-    await reset(engine)
-    rows = plan_rows(plan)
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task(
-            f"seeding {plan.domains} domains, {plan.users:,} users,"
-            f" {rows.data.fragments:,} fragments",
-            total=rows.total,
+        users = list(data.users)
+        console.print(
+            f"\n[bold]{READS_HEADING}[/]: my_app_configs ({len(POLICIES)} names) for"
+            f" {len(users):,} users, {readers} calls at a time"
         )
-        data = await write_rows(engine, rows, lambda n: progress.advance(task, n))
+        report.cold = await _read_pass(client, engine, console, "cold pass", users, repo, readers)
+        report.warm = await _read_pass(client, engine, console, "warm pass", users, repo, readers)
+        report.read_stats = repo.stats()
+        report.sql_only = await _read_pass(
+            client, engine, console, "SQL merged view", users, sql_only, readers
+        )
+        print_reads(console, report)
 
-    users = list(data.users)
-    console.print(
-        f"\n[bold]Read load[/]: my_app_configs for {len(users):,} users, {readers} at a time"
-    )
-    await client.custom_command(["CONFIG", "RESETSTAT"])
-    with counting_sql(engine) as sql:
-        cold = await timed_load(users, repo.my_app_configs, readers)
-        warm = await timed_load(users, repo.my_app_configs, readers)
-    report.reads = len(cold) + len(warm)
-    report.commands_per_read = await script_calls(client) / report.reads
-    report.hit_ratio = 1 - sql.count / report.reads
-    report.read_stats = repo.stats()
-    report.cached_us = warm
-    report.sql_us = await timed_load(users, sql_only.my_app_configs, readers)
-    console.print(
-        f"cold pass p50 {percentile(cold, 0.5):,.0f} µs (fills), warm pass p50"
-        f" {percentile(warm, 0.5):,.0f} µs, SQL only p50 {percentile(report.sql_us, 0.5):,.0f} µs"
-    )
+        console.print(f"\n[bold]{WRITES_HEADING}[/], each followed by a re-read of its users")
+        report.writes = await _writes(
+            client, keys, engine, console, repo, policies, cache, data, readers
+        )
+        print_writes(console, report.writes)
 
-    console.print("\n[bold]Writes at every scope[/] (each invalidates its slice before returning)")
-    report.writes = await _writes(client, keys, engine, repo, cache, data)
-    report.stats = repo.stats()
-    return report
+        report.stats = repo.stats()
+        console.print(f"\n[bold]{COUNTERS_HEADING}[/]: repo.stats() at the end of the demo")
+        print_counters(console, report.stats)
+        return report
+    finally:
+        # Their outbox replayers poll in the background: stop them before the engine
+        # is disposed of.
+        for each in (repo, sql_only, policies):
+            await each.close()
+
+
+async def _read_pass(
+    client: GlideClient,
+    engine: AsyncEngine,
+    console: Console,
+    name: str,
+    users: Sequence[uuid.UUID],
+    repo: AppConfigFragmentRepository,
+    readers: int,
+) -> ReadPass:
+    commands = await script_calls(client)
+    with counting_sql(engine) as sql, progress_bar(console, name, len(users)) as advance:
+        latencies = await timed_load(users, repo.my_app_configs, readers, advance)
+    return ReadPass(latencies, sql.count, await script_calls(client) - commands)
 
 
 async def _writes(
     client: GlideClient,
     keys: KeySchema,
     engine: AsyncEngine,
+    console: Console,
     repo: AppConfigFragmentRepository,
+    policies: AppConfigPolicyRepository,
     cache: AppConfigFragmentCacheSource,
     data: SeededData,
+    readers: int,
 ) -> list[WriteRow]:
     user = next(iter(data.users))
     domain = data.users[user]
-    policies = AppConfigPolicyRepository(engine, cache=cache)
     writes: list[tuple[str, Callable[[], Awaitable[object]], Sequence[uuid.UUID]]] = [
         (
-            "USER: bulk_create_my (1 user, webui)",
+            "USER: webui via bulk_create_my",
             lambda: repo.bulk_create_my(
                 user, [MyFragmentInput(name="webui", extra_config={"demo": 1})]
             ),
@@ -224,17 +310,19 @@ async def _writes(
         ),
     ]
     rows = []
-    for label, write, affected in writes:
-        before = await count_entries(client, keys)
-        await write()
-        # Covered entries are unservable once the write returns; a large scope's are
-        # deleted by clean-up steps in the background: count them once those are done.
-        await cache.reclaiming()
-        after = await count_entries(client, keys)
-        with counting_sql(engine) as sql:
-            await timed_load(affected, repo.my_app_configs, 50)
-        refilled = await count_entries(client, keys) - after
-        rows.append(WriteRow(label, before - after, refilled, sql.count))
+    with progress_bar(console, "writes and re-reads", len(writes)) as advance:
+        for label, write, affected in writes:
+            before = await count_entries(client, keys)
+            await write()
+            # Covered entries are unservable once the write returns; a large scope's are
+            # deleted by clean-up steps in the background: count them once those are done.
+            await cache.reclaiming()
+            after = await count_entries(client, keys)
+            with counting_sql(engine) as sql:
+                await timed_load(affected, repo.my_app_configs, readers)
+            refilled = await count_entries(client, keys) - after
+            rows.append(WriteRow(label, len(affected), before - after, refilled, sql.count))
+            advance()
     return rows
 
 
@@ -249,45 +337,88 @@ async def _upsert(
         await repo.admin_bulk_create([item])
 
 
-def summary(report: DemoReport) -> list[Table]:
-    reads = Table(title="Reads: my_app_configs (all 5 names per call)")
-    for column in ("", "p50 µs", "p99 µs"):
-        reads.add_column(column, justify="right" if column else "left")
-    reads.add_row(
-        "cached (warm)",
-        f"{percentile(report.cached_us, 0.5):,.0f}",
-        f"{percentile(report.cached_us, 0.99):,.0f}",
+# -- the tables ---------------------------------------------------------------------------
+# Numbers never wrap (no_wrap): on a narrow terminal the text columns give way. The tables
+# fit 80 columns at the default plan, and each note under a table is one line of at most 80.
+
+
+def _numeric(table: Table, *headers: str) -> None:
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+
+
+def _notes(console: Console, lines: Sequence[str]) -> None:
+    for line in lines:
+        console.print(line, style="dim", highlight=False)
+
+
+def reads_table(report: DemoReport) -> Table:
+    table = Table()
+    table.add_column("pass")
+    _numeric(table, "p50 µs", "p99 µs", "SQL\nstatements", "Valkey\ncommands")
+    passes = (
+        ("cold (misses, fills)", report.cold),
+        ("warm (hits)", report.warm),
+        ("SQL merged view", report.sql_only),
     )
-    reads.add_row(
-        "SQL merged view",
-        f"{percentile(report.sql_us, 0.5):,.0f}",
-        f"{percentile(report.sql_us, 0.99):,.0f}",
-    )
-    ratio = statistics.median(report.sql_us) / statistics.median(report.cached_us)
-    reads.add_row("SQL / cached (p50)", f"{ratio:.1f}x", "")
-    reads.caption = (
-        f"{report.reads:,} cached reads, hit ratio {report.hit_ratio:.1%},"
-        f" {report.commands_per_read:.2f} server commands per read"
-    )
-    writes = Table(title="Writes: entries invalidated and refilled")
-    for column in (
-        "write",
-        "entries dropped",
-        "refilled on next reads",
-        "SQL statements to refill",
-    ):
-        writes.add_column(column, justify="left" if column == "write" else "right")
-    for row in report.writes:
-        writes.add_row(row.label, f"{row.dropped:,}", f"{row.refills:,}", f"{row.sql_statements:,}")
-    writes.caption = "each write: one invalidation round trip after its commit"
-    return [reads, writes, counters(report.stats)]
+    for label, read in passes:
+        table.add_row(
+            label,
+            f"{read.p50():,.0f}",
+            f"{read.p99():,.0f}",
+            f"{read.sql_statements:,}",
+            f"{read.valkey_commands:,}",
+        )
+    return table
+
+
+def reads_notes(report: DemoReport) -> list[str]:
+    return [
+        f"hit ratio of the read passes (cold then warm): {report.hit_ratio:.1%}"
+        " of calls needed no SQL",
+        f"Valkey commands per call over those passes: {report.commands_per_read:.2f}",
+        f"warm p50: {report.speed_up:.1f}x faster than the SQL merged view, no cache",
+    ]
+
+
+def print_reads(console: Console, report: DemoReport) -> None:
+    console.print(reads_table(report))
+    _notes(console, reads_notes(report))
+
+
+def writes_table(rows: Sequence[WriteRow]) -> Table:
+    table = Table()
+    table.add_column("write")
+    _numeric(table, "users", "removed", "refilled", "SQL")
+    for row in rows:
+        table.add_row(
+            row.label,
+            f"{row.users:,}",
+            f"{row.dropped:,}",
+            f"{row.refills:,}",
+            f"{row.sql_statements:,}",
+        )
+    return table
+
+
+WRITES_NOTES = (
+    "each write invalidates what it changed: one round trip after its commit",
+    "removed: cached entries (one per user and config name) deleted by that call,",
+    "  or for a large scope by the clean-up steps that follow it",
+    "refilled: entries the re-read stored again; SQL: the statements it ran",
+)
+
+
+def print_writes(console: Console, rows: Sequence[WriteRow]) -> None:
+    console.print(writes_table(rows))
+    _notes(console, WRITES_NOTES)
 
 
 def counters(stats: CacheStats) -> Table:
     """What ``repo.stats()`` counted over the whole demo."""
-    table = Table(title="Cache counters: repo.stats()")
+    table = Table()
     table.add_column("counter")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", no_wrap=True)
     for name, value in stats.model_dump().items():
         if isinstance(value, dict):
             value = ", ".join(f"{key} {count:,}" for key, count in sorted(value.items())) or "none"
@@ -297,3 +428,14 @@ def counters(stats: CacheStats) -> Table:
             value = f"{value:,}"
         table.add_row(name, str(value))
     return table
+
+
+COUNTERS_NOTES = (
+    f"hits, misses, fills: config names ({len(POLICIES)} per call), over the whole demo",
+    "hit_ratio: all cache lookups since start, including the writes' re-reads",
+)
+
+
+def print_counters(console: Console, stats: CacheStats) -> None:
+    console.print(counters(stats))
+    _notes(console, COUNTERS_NOTES)

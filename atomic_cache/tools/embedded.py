@@ -15,9 +15,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 STARTUP_TIMEOUT_S = 15.0
 
@@ -194,8 +196,35 @@ def asyncpg_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def postgres_url(explicit: str | None = None) -> Iterator[str]:
-    """A PostgreSQL URL (asyncpg): explicit or ``DATABASE_URL``, else Docker, else pgserver."""
+def _without_runtime_dir_warning() -> Iterator[None]:
+    """Silence platformdirs' RuntimeDirWarning, only while pgserver loads and starts.
+
+    pgserver asks platformdirs for a per-user runtime dir (for its lock file) when it is
+    imported; where XDG_RUNTIME_DIR is unset (CI, containers, ``sudo``) platformdirs warns
+    and falls back to ``/tmp/runtime-UID``, which works: the warning is only noise in the
+    output of the demo and the benchmarks.
+    """
+    with warnings.catch_warnings():
+        try:
+            from platformdirs import RuntimeDirWarning
+        except ImportError:  # a platformdirs too old to have it does not warn
+            pass
+        else:
+            warnings.filterwarnings(
+                "ignore", category=RuntimeDirWarning, module=r"platformdirs(\.|$)"
+            )
+        yield
+
+
+@contextlib.contextmanager
+def postgres_url(
+    explicit: str | None = None, *, announce: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """A PostgreSQL URL (asyncpg): explicit or ``DATABASE_URL``, else Docker, else pgserver.
+
+    ``announce`` gets one line saying which server was started, when one is (never for
+    a given URL).
+    """
     url = explicit or os.environ.get("DATABASE_URL")
     if url:
         yield asyncpg_url(url)
@@ -204,18 +233,43 @@ def postgres_url(explicit: str | None = None) -> Iterator[str]:
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
+            if announce is not None:
+                host = container.get_container_host_ip()
+                port = container.get_exposed_port(5432)
+                announce(
+                    f"PostgreSQL container postgres:16-alpine on {host}:{port}, removed on exit"
+                )
             yield container.get_connection_url()
         return
+    with _without_runtime_dir_warning():
+        try:
+            import pgserver  # type: ignore[import-untyped,unused-ignore]
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "no PostgreSQL available: set DATABASE_URL or install the 'embedded' extra"
+                " (pgserver)"
+            ) from error
+        directory = Path(tempfile.mkdtemp(prefix="atomic-cache-pg-"))
+        try:
+            server = pgserver.get_server(directory / "data", cleanup_mode="delete")  # type: ignore[attr-defined,unused-ignore]
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
     try:
-        import pgserver  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "no PostgreSQL available: set DATABASE_URL or install the 'embedded' extra (pgserver)"
-        ) from error
-    directory = Path(tempfile.mkdtemp(prefix="atomic-cache-pg-"))
-    server = pgserver.get_server(directory / "data", cleanup_mode="delete")  # type: ignore[attr-defined,unused-ignore]
-    try:
-        yield asyncpg_url(server.get_uri())
+        uri = server.get_uri()
+        if announce is not None:
+            announce(f"embedded PostgreSQL {_where(uri)}, stopped on exit")
+        yield asyncpg_url(uri)
     finally:
         server.cleanup()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _where(uri: str) -> str:
+    """Where a PostgreSQL URI points (pgserver's listens on a unix socket), short enough
+    for one line of a terminal."""
+    parts = urlsplit(uri)
+    socket_dir = parse_qs(parts.query).get("host")
+    if socket_dir:
+        return f"in {socket_dir[0]}"  # its data dir, socket included
+    return f"on {parts.hostname}:{parts.port}"
