@@ -23,6 +23,7 @@ TOOL_DEPENDENCIES = (
     "prometheus_client",
     "testcontainers",
     "docker",
+    "alembic",
 )
 
 

@@ -1,5 +1,11 @@
 """The PostgreSQL side: BEP-1052 tables and the SQL of the merged view and bulk writes."""
 
+from .identity import (
+    UnknownDomainError,
+    UserDomainMismatchError,
+    ensure_domain,
+    ensure_user,
+)
 from .schema import (
     app_config_fragments,
     app_config_policies,
@@ -11,10 +17,14 @@ from .schema import (
 )
 
 __all__ = [
+    "UnknownDomainError",
+    "UserDomainMismatchError",
     "app_config_fragments",
     "app_config_policies",
     "create_schema",
     "domains",
+    "ensure_domain",
+    "ensure_user",
     "invalidation_outbox",
     "metadata",
     "users",

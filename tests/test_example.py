@@ -1,0 +1,83 @@
+"""examples/quickstart.py runs as written, twice in a row, and is what the README shows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from .test_migrations import fresh_database
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "quickstart.py"
+README = ROOT / "README.md"
+
+EXPECTED_OUTPUT = [
+    "app_config: {'theme': 'dark'}",
+    "my_app_configs: ['webui']",
+    "cached after invalidate_for_scope: False",
+    "read_through: {'theme': 'dark'}",
+    "cached after read_through: True",
+]
+
+_REGION = re.compile(
+    r"^# --- readme: (?P<name>[a-z]+) \(begin\)\n(?P<code>.*?)^# --- readme: (?P=name) \(end\)$",
+    re.MULTILINE | re.DOTALL,
+)
+_PYTHON_BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+_TEXT_BLOCK = re.compile(r"^```text\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+async def run_example(valkey_url: str, database_url: str) -> tuple[int, str, str]:
+    env = {**os.environ, "VALKEY_URL": valkey_url, "DATABASE_URL": database_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        # Shows connections or sockets the program forgets to close (on stderr).
+        "-W",
+        "always::ResourceWarning",
+        str(EXAMPLE),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_quickstart_runs_twice_on_the_same_servers(
+    valkey_url: str, postgres_server_url: str
+) -> None:
+    async with fresh_database(postgres_server_url) as database_url:
+        # The first run gets the plain URL a user has, the second the asyncpg one.
+        plain = make_url(database_url).set(drivername="postgresql")
+        for url in (plain.render_as_string(hide_password=False), database_url):
+            code, out, err = await run_example(valkey_url, url)
+            assert (code, out.splitlines()) == (0, EXPECTED_OUTPUT), err
+            assert err == ""
+
+
+def readme_regions() -> dict[str, str]:
+    return {
+        match["name"]: match["code"].rstrip() for match in _REGION.finditer(EXAMPLE.read_text())
+    }
+
+
+def test_the_readme_shows_the_example_as_it_is() -> None:
+    regions = readme_regions()
+    assert sorted(regions) == ["application", "repositories"]
+    blocks = [match["code"].rstrip() for match in _PYTHON_BLOCK.finditer(README.read_text())]
+    for name, code in regions.items():
+        assert code in blocks, f"the README has no python block equal to the {name!r} region"
+    # In the file's order, as the README's sections come.
+    assert blocks.index(regions["application"]) < blocks.index(regions["repositories"])
+
+
+def test_the_readme_shows_what_the_example_prints() -> None:
+    blocks = [match["code"] for match in _TEXT_BLOCK.finditer(README.read_text())]
+    assert "\n".join(EXPECTED_OUTPUT) + "\n" in blocks
