@@ -1,6 +1,9 @@
 # Two commands do everything on a fresh clone with only Python >= 3.11:
 #   make demo   - the demo on embedded Valkey and PostgreSQL
 #   make test   - the test suite on real servers (embedded unless VALKEY_URL / DATABASE_URL)
+# and, when wanted:
+#   make bench          - the full benchmark (minutes): bench-results/bench.{md,json,png}
+#   make bench QUICK=1  - a reduced run, well under a minute (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -29,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/atomic-cache demo
 
 bench: $(STAMP)
-	$(BIN)/atomic-cache bench
+	$(BIN)/atomic-cache bench$(if $(filter-out 0,$(QUICK)), --quick)
 
 doctor: $(STAMP)
 	$(BIN)/atomic-cache doctor

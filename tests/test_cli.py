@@ -159,11 +159,14 @@ async def test_doctor_fails_on_a_missing_command() -> None:
 
 
 async def test_doctor_fails_when_nothing_answers() -> None:
-    result = await invoke(
-        "doctor", "--valkey-url", f"valkey://user:s3cret@127.0.0.1:{free_port()}/0"
-    )
+    port = free_port()
+    result = await invoke("doctor", "--valkey-url", f"valkey://user:s3cret@127.0.0.1:{port}/0")
     assert result.exit_code == 1
-    assert status_of(result.output, "connection") == "FAIL"
+    # No table of checks that could not run: the one line every command gives.
+    assert result.output.startswith(
+        f"Error: cannot reach Valkey at valkey://user:***@127.0.0.1:{port}/0: "
+    )
+    assert len(result.output.splitlines()) == 1
     assert "s3cret" not in result.output
 
 

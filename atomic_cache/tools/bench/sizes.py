@@ -1,0 +1,91 @@
+"""How much of everything one bench run does: ``FULL`` (``make bench``), ``QUICK``
+(``--quick``, CI) and ``TINY`` (the test suite)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSizes:
+    """How much of everything one run does."""
+
+    name: str
+    rounds: int  # interleaved rounds per latency comparison
+    ops_per_round: int  # operations per variant per round, one task
+    tasks: int  # concurrent tasks in the concurrent comparisons
+    ops_per_task: int  # operations per task per variant per round
+    races: int  # fill-vs-invalidation races per write shape
+    race_wave: int  # races running at the same time
+    fanout_users: tuple[int, ...]  # users of the invalidated domain (all of the prefix's)
+    fanout_names: int  # cached names per user
+    memory_users: int  # users x len(CONFIG_NAMES) entries for the memory figures
+    server_cost_calls: int  # calls per script for INFO commandstats
+    refusal_fills: int  # fills per variant while other scopes are invalidated (h)
+    refusal_writers: int  # concurrent writers invalidating those other scopes (h)
+    churn_users: int  # users x len(CONFIG_NAMES) entries at the index's peak (i)
+    churn_traffic_users: int  # other users filled again and again after the peak (i)
+    churn_ttl_s: int  # the TTL of every entry of scenario i
+    churn_extra_s: int  # how long traffic goes on after the peak's entries expired (i)
+    fill_concurrency: int = 64
+
+
+FULL = BenchSizes(
+    name="full",
+    rounds=20,
+    ops_per_round=500,
+    tasks=50,
+    ops_per_task=40,
+    races=1000,
+    race_wave=20,
+    fanout_users=(1_000, 10_000, 100_000),
+    fanout_names=5,
+    memory_users=10_000,
+    server_cost_calls=5_000,
+    refusal_fills=1_000,
+    refusal_writers=20,
+    churn_users=20_000,
+    churn_traffic_users=300,
+    churn_ttl_s=5,
+    churn_extra_s=3,
+)
+QUICK = BenchSizes(
+    name="quick",
+    rounds=8,
+    ops_per_round=200,
+    tasks=50,
+    ops_per_task=20,
+    races=200,
+    race_wave=20,
+    fanout_users=(1_000, 10_000),
+    fanout_names=5,
+    memory_users=2_000,
+    server_cost_calls=1_000,
+    refusal_fills=400,
+    refusal_writers=20,
+    churn_users=1_000,
+    churn_traffic_users=20,
+    churn_ttl_s=3,
+    churn_extra_s=2,
+)
+# For the test suite: every scenario, every code path, in seconds.
+TINY = BenchSizes(
+    name="tiny",
+    rounds=2,
+    ops_per_round=20,
+    tasks=50,
+    ops_per_task=2,
+    races=20,
+    race_wave=10,
+    fanout_users=(50, 200),
+    fanout_names=5,
+    memory_users=50,
+    server_cost_calls=50,
+    refusal_fills=40,
+    refusal_writers=5,
+    churn_users=100,
+    churn_traffic_users=5,
+    churn_ttl_s=1,
+    churn_extra_s=1,
+)
+SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
