@@ -1,16 +1,22 @@
-"""create_valkey_client: a glide client from a ``valkey://`` / ``redis://`` URL."""
+"""create_valkey_client: a glide client from a ``valkey://`` / ``redis://`` URL, for a
+standalone server or (``cluster=True``) a Valkey Cluster."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from glide import (
     AdvancedGlideClientConfiguration,
+    AdvancedGlideClusterClientConfiguration,
     ClientCircuitBreakerConfiguration,
     GlideClient,
     GlideClientConfiguration,
+    GlideClusterClient,
+    GlideClusterClientConfiguration,
     NodeAddress,
+    ReadFrom,
     ServerCredentials,
 )
 
@@ -87,6 +93,40 @@ class ValkeyURL:
             database=int(path) if path else 0,
         )
 
+    @property
+    def credentials(self) -> ServerCredentials | None:
+        if self.password is None:
+            return None
+        return ServerCredentials(password=self.password, username=self.username)
+
+    def cluster_configuration(
+        self,
+        *,
+        request_timeout_ms: int,
+        connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+        client_name: str | None = None,
+        read_from_replica: bool = False,
+        client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
+    ) -> GlideClusterClientConfiguration:
+        """The URL's node is a seed: glide discovers the rest of the cluster from it."""
+        if self.database:
+            raise ValueError("a Valkey Cluster has only database 0: drop the /db from the URL")
+        return GlideClusterClientConfiguration(
+            [NodeAddress(self.host, self.port)],
+            use_tls=self.use_tls,
+            credentials=self.credentials,
+            # Replicas serve only the read-only scripts (EVALSHA_RO); writes and
+            # invalidations always go to the slot's primary.
+            read_from=ReadFrom.PREFER_REPLICA if read_from_replica else ReadFrom.PRIMARY,
+            request_timeout=request_timeout_ms,
+            client_name=client_name,
+            lazy_connect=True,
+            advanced_config=AdvancedGlideClusterClientConfiguration(
+                connection_timeout=connect_timeout_ms
+            ),
+            client_circuit_breaker=client_circuit_breaker,
+        )
+
     def configuration(
         self,
         *,
@@ -95,13 +135,10 @@ class ValkeyURL:
         client_name: str | None = None,
         client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
     ) -> GlideClientConfiguration:
-        credentials = None
-        if self.password is not None:
-            credentials = ServerCredentials(password=self.password, username=self.username)
         return GlideClientConfiguration(
             [NodeAddress(self.host, self.port)],
             use_tls=self.use_tls,
-            credentials=credentials,
+            credentials=self.credentials,
             request_timeout=request_timeout_ms,
             database_id=self.database or None,
             client_name=client_name,
@@ -112,6 +149,32 @@ class ValkeyURL:
         )
 
 
+@overload
+async def create_valkey_client(
+    url: str,
+    *,
+    request_timeout_ms: int = ...,
+    connect_timeout_ms: int = ...,
+    client_name: str | None = ...,
+    client_circuit_breaker: ClientCircuitBreakerConfiguration | None = ...,
+    cluster: Literal[False] = ...,
+    read_from_replica: Literal[False] = ...,
+) -> GlideClient: ...
+
+
+@overload
+async def create_valkey_client(
+    url: str,
+    *,
+    request_timeout_ms: int = ...,
+    connect_timeout_ms: int = ...,
+    client_name: str | None = ...,
+    client_circuit_breaker: ClientCircuitBreakerConfiguration | None = ...,
+    cluster: Literal[True],
+    read_from_replica: bool = ...,
+) -> GlideClusterClient: ...
+
+
 async def create_valkey_client(
     url: str,
     *,
@@ -119,8 +182,14 @@ async def create_valkey_client(
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
     client_name: str | None = "atomic_cache",
     client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
-) -> GlideClient:
-    """Create a standalone glide client; it connects lazily, on its first command.
+    cluster: bool = False,
+    read_from_replica: bool = False,
+) -> GlideClient | GlideClusterClient:
+    """Create a glide client; it connects lazily, on its first command.
+
+    ``cluster=True``: a Valkey Cluster client; the URL names any node (a seed).
+    ``read_from_replica=True`` (cluster only) sends the read-only scripts to replicas;
+    the cache source then waits, after each invalidation, until the replicas have it.
 
     A URL that cannot be used raises ValueError naming the problem (see
     :meth:`ValkeyURL.parse`) before any client exists.
@@ -134,6 +203,18 @@ async def create_valkey_client(
     """
     if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
         raise ValueError("request_timeout_ms and connect_timeout_ms must be positive")
+    if cluster:
+        return await GlideClusterClient.create(
+            ValkeyURL.parse(url).cluster_configuration(
+                request_timeout_ms=request_timeout_ms,
+                connect_timeout_ms=connect_timeout_ms,
+                client_name=client_name,
+                read_from_replica=read_from_replica,
+                client_circuit_breaker=client_circuit_breaker,
+            )
+        )
+    if read_from_replica:
+        raise ValueError("read_from_replica needs cluster=True")
     config = ValkeyURL.parse(url).configuration(
         request_timeout_ms=request_timeout_ms,
         connect_timeout_ms=connect_timeout_ms,

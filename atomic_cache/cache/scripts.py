@@ -19,7 +19,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TypeAlias
 
-from glide import AllNodes, GlideClient, GlideClusterClient, RequestError
+from glide import ByAddressRoute, GlideClient, GlideClusterClient, RandomNode, RequestError
 
 from ..resilience.errors import UNWELL_CAUSES, CacheError, cause_of
 from ..targets import ScriptArg
@@ -63,15 +63,30 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def cluster_nodes(client: GlideClusterClient) -> list[tuple[str, int, str]]:
+    """Every node the cluster lists and has not marked failed: (host, port, role)."""
+    reply = _text(await client.custom_command(["CLUSTER", "NODES"], RandomNode()))
+    found = []
+    for line in reply.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or {"fail", "noaddr", "handshake"} & set(fields[2].split(",")):
+            continue
+        host, _, port = fields[1].split("@")[0].rpartition(":")
+        role = "primary" if "master" in fields[2].split(",") else "replica"
+        found.append((host, int(port), role))
+    return sorted(found)
+
+
 async def on_every_node(client: ValkeyClient, command: list[str]) -> dict[str, object]:
     """``command``'s reply from every node (a cluster's primaries and replicas: replicas
-    serve the read-only scripts), by node address; one entry on a standalone server."""
-    if isinstance(client, GlideClusterClient):
-        reply = await client.custom_command(command, AllNodes())
-        if isinstance(reply, dict):
-            return {_text(node): value for node, value in reply.items()}
-        return {"*": reply}  # glide folds equal replies of every node into one
-    return {"server": await client.custom_command(command)}
+    serve the read-only scripts), by ``host:port (role)``; one entry on a standalone
+    server. Node by node, since glide folds the replies of a multi-node route."""
+    if not isinstance(client, GlideClusterClient):
+        return {"server": await client.custom_command(command)}
+    return {
+        f"{host}:{port} ({role})": await client.custom_command(command, ByAddressRoute(host, port))
+        for host, port, role in await cluster_nodes(client)
+    }
 
 
 def _as_arg(value: ScriptArg) -> str | bytes:

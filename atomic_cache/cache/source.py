@@ -79,6 +79,7 @@ class AppConfigFragmentCacheSource:
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
         breaker: CircuitBreaker | None = None,
         replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
+        wait_for_replicas: bool = True,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -93,11 +94,13 @@ class AppConfigFragmentCacheSource:
                 " script touches must hash to one slot; use e.g. '{app_config}' or"
                 " 'tenant:{app_config}'"
             )
-        # On a cluster an invalidation waits until the shard's replicas have it (reads on
-        # replicas, failover); standalone there is no replica to read from.
+        # On a cluster an invalidation waits until the shard's replicas have it: a read on
+        # a replica, or a replica promoted by a failover, must not see what it covered.
+        # (wait_for_replicas=False gives that up: only for reads on primaries that accept
+        # stale reads after a failover.) Standalone there is no replica to read from.
         self._replicas = (
             ReplicaBarrier(client, self.keys.seq, timeout_ms=replica_ack_timeout_ms)
-            if isinstance(client, GlideClusterClient)
+            if isinstance(client, GlideClusterClient) and wait_for_replicas
             else None
         )
         # The highest invalidation sequence a primary returned to this source: it only
