@@ -184,6 +184,37 @@ async def test_scripts_flushed_on_every_node_are_sent_again(
     assert registry.reloads == 3  # get (on a replica), invalidate and set: one each
 
 
+async def test_a_lost_script_is_sent_again_to_the_node_that_lost_it_alone(
+    cluster: EmbeddedCluster,
+) -> None:
+    """A reload must not depend on every node answering: with another shard's replica
+    paused, the scripts flushed everywhere still come back where they are called."""
+    client = await create_valkey_client(
+        cluster.seed_url, cluster=True, read_from_replica=True, request_timeout_ms=500
+    )
+    registry = ScriptRegistry()
+    assert await registry.load(client, required=True)
+    cache = AppConfigFragmentCacheSource(
+        client, registry, keys=KeySchema(prefix_on_shard(cluster, 1))
+    )
+    user = uuid.uuid4()
+    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    await fill(cache, user, "d1", "webui", 1)
+    await settled(cache)
+    for node in cluster.live_nodes:
+        node.command("SCRIPT", "FLUSH")
+    (elsewhere,) = cluster.replicas_of(cluster.primaries_now()[2])
+    elsewhere.server.pause()
+    try:
+        assert await cache.get_merged_config(user, "webui") == data(user, "d1", "webui", 1)
+        await cache.invalidate_for_scope(ScopeType.USER, str(user))
+        await fill(cache, user, "d1", "webui", 2)
+    finally:
+        elsewhere.server.resume()
+        await client.close()
+    assert registry.reloads == 3
+
+
 # -- the core behaviour, on every shard ----------------------------------------------------
 
 
