@@ -163,13 +163,14 @@ async def test_scripts_load_on_every_primary_and_replica(
     assert all(all(loaded.values()) for loaded in per_node.values())
 
 
-async def test_scripts_flushed_on_every_node_are_sent_again(
-    cluster: EmbeddedCluster, cluster_client: GlideClusterClient
-) -> None:
+async def filled_then_flushed(
+    cluster: EmbeddedCluster, client: GlideClusterClient
+) -> tuple[ScriptRegistry, AppConfigFragmentCacheSource, uuid.UUID]:
+    """A cache with one entry on every node of its shard, then SCRIPT FLUSH everywhere."""
     registry = ScriptRegistry()
-    assert await registry.load(cluster_client, required=True)
+    assert await registry.load(client, required=True)
     cache = AppConfigFragmentCacheSource(
-        cluster_client, registry, keys=KeySchema(prefix_on_shard(cluster, 1))
+        client, registry, keys=KeySchema(prefix_on_shard(cluster, 1))
     )
     user = uuid.uuid4()
     await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
@@ -177,6 +178,13 @@ async def test_scripts_flushed_on_every_node_are_sent_again(
     await settled(cache)
     for node in cluster.live_nodes:
         node.command("SCRIPT", "FLUSH")
+    return registry, cache, user
+
+
+async def test_scripts_flushed_on_every_node_are_sent_again(
+    cluster: EmbeddedCluster, cluster_client: GlideClusterClient
+) -> None:
+    registry, cache, user = await filled_then_flushed(cluster, cluster_client)
     assert await cache.get_merged_config(user, "webui") == data(user, "d1", "webui", 1)
     await cache.invalidate_for_scope(ScopeType.USER, str(user))
     assert await cache.get_merged_config(user, "webui") is None
@@ -192,17 +200,7 @@ async def test_a_lost_script_is_sent_again_to_the_node_that_lost_it_alone(
     client = await create_valkey_client(
         cluster.seed_url, cluster=True, read_from_replica=True, request_timeout_ms=500
     )
-    registry = ScriptRegistry()
-    assert await registry.load(client, required=True)
-    cache = AppConfigFragmentCacheSource(
-        client, registry, keys=KeySchema(prefix_on_shard(cluster, 1))
-    )
-    user = uuid.uuid4()
-    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
-    await fill(cache, user, "d1", "webui", 1)
-    await settled(cache)
-    for node in cluster.live_nodes:
-        node.command("SCRIPT", "FLUSH")
+    registry, cache, user = await filled_then_flushed(cluster, client)
     (elsewhere,) = cluster.replicas_of(cluster.primaries_now()[2])
     elsewhere.server.pause()
     try:
