@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.text import Annotation
 
-from atomic_cache.tools.bench import BenchReport, BenchRow, plot
+from atomic_cache.tools.bench import BenchReport, BenchRow, cluster, plot
 from atomic_cache.tools.bench.fanout import FANOUT_PREFIX
 from atomic_cache.tools.bench.index_churn import CHURN_SCENARIO
 from atomic_cache.tools.bench.plot import figure_of
@@ -228,9 +229,71 @@ def test_a_report_of_one_scenario_or_none_gets_its_panel_only(
     assert [ax.get_title() for ax in figure_of(report).axes] == titles
 
 
+def cluster_rows() -> list[BenchRow]:
+    """j.'s hits at 1 and 50 tasks and its memory rows."""
+    reads = (cluster.STANDALONE, cluster.ON_PRIMARY, cluster.ON_REPLICA)
+    hits = [
+        BenchRow(f"{cluster.HIT_SCENARIO}, {tasks}", variant, 300.0 * (index + 1),
+                 900.0, ops_per_s=rate * (index + 1), samples=40, baseline=index == 0)
+        for tasks, rate in (("1 task", 3_000.0), ("50 tasks", 10_000.0))
+        for index, variant in enumerate(reads)
+    ]  # fmt: skip
+    memory = [
+        BenchRow(cluster.memory_scenario(50), variant, samples=250,
+                 extra={"bytes_per_entry": 1_870 + index, "entries_per_gib": 574_000})
+        for index, variant in enumerate(
+            (cluster.MEMORY_STANDALONE, cluster.MEMORY_PRIMARY, cluster.MEMORY_REPLICA)
+        )
+    ]  # fmt: skip
+    return [*hits, *memory]
+
+
+def test_the_cluster_rows_get_a_hits_panel_and_share_the_memory_panel() -> None:
+    """j.'s reads/s under load get a panel of their own, which says why replicas add
+    nothing here; its memory bars join e.'s, each labelled with its scenario."""
+    report = full_report()
+    report.rows += cluster_rows()
+    figure = figure_of(report)
+    figure.draw_without_rendering()
+    hits = panel(figure, "Hits per second")
+    assert hits.get_title() == (
+        "Hits per second, 50 tasks (j.): the client and every server share this one"
+        " machine, so a replica adds no CPU"
+    )
+    assert labels_of(hits) == [cluster.STANDALONE, cluster.ON_PRIMARY, cluster.ON_REPLICA]
+    assert [bar.get_width() for bar in hits.patches if isinstance(bar, Rectangle)] == [
+        10_000.0,
+        20_000.0,
+        30_000.0,
+    ]
+    memory = panel(figure, "Memory")
+    assert memory.get_title() == "Memory: bytes per cached entry (e., j.)"
+    assert labels_of(memory) == [
+        "e. entry key, MEMORY USAGE",
+        "e. index sorted sets, MEMORY USAGE",
+        f"j. {cluster.MEMORY_STANDALONE}",
+        f"j. {cluster.MEMORY_PRIMARY}",
+        f"j. {cluster.MEMORY_REPLICA}",
+    ]
+    assert [bar.get_width() for bar in memory.patches if isinstance(bar, Rectangle)] == [
+        1721,
+        65,
+        1870,
+        1871,
+        1872,
+    ]
+    reads = (f"{cluster.STANDALONE} (baseline)", cluster.ON_PRIMARY, cluster.ON_REPLICA)
+    assert labels_of(panel(figure, "Client-side latency"))[-8:] == [
+        f"{cluster.HIT_SCENARIO}, 1 task",
+        *reads,
+        f"{cluster.HIT_SCENARIO}, 50 tasks",
+        *reads,
+    ]
+
+
 SCENARIO_MODULES = (
     "reads", "sql", "writes", "fanout", "memory", "server_cost", "outage", "refusals",
-    "index_churn",
+    "index_churn", "cluster",
 )  # fmt: skip
 # What a scenario may import of the bench, and what those import in turn.
 KIT_MODULES = {"kit": {"legacy", "sizes"}, "server": set(), "legacy": {"server"},

@@ -27,7 +27,8 @@ from click.testing import CliRunner, Result
 from glide import GlideClient
 
 from atomic_cache import ScriptRegistry
-from atomic_cache.tools.bench import SCENARIOS, TINY
+from atomic_cache.tools import embedded
+from atomic_cache.tools.bench import SCENARIOS, TINY, cluster
 from atomic_cache.tools.cli import main
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
@@ -75,6 +76,11 @@ def processes_mentioning(text: str) -> list[int]:
 def assert_no_embedded_leftovers(directory: Path) -> None:
     assert not list(directory.glob("atomic-cache-valkey-*")), "temp dir left behind"
     assert processes_mentioning(str(directory)) == [], "valkey-server left running"
+
+
+def assert_no_cluster_leftovers(directory: Path) -> None:
+    assert not list(directory.glob("atomic-cache-cluster-*")), "cluster temp dir left behind"
+    assert processes_mentioning(str(directory)) == [], "cluster node left running"
 
 
 # -- scripts ------------------------------------------------------------------------------
@@ -193,7 +199,7 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f", "h", "i"):
+    for key in ("a", "c", "d", "e", "f", "h", "i", "j"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
     assert {"a. cached read, 1 task", "a. cached read, 50 tasks"} <= scenarios
     assert report["skipped"] == []
@@ -270,8 +276,87 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
     assert [scenario.key for scenario in SCENARIOS] == [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i",
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
     ]  # fmt: skip
+
+
+async def test_bench_cluster_scenario_compares_standalone_and_cluster(
+    valkey_url: str, valkey: GlideClient, private_tmp: Path
+) -> None:
+    out = private_tmp / "results"
+    result = await invoke(
+        "bench", "--tiny", "-s", "j", "--out", str(out), "--valkey-url", valkey_url
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["skipped"] == []
+    rows = report["rows"]
+    hit, tasks, rounds = cluster.HIT_SCENARIO, TINY.tasks, TINY.rounds
+    user, domain = cluster.USER_SCENARIO + ", 1 task", cluster.domain_scenario(150) + ", 1 task"
+    memory = cluster.memory_scenario(TINY.cluster_users)
+    reads = (cluster.STANDALONE, cluster.ON_PRIMARY, cluster.ON_REPLICA)
+    invalidating = (cluster.STANDALONE, cluster.WAITING, cluster.NOT_WAITING)
+    stored = (cluster.MEMORY_STANDALONE, cluster.MEMORY_PRIMARY, cluster.MEMORY_REPLICA)
+    assert [(row["scenario"], row["variant"], row["baseline"]) for row in rows] == [
+        *((f"{hit}, 1 task", variant, index == 0) for index, variant in enumerate(reads)),
+        *((f"{hit}, {tasks} tasks", variant, index == 0) for index, variant in enumerate(reads)),
+        *((user, variant, index == 0) for index, variant in enumerate(invalidating)),
+        *((domain, variant, index == 0) for index, variant in enumerate(invalidating)),
+        *((memory, variant, index == 0) for index, variant in enumerate(stored)),
+    ]
+    hits, many, users, domains, memories = (rows[i : i + 3] for i in range(0, 15, 3))
+    # Hits: each read counted by the server the row names (the shard's primary, its
+    # replica), none missed, the server's CPU per read; under load, what a core serves.
+    for row in [*hits, *many]:
+        assert row["samples"] == rounds * (TINY.ops_per_round if row in hits else tasks * 2)
+        assert 0 < row["p50_us"] <= row["p99_us"] and row["ops_per_s"] > 0
+        assert row["extra"]["server_reads"] == row["samples"]
+        assert row["extra"]["misses"] == 0
+        assert row["extra"]["server_cpu_us_per_read"] > 0
+        assert ("one_core_reads_per_s" in row["extra"]) == (row in many)
+    assert all(row["extra"]["one_core_reads_per_s"] > 0 for row in many)
+    assert [("note" in row["extra"]) for row in [*hits, *many]] == [False] * 5 + [True]
+    assert "no scale-out" in str(many[2]["extra"]["note"])
+    # Invalidations: every call timed, every covered entry deleted (the DOMAIN's by its
+    # background clean-up too: 150 users are past one call's budget), and a WAIT on the
+    # shard's primary after each call of the default cluster side, none on the others.
+    for row in users:
+        calls = rounds * TINY.cluster_user_invalidations
+        waits = calls if row["variant"] == cluster.WAITING else 0
+        assert row["samples"] == calls
+        assert row["extra"] == {"entries_deleted": calls * 5, "waits": waits}
+    for row in domains:
+        waits = rounds if row["variant"] == cluster.WAITING else 0
+        assert row["samples"] == rounds
+        assert row["extra"] == {"entries_deleted": rounds * 150 * 5, "waits": waits, "users": 150}
+    for row in [*users, *domains]:
+        assert 0 < row["p50_us"] <= row["p99_us"] and row["ops_per_s"] > 0
+    # Memory: every entry held on each server, its bytes and what a GiB holds.
+    for row in memories:
+        assert row["samples"] == row["extra"]["entries"] == TINY.cluster_users * 5
+        assert row["extra"]["bytes_per_entry"] > 0 and row["extra"]["entries_per_gib"] > 0
+        assert row["p50_us"] is None and row["ops_per_s"] is None
+    # The cluster is gone with its temp dir; the standalone server keeps no key of the run.
+    assert_no_cluster_leftovers(private_tmp)
+    assert await keys_under(valkey, report["meta"]["key_prefix"] + "*") == set()
+
+
+async def test_bench_cluster_scenario_is_skipped_when_no_cluster_starts(
+    valkey_url: str, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = private_tmp / "no-valkey-server"
+    monkeypatch.setattr(embedded, "valkey_server_binary", lambda: missing)
+    out = private_tmp / "results"
+    result = await invoke(
+        "bench", "--tiny", "-s", "j", "--out", str(out), "--valkey-url", valkey_url
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["rows"] == []
+    (title,) = [scenario.title for scenario in SCENARIOS if scenario.key == "j"]
+    why = f"[Errno 2] No such file or directory: '{missing}'"
+    assert report["skipped"] == [f"j. {title}: no Valkey Cluster could be started here: {why}"]
+    assert_no_cluster_leftovers(private_tmp)
 
 
 async def test_bench_sql_scenario_compares_cache_and_sql(

@@ -25,8 +25,8 @@ The modules: ``kit`` (rows, context, interleaved timing), ``sizes``, ``server`` 
 the server says of itself), ``legacy`` (the one-script design), ``data`` (configs, fills,
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
-``index_churn`` i); ``report`` (markdown, JSON) and ``plot`` (PNG). Scenarios import the
-kit, never each other; this module puts them together.
+``index_churn`` i, ``cluster`` j); ``report`` (markdown, JSON) and ``plot`` (PNG).
+Scenarios import the kit, never each other; this module puts them together.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..doctor import server_identity
+from .cluster import scenario_cluster
 from .fanout import scenario_fanout
 from .index_churn import scenario_index_churn
 from .kit import (
@@ -107,6 +108,12 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("h", "fills refused while other users and domains are invalidated", scenario_refusals),
     Scenario("i", "index memory after churn (short TTL)", scenario_index_churn),
+    Scenario(
+        "j",
+        "cluster vs standalone: hits on primary and replica, invalidation with and without"
+        " the replica WAIT, one shard's memory and reads",
+        scenario_cluster,
+    ),
 ]
 
 

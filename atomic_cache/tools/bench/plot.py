@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cluster import HIT_SCENARIO
 from .fanout import FANOUT_PREFIX
 from .index_churn import CHURN_SCENARIO
 from .kit import BenchReport, BenchRow
@@ -165,11 +166,12 @@ def _bar_value(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def _draw_bars(ax: Axes, rows: Sequence[BenchRow], key: str, color: str, title: str) -> None:
-    """One bar per row, its value beside it. A zero gets a mark at the axis and a bold
+def _draw_bars(
+    ax: Axes, labels: Sequence[str], values: Sequence[float], color: str, title: str
+) -> None:
+    """One bar per label, its value beside it. A zero gets a mark at the axis and a bold
     "0": it is a result, not a missing bar."""
-    values = [float(row.extra[key]) for row in rows]
-    positions = range(len(rows))
+    positions = range(len(values))
     bars = ax.barh(positions, values, color=color, height=0.6)
     texts = ax.bar_label(bars, [_bar_value(value) for value in values], fontsize=7, padding=3)
     zeros = [position for position, value in zip(positions, values, strict=True) if value == 0]
@@ -188,8 +190,8 @@ def _draw_bars(ax: Axes, rows: Sequence[BenchRow], key: str, color: str, title: 
         )
     # Room for the value beside the longest bar.
     ax.set_xlim(0, 1.12 * max(values) if max(values) > 0 else 1)
-    ax.set_yticks(positions, [wrapped(row.variant) for row in rows], fontsize=7)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_yticks(positions, [wrapped(label) for label in labels], fontsize=7)
+    ax.set_ylim(len(values) - 0.5, -0.5)
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
 
@@ -221,6 +223,25 @@ def refusals_title(rows: Sequence[BenchRow]) -> str:
     return f"Fills refused, % (h.: only other users and domains invalidated): {shares}"
 
 
+def scenario_letters(rows: Sequence[BenchRow]) -> list[str]:
+    """The scenarios' letters (``e.``, ``j.``), in the order the rows have them."""
+    return list(dict.fromkeys(row.scenario.split(" ", 1)[0] for row in rows))
+
+
+def memory_title(rows: Sequence[BenchRow]) -> str:
+    return f"Memory: bytes per cached entry ({', '.join(scenario_letters(rows))})"
+
+
+def hits_title(rows: Sequence[BenchRow]) -> str:
+    """The headline of j.'s hits per second under load, and why a replica adds nothing
+    here."""
+    tasks = rows[0].scenario.rsplit(", ", 1)[-1]
+    return (
+        f"Hits per second, {tasks} (j.): the client and every server share this one"
+        " machine, so a replica adds no CPU"
+    )
+
+
 def churn_title(rows: Sequence[BenchRow]) -> str:
     after = [row.extra["pct_of_peak"] for row in rows if "pct_of_peak" in row.extra]
     shrunk = f": after churn, {after[0]} % of the peak" if after else ""
@@ -231,17 +252,30 @@ def churn_title(rows: Sequence[BenchRow]) -> str:
 
 
 def _bar_panel(
-    rows: Sequence[BenchRow], key: str, color: str, title: Callable[[Sequence[BenchRow]], str]
+    rows: Sequence[BenchRow],
+    key: str,
+    color: str,
+    title: Callable[[Sequence[BenchRow]], str],
+    value: Callable[[BenchRow], float | None] | None = None,
 ) -> list[Panel]:
-    """A panel of ``key``'s bars, for the rows that have it; none without such rows."""
-    rows = [row for row in rows if key in row.extra]
-    if not rows:
+    """A panel of bars, one per row that has a value: ``value(row)``, by default the
+    row's extra figure ``key``. None without such rows. Rows of several scenarios are
+    labelled with their scenario's letter."""
+    figure = value or (lambda row: float(row.extra[key]) if key in row.extra else None)
+    found = [(row, shown) for row in rows for shown in [figure(row)] if shown is not None]
+    if not found:
         return []
+    drawn = [row for row, _ in found]
+    several = len(scenario_letters(drawn)) > 1
+    labels = [
+        f"{row.scenario.split(' ', 1)[0]} {row.variant}" if several else row.variant
+        for row in drawn
+    ]
 
     def draw(ax: Axes) -> None:
-        _draw_bars(ax, rows, key, color, title(rows))
+        _draw_bars(ax, labels, [shown for _, shown in found], color, title(drawn))
 
-    return [Panel(ROW_IN * len(rows), draw)]
+    return [Panel(ROW_IN * len(found), draw)]
 
 
 def panels(report: BenchReport) -> list[Panel]:
@@ -264,12 +298,13 @@ def panels(report: BenchReport) -> list[Panel]:
 
     found += _bar_panel(of(RACE_SCENARIO), "stale_entries", "#c00000", races_title)
     found += _bar_panel(of(REFUSAL_SCENARIO), "refused_pct", "#7030a0", refusals_title)
-    found += _bar_panel(
-        report.rows,
-        "bytes_per_entry",
-        "#548235",
-        lambda rows: "Memory: bytes per cached entry (e.)",
-    )
+    hits = [
+        row
+        for row in report.rows
+        if row.scenario.startswith(HIT_SCENARIO) and not row.scenario.endswith(", 1 task")
+    ]
+    found += _bar_panel(hits, "ops_per_s", "#2e75b6", hits_title, lambda row: row.ops_per_s)
+    found += _bar_panel(report.rows, "bytes_per_entry", "#548235", memory_title)
     found += _bar_panel(of(CHURN_SCENARIO), "index_bytes", "#bf9000", churn_title)
     return found
 
@@ -301,5 +336,6 @@ def figure_of(report: BenchReport) -> Figure:
 
 
 def plot(report: BenchReport, path: Path) -> None:
-    """A PNG summary of the report: latencies, fan-out, races, refusals, memory, churn."""
+    """A PNG summary of the report: latencies, fan-out, races, refusals, hits per second
+    of the cluster scenario, memory, churn."""
     figure_of(report).savefig(path, dpi=DPI)

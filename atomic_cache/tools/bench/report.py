@@ -76,7 +76,13 @@ def to_markdown(report: BenchReport) -> str:
         " I/O), failed_calls the cache calls that went out and failed, timeouts those of them"
         " that waited the full request timeout. For h. a sample is a fill's lookup + write"
         " (the database read between them left out). For i. index_bytes sums MEMORY USAGE"
-        " over the index keys (p:idx:*).",
+        " over the index keys (p:idx:*). For j. every cluster key is in the slot of"
+        " {app_config}, so one shard serves it all; server_reads is how many reads the"
+        " serving server counted (INFO commandstats, equal to n), server_cpu_us_per_read its"
+        " CPU per read (INFO cpu), one_core_reads_per_s what one core would serve at that"
+        " cost; waits is how many WAIT commands the invalidations' server counted during"
+        " the timed calls; bytes_per_entry is the growth of used_memory, less replication"
+        " and client buffers, per entry held.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",

@@ -27,6 +27,9 @@ class BenchSizes:
     churn_traffic_users: int  # other users filled again and again after the peak (i)
     churn_ttl_s: int  # the TTL of every entry of scenario i
     churn_extra_s: int  # how long traffic goes on after the peak's entries expired (i)
+    cluster_users: int  # users x len(CONFIG_NAMES) entries on each side: memory, reads (j)
+    cluster_user_invalidations: int  # USER invalidations per variant per round (j)
+    cluster_domain_users: int  # users of the domain invalidated per variant per round (j)
     fill_concurrency: int = 64
 
 
@@ -48,6 +51,9 @@ FULL = BenchSizes(
     churn_traffic_users=300,
     churn_ttl_s=5,
     churn_extra_s=3,
+    cluster_users=20_000,
+    cluster_user_invalidations=100,
+    cluster_domain_users=2_000,
 )
 QUICK = BenchSizes(
     name="quick",
@@ -67,6 +73,9 @@ QUICK = BenchSizes(
     churn_traffic_users=20,
     churn_ttl_s=3,
     churn_extra_s=2,
+    cluster_users=2_000,
+    cluster_user_invalidations=30,
+    cluster_domain_users=1_000,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
@@ -87,5 +96,8 @@ TINY = BenchSizes(
     churn_traffic_users=5,
     churn_ttl_s=1,
     churn_extra_s=1,
+    cluster_users=50,
+    cluster_user_invalidations=5,
+    cluster_domain_users=150,  # past one call's clean-up budget: the background steps run
 )
 SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
