@@ -2,6 +2,7 @@
 atomic Lua scripts."""
 
 from .cache.client import create_valkey_client
+from .cache.local import LocalCache
 from .cache.scripts import ScriptLoadError, ScriptRegistry
 from .cache.source import AllLookup, AppConfigFragmentCacheSource
 from .db.source import UnknownPolicyError, UnknownUserError
@@ -52,6 +53,7 @@ __all__ = [
     "FragmentKey",
     "InvalidationTarget",
     "KeySchema",
+    "LocalCache",
     "MyFragmentInput",
     "PolicyExistsError",
     "PolicyInUseError",

@@ -17,9 +17,16 @@ from pydantic import BaseModel, ConfigDict, computed_field
 
 from .resilience.errors import FALL_THROUGH_CAUSES
 
+# Why a local cache emptied itself (cache/local.py): a message skipped a sequence number,
+# the index started a new life, the server's sequence went back (restart, failover) or
+# was found ahead of the messages (one was lost), the subscription was lost, or a
+# message could not be read.
+LOCAL_FLUSH_REASONS = ("gap", "new_life", "went_back", "missed", "subscription_lost", "unreadable")
+
 
 class CacheStats(BaseModel):
-    """A snapshot of the counters (all monotonic since start-up, except the last three)."""
+    """A snapshot of the counters (all monotonic since start-up, except those marked
+    "now")."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -41,6 +48,15 @@ class CacheStats(BaseModel):
     breaker_transitions: dict[str, int] = {}  # circuit breaker changes, by the new state
     breaker_state: str = "closed"  # now: closed, open or half_open
     pending_invalidations: int = 0  # now: slices waiting for a replay
+    # The in-process local cache, when the source has one (all zero otherwise):
+    local_hits: int = 0  # values served from process memory, no round trip
+    local_misses: int = 0  # reads the local cache could not serve (absent, expired, unsure)
+    local_stores: int = 0  # values Valkey served or accepted, copied into process memory
+    local_refused_stores: int = 0  # not copied: an invalidation reached this process meanwhile
+    local_evictions: int = 0  # entries pushed out by the entry or byte bound (LRU)
+    local_drops: int = 0  # entries dropped because an invalidation covered them
+    local_flushes: dict[str, int] = {}  # times it emptied itself, by reason
+    local_entries: int = 0  # now: entries held
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -48,6 +64,20 @@ class CacheStats(BaseModel):
         """Hits over hits + misses (fall-throughs are counted apart, by cause)."""
         looked_up = self.hits + self.misses
         return self.hits / looked_up if looked_up else 0.0
+
+
+@dataclass
+class LocalCacheCounters:
+    """The live counters of one local cache (``CacheStats.local_*``)."""
+
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    refused_stores: int = 0
+    evictions: int = 0
+    drops: int = 0
+    flushes: Counter[str] = field(default_factory=Counter)
+    entries: int = 0
 
 
 @dataclass
@@ -69,10 +99,13 @@ class CacheMetrics:
     corrupt_entries_removed: int = 0
     index_resets: int = 0
     breaker_transitions: Counter[str] = field(default_factory=Counter)
+    # Those of the local cache the source serves from, if any (it links them).
+    local: LocalCacheCounters | None = None
 
     def snapshot(
         self, *, script_reloads: int, breaker_state: str, pending_invalidations: int
     ) -> CacheStats:
+        local = self.local if self.local is not None else LocalCacheCounters()
         return CacheStats(
             hits=self.hits,
             misses=self.misses,
@@ -92,6 +125,14 @@ class CacheMetrics:
             breaker_transitions=dict(self.breaker_transitions),
             breaker_state=breaker_state,
             pending_invalidations=pending_invalidations,
+            local_hits=local.hits,
+            local_misses=local.misses,
+            local_stores=local.stores,
+            local_refused_stores=local.refused_stores,
+            local_evictions=local.evictions,
+            local_drops=local.drops,
+            local_flushes=dict(local.flushes),
+            local_entries=local.entries,
         )
 
 
@@ -116,6 +157,12 @@ _COUNTERS: dict[str, str] = {
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
     "index_resets": "New index lives started because an index key had the wrong type",
     "script_reloads": "Script caches reloaded after NOSCRIPT",
+    "local_hits": "Merged configs served from the in-process local cache",
+    "local_misses": "Reads the local cache could not serve",
+    "local_stores": "Values copied into the local cache",
+    "local_refused_stores": "Values not copied locally: an invalidation arrived meanwhile",
+    "local_evictions": "Local cache entries evicted by its bounds",
+    "local_drops": "Local cache entries dropped by invalidations",
 }
 _BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -184,6 +231,20 @@ def register_prometheus(
                 f"{namespace}_pending_invalidations",
                 "Invalidated slices waiting to be replayed",
                 value=stats.pending_invalidations,
+            )
+            yield labelled(
+                CounterMetricFamily(
+                    f"{namespace}_local_flushes",
+                    "Times the local cache emptied itself, by reason",
+                    labels=["reason"],
+                ),
+                dict(stats.local_flushes),
+                LOCAL_FLUSH_REASONS,
+            )
+            yield GaugeMetricFamily(
+                f"{namespace}_local_entries",
+                "Entries held by the local cache",
+                value=stats.local_entries,
             )
 
     collector = AtomicCacheCollector()

@@ -7,7 +7,8 @@
 -- ARGV[2]    the user id
 -- ARGV[3]    the encoded name
 --
--- Reply: {"", json} on a hit; {token, nil} on a miss or when the entry is no longer
+-- Reply: {"", json, pttl} on a hit, pttl the entry's remaining life in ms (a local copy
+--        must not outlive it); {token, nil} on a miss or when the entry is no longer
 --        valid; {token, 0} when the key holds something undecodable (the caller removes
 --        it). token = "n:ms": the sequence and the server clock, which the caller passes
 --        back to set.lua to fill the miss (n is 0 when no sequence exists; refused).
@@ -40,7 +41,8 @@ local function covered(key, t)
   return false
 end
 
-local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
+local key = prefix .. ':merged:' .. user .. ':' .. name
+local raw = redis.pcall('GET', key)
 if not raw then return miss(false) end
 if type(raw) ~= 'string' then return miss(0) end  -- WRONGTYPE
 local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
@@ -50,4 +52,4 @@ if covered(prefix .. ':stamp:public', t) or covered(prefix .. ':stamp:domain:' .
     or covered(prefix .. ':stamp:user:' .. user, t) then
   return miss(false)
 end
-return { '', string.sub(raw, body) }
+return { '', string.sub(raw, body), redis.call('PTTL', key) }

@@ -9,7 +9,9 @@
 -- ARGV[2]    the shortest a stamp may live, ms (the caller's TTL + the fill token age)
 -- ARGV[3]    how old a fill token may be, ms (added to the longest TTL written)
 -- ARGV[4]    budget: how many entries this call may examine while cleaning up
--- ARGV[5]    "1" to drop the catalogue too (a policy was created or deleted), else "0"
+-- ARGV[5]    "1" to drop the catalogue too (a policy was created or deleted), else "0";
+--            then, after a space, the command that announces the call ("PUBLISH", or
+--            "SPUBLISH" on a cluster), if it is to be announced (see the end)
 -- ARGV[6..]  targets, each: scope, id, count, then `count` encoded names
 --              scope "user"    id = user id
 --              scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
@@ -21,6 +23,12 @@
 -- Reply: {entries deleted by this call, clean-up jobs still queued, the sequence n now}
 --        The sequence only moves forward on one server (a new life starts above it and
 --        the clock); the caller that sees it go back knows a failover lost writes.
+--
+-- Announcement: a call that moved the sequence publishes, on channel "p:invalidations"
+-- (the prefix's slot on a cluster), "n life catalogue targets...": the sequence now, "1"
+-- if this call started a new life of the index (else "0"), ARGV[5]'s catalogue flag,
+-- then ARGV[6..] as given. Local caches in every process drop what it covers; one that
+-- sees a number other than the next one flushes (cache/local.py).
 --
 -- The logical step: n += 1, and each target's stamp (field "*" or its names) := n. From
 -- then on get.lua serves no entry it covers and set.lua refuses every fill whose token
@@ -37,6 +45,11 @@
 -- token of the old one, whatever the keys say, and a sweep job removes what is left.
 
 local prefix, budget = ARGV[1], tonumber(ARGV[4])
+local drop_catalogue, announce = string.match(ARGV[5], '^([01]) ?(%u*)$')
+if announce ~= '' and announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
+  return redis.error_reply('ERR ARGV[5] must be "0" or "1", then PUBLISH or SPUBLISH: ' .. ARGV[5])
+end
+local moved, new_life = false, false  -- what the announcement says
 local seq_key, catalogue_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
 local clock = redis.call('TIME')
 local now_us = clock[1] * 1000000 + clock[2]
@@ -206,6 +219,7 @@ local function reset()
   -- next write starts a new life above this sequence (set.lua).
   redis.call('HSET', seq_key, 'n', born, 'ttl', tonumber(old[2]) or 0)
   queue('sweep', '', born, '*')
+  new_life = true
 end
 
 -- Stamp every target with `s`; the user targets are cleaned at once, the others queued.
@@ -226,7 +240,7 @@ local function stamp_targets(s, life)
     return true
   end
   local later = {}
-  if ARGV[5] == '1' then
+  if drop_catalogue == '1' then
     redis.call('UNLINK', catalogue_key)
     if not stamp('public', 'public', { '#names' }) then return false end
   end
@@ -259,7 +273,7 @@ while i <= #ARGV do
 end
 
 local queue_type = redis.call('TYPE', queue_key)['ok']
-if #ARGV > 5 or ARGV[5] == '1' then
+if #ARGV > 5 or drop_catalogue == '1' then
   local ok, seq = pcall(redis.call, 'HMGET', seq_key, 'n', 'ttl')
   local life_ok, life = pcall(redis.call, 'HGET', stamps_key('public'), '*')
   ok = ok and life_ok and (queue_type == 'none' or queue_type == 'list')
@@ -268,8 +282,10 @@ if #ARGV > 5 or ARGV[5] == '1' then
       local first = string.format('%d', math.max(now_us, (tonumber(seq[1]) or 0) + 1))
       redis.call('HSET', seq_key, 'n', first)
       redis.call('HSET', stamps_key('public'), '*', first)
+      new_life = true
     end
     local s = redis.call('HINCRBY', seq_key, 'n', 1)
+    moved = true
     -- Stamps outlive every entry they cover (the longest TTL written) and every token
     -- they must refuse (its maximum age).
     local life = math.max(tonumber(ARGV[2]), (tonumber(seq[2]) or 0) + tonumber(ARGV[3]))
@@ -303,4 +319,9 @@ if job then
   if redis.call('PTTL', queue_key) < ttl then redis.call('PEXPIRE', queue_key, ttl) end
 end
 local seq_ok, n = pcall(redis.call, 'HGET', seq_key, 'n')
-return { deleted, redis.call('LLEN', queue_key), seq_ok and tonumber(n) or 0 }
+n = seq_ok and tonumber(n) or 0
+if announce ~= '' and (moved or new_life) then
+  redis.call(announce, prefix .. ':invalidations', table.concat(
+    { string.format('%d', n), new_life and '1' or '0', drop_catalogue, unpack(ARGV, 6) }, ' '))
+end
+return { deleted, redis.call('LLEN', queue_key), n }

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from glide import GlideClient
 
+import atomic_cache.cache
 from atomic_cache import ScriptRegistry
 from atomic_cache.tools.doctor import (
+    CLUSTER_REQUIRED_COMMANDS,
     REQUIRED_COMMANDS,
+    SCRIPT_COMMANDS,
     Check,
     ServerFacts,
     Status,
@@ -111,9 +116,60 @@ def test_redis_6_2_fails_on_version_and_missing_evalsha_ro() -> None:
 
 
 def test_every_missing_command_is_named() -> None:
-    checks = by_name(run_checks(facts(commands=ALL_COMMANDS - {"unlink", "sinter"})))
+    checks = by_name(run_checks(facts(commands=ALL_COMMANDS - {"unlink", "zscan"})))
     assert checks["commands"].status is Status.FAIL
-    assert "UNLINK" in checks["commands"].detail and "SINTER" in checks["commands"].detail
+    assert "UNLINK" in checks["commands"].detail and "ZSCAN" in checks["commands"].detail
+
+
+# redis.call('X', ...), redis.pcall('X', ...) and pcall(redis.call, 'X', ...)
+LUA_CALL = re.compile(
+    r"""redis\.p?call\(\s*['"]([A-Za-z_]+)['"]|pcall\(\s*redis\.p?call\s*,\s*['"]([A-Za-z_]+)['"]"""
+)
+# The same with the command in a variable: redis.call(announce, ...).
+LUA_COMPUTED_CALL = re.compile(
+    r"redis\.p?call\(\s*([a-z_]\w*)\s*,|pcall\(\s*redis\.p?call\s*,\s*([a-z_]\w*)\s*,"
+)
+# What each such variable may hold (the script checks it against these very names).
+COMPUTED = {"announce": {"PUBLISH", "SPUBLISH"}}
+# ["WAIT", ...], "EVALSHA_RO" if ... else "EVALSHA": the commands the cache package sends.
+SENT_COMMAND = re.compile(
+    r'\[\s*"([A-Z][A-Z_]*)"|"([A-Z][A-Z_]*)"\s+if\b|\belse\s+"([A-Z][A-Z_]*)"'
+)
+
+
+def _names(pattern: re.Pattern[str], source: str) -> list[str]:
+    return [name for groups in pattern.findall(source) for name in groups if name]
+
+
+def test_required_commands_are_what_the_scripts_call() -> None:
+    sources = [script.source for script in ScriptRegistry().scripts.values()]
+    called = {name.upper() for source in sources for name in _names(LUA_CALL, source)}
+    for source in sources:
+        for variable in _names(LUA_COMPUTED_CALL, source):
+            assert variable in COMPUTED, f"redis.call({variable}, ...): which commands?"
+            for command in COMPUTED[variable]:
+                assert f"'{command}'" in source  # the script names what it may send
+                called.add(command)
+    # The patterns saw every call.
+    calls = sum(source.count("redis.call") + source.count("redis.pcall") for source in sources)
+    seen = sum(len(_names(LUA_CALL, s)) + len(_names(LUA_COMPUTED_CALL, s)) for s in sources)
+    assert seen == calls
+    assert {"TIME", "ZSCAN", "HMGET"} <= called
+    # SPUBLISH only on a cluster.
+    assert sorted(SCRIPT_COMMANDS) == sorted(called - {"SPUBLISH"})
+    assert set(REQUIRED_COMMANDS) == set(SCRIPT_COMMANDS) | {"EVALSHA", "EVALSHA_RO", "SCRIPT"}
+    assert len(REQUIRED_COMMANDS) == len(set(REQUIRED_COMMANDS))
+    assert called <= set(CLUSTER_REQUIRED_COMMANDS)
+
+
+def test_cluster_commands_add_what_the_cache_package_sends_on_a_cluster() -> None:
+    sent: set[str] = set()
+    for path in Path(atomic_cache.cache.__file__).parent.glob("*.py"):
+        sent |= set(_names(SENT_COMMAND, path.read_text()))
+    assert {"EVALSHA", "EVALSHA_RO", "EVAL", "EVAL_RO", "SCRIPT", "WAIT", "CLUSTER"} <= sent
+    assert sent <= set(CLUSTER_REQUIRED_COMMANDS)
+    extra = set(CLUSTER_REQUIRED_COMMANDS) - set(REQUIRED_COMMANDS)
+    assert extra == {"WAIT", "CLUSTER", "EVAL", "EVAL_RO", "SPUBLISH"}
 
 
 def test_unknown_commands_warn() -> None:
@@ -193,6 +249,12 @@ def test_cluster_mode_adds_a_warning() -> None:
     check = by_name(run_checks(facts(info={"cluster_enabled": "1"})))["cluster"]
     assert check.status is Status.WARN
     assert "hash tag" in check.detail
+    assert "`atomic-cache doctor --cluster` checks every node" in check.detail
+    assert "has none" not in check.detail
+    untagged = by_name(run_checks(facts(info={"cluster_enabled": "1"}), prefix="app_config"))
+    assert "(prefix 'app_config' has none)" in untagged["cluster"].detail
+    tagged = by_name(run_checks(facts(info={"cluster_enabled": "1"}), prefix="{app_config}"))
+    assert "has none" not in tagged["cluster"].detail
 
 
 async def test_gather_facts_from_the_real_server(

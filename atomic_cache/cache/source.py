@@ -4,6 +4,11 @@ Every public call is one server command (one EVALSHA), except that a corrupt ent
 found on a read, is removed with one more. An invalidation that leaves clean-up work
 queued (a large domain or PUBLIC scope) returns at once; a background task of this source
 then runs the clean-up steps, each a bounded script call (``reclaim``).
+
+With a ``LocalCache`` (``local.py``), a one-name read is answered from process memory
+when it can be, and what Valkey serves or accepts is copied there; an invalidation drops
+what it covers locally before it returns, and announces itself to every other process
+from inside its script.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ..resilience.breaker import CircuitBreaker
 from ..resilience.errors import CACHE_ERRORS, CacheError
 from ..resilience.logs import LogThrottle
 from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
+from .local import LocalCache, announce_command
 from .replicas import DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicaBarrier
 from .scripts import ScriptRegistry, ValkeyClient
 
@@ -80,6 +86,7 @@ class AppConfigFragmentCacheSource:
         breaker: CircuitBreaker | None = None,
         replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
         wait_for_replicas: bool = True,
+        local_cache: LocalCache | None = None,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -94,6 +101,19 @@ class AppConfigFragmentCacheSource:
                 " script touches must hash to one slot; use e.g. '{app_config}' or"
                 " 'tenant:{app_config}'"
             )
+        if local_cache is not None and (
+            local_cache.keys.prefix != self.keys.prefix or local_cache.cluster != cluster
+        ):
+            raise ValueError(
+                f"the local cache listens to prefix {local_cache.keys.prefix!r}"
+                f"{' on a cluster' if local_cache.cluster else ''}, this source writes"
+                f" {self.keys.prefix!r}{' on a cluster' if cluster else ''}: it would never"
+                " hear of this source's invalidations"
+            )
+        self._local = local_cache
+        # Every invalidation is announced, whether or not this process keeps a local
+        # cache: another process may, and it can hear of the change no other way.
+        self._announce = announce_command(cluster)
         # On a cluster an invalidation waits until the shard's replicas have it: a read on
         # a replica, or a replica promoted by a failover, must not see what it covered.
         # (wait_for_replicas=False gives that up: only for reads on primaries that accept
@@ -111,8 +131,14 @@ class AppConfigFragmentCacheSource:
         # thresholds are the caller's to set) and the counters they, and this, bump.
         self.breaker = breaker or CircuitBreaker()
         self.metrics = CacheMetrics()
+        if local_cache is not None:
+            self.metrics.local = local_cache.counters
         self._log_throttle = LogThrottle()
         self._reclaimer: asyncio.Task[None] | None = None  # held, so it is not collected
+
+    @property
+    def local_cache(self) -> LocalCache | None:
+        return self._local
 
     @property
     def script_reloads(self) -> int:
@@ -122,15 +148,26 @@ class AppConfigFragmentCacheSource:
     # -- reads ---------------------------------------------------------------------------
 
     async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
+        if self._local is not None:  # a local hit returns here, with no further coroutine
+            held = self._local.get(user_id, name)
+            if held is not None:
+                return held
         return (await self._get(user_id, name))[0]
 
     async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
         """The cached value, or a miss with the fill token to pass to set_merged_config."""
+        if self._local is not None:
+            held = self._local.get(user_id, name)
+            if held is not None:
+                return CacheLookup(value=held)
         value, token = await self._get(user_id, name)
         return CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
 
     async def _get(self, user_id: uuid.UUID, name: str) -> tuple[AppConfigData | None, str]:
-        """The hot path of every cached read: one entry, one get.lua call."""
+        """One entry from Valkey (one get.lua call), after the local cache missed; copied
+        into the local cache when nothing may have overtaken it."""
+        local = self._local
+        ticket, began = (local.ticket(), local.now()) if local is not None else (None, 0.0)
         user = user_component(user_id)
         reply = await self._registry.call(
             self._client,
@@ -138,14 +175,17 @@ class AppConfigFragmentCacheSource:
             [self.keys.seq],
             [self.keys.prefix, user, encode_component(name, what="name")],
         )
-        if not isinstance(reply, list) or len(reply) != 2:
+        if not isinstance(reply, list) or len(reply) not in (2, 3):
             raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
-        token, raw = reply
+        token, raw = reply[0], reply[1]
         if raw is None:
             return None, _text(token)
         value = self._decode(raw, user, name)
         if value is None:
             await self._remove_corrupt([self.keys.entry(user, name)])
+        elif local is not None and len(reply) == 3 and isinstance(raw, bytes | str):
+            pttl = reply[2]
+            local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
         return value, _text(token)
 
     async def ping(self) -> str:
@@ -292,8 +332,10 @@ class AppConfigFragmentCacheSource:
         else:
             names = list(dict.fromkeys(catalogue))
             args += [len(names), *(encode_component(n, what="name") for n in names)]
+        payloads: list[str] = []
         for item in merged:
             payload = item.model_dump_json()
+            payloads.append(payload)
             if len(payload) > self.max_entry_bytes:
                 log.warning(
                     "not caching %s for user %s: %d bytes exceeds max_entry_bytes=%d",
@@ -304,9 +346,20 @@ class AppConfigFragmentCacheSource:
                 )
                 return False
             args += [encode_component(item.name, what="name"), payload]
+        local = self._local
+        # Only a fill whose token no covering invalidation overtook (set.lua checks) may
+        # be copied locally; one written without a token proves nothing.
+        ticket = local.ticket() if local is not None and fill_token else None
+        began = local.now() if local is not None else 0.0
         reply = await self._registry.call(
             self._client, "set", [self.keys.seq, self.keys.catalogue], args
         )
+        if reply == 1 and local is not None and ticket is not None:
+            for payload in payloads:
+                # What a read from Valkey would return: the JSON form, not the caller's
+                # object (which it may go on changing).
+                stored = AppConfigData.model_validate_json(payload)
+                local.store(ticket, began, stored, payload, self.ttl_seconds * 1000)
         return reply == 1
 
     # -- invalidation --------------------------------------------------------------------
@@ -362,6 +415,16 @@ class AppConfigFragmentCacheSource:
         args: list[ScriptArg] = []
         for target in targets:
             args += target
+        try:
+            return await self._invalidate_in_valkey(args, drop_catalogue)
+        finally:
+            if self._local is not None:
+                # Once Valkey (and its replicas) have it, or the call failed: nothing it
+                # covers is served here any more, and no read that went out before lands
+                # here later (the drop moves the local cache's generation).
+                self._local.drop(args)
+
+    async def _invalidate_in_valkey(self, args: list[ScriptArg], drop_catalogue: bool) -> int:
         # What the server had reached before this call was sent: the call must move it
         # past that. (Concurrent calls of this source may land in any order: each is
         # compared with what was known when it left, not with its siblings' replies.)
@@ -393,6 +456,8 @@ class AppConfigFragmentCacheSource:
             self.keys.prefix,
         )
         self.metrics.index_resets += 1
+        if self._local is not None:
+            self._local.flush("went_back")
         deleted, _, self._highest_sequence = await self._call_invalidate(
             INVALIDATE_CLEANUP_BUDGET, True, list(RESET_TARGET_ARGS)
         )
@@ -411,7 +476,7 @@ class AppConfigFragmentCacheSource:
                 self.ttl_seconds * 1000 + FILL_TOKEN_MAX_AGE_MS,
                 FILL_TOKEN_MAX_AGE_MS,
                 budget,
-                drop_catalogue,
+                f"{int(drop_catalogue)} {self._announce}",
                 *targets,
             ],
         )

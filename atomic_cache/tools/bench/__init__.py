@@ -25,7 +25,8 @@ The modules: ``kit`` (rows, context, interleaved timing), ``sizes``, ``server`` 
 the server says of itself), ``legacy`` (the one-script design), ``data`` (configs, fills,
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
-``index_churn`` i, ``cluster`` j); ``report`` (markdown, JSON) and ``plot`` (PNG).
+``index_churn`` i, ``cluster`` j, ``local`` k); ``report`` (markdown, JSON) and ``plot``
+(PNG).
 Scenarios import the kit, never each other; this module puts them together.
 """
 
@@ -53,6 +54,7 @@ from .kit import (
     ScenarioSkipped,
 )
 from .legacy import LegacyCache, LegacyKeys
+from .local import scenario_local
 from .memory import scenario_memory
 from .outage import scenario_outage
 from .plot import plot
@@ -114,6 +116,7 @@ SCENARIOS: list[Scenario] = [
         " the replica WAIT, one shard's memory and reads",
         scenario_cluster,
     ),
+    Scenario("k", "local cache: hits vs Valkey and cashews, cross-process window", scenario_local),
 ]
 
 

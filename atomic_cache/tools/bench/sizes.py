@@ -30,6 +30,8 @@ class BenchSizes:
     cluster_users: int  # users x len(CONFIG_NAMES) entries on each side: memory, reads (j)
     cluster_user_invalidations: int  # USER invalidations per variant per round (j)
     cluster_domain_users: int  # users of the domain invalidated per variant per round (j)
+    local_users: int  # users whose config every cache of scenario k holds
+    local_window_writes: int  # writes whose cross-process window is measured (k)
     fill_concurrency: int = 64
 
 
@@ -54,6 +56,8 @@ FULL = BenchSizes(
     cluster_users=20_000,
     cluster_user_invalidations=100,
     cluster_domain_users=2_000,
+    local_users=2_000,
+    local_window_writes=5_000,
 )
 QUICK = BenchSizes(
     name="quick",
@@ -76,6 +80,8 @@ QUICK = BenchSizes(
     cluster_users=2_000,
     cluster_user_invalidations=30,
     cluster_domain_users=1_000,
+    local_users=2_000,
+    local_window_writes=1_000,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
@@ -99,5 +105,7 @@ TINY = BenchSizes(
     cluster_users=50,
     cluster_user_invalidations=5,
     cluster_domain_users=150,  # past one call's clean-up budget: the background steps run
+    local_users=50,
+    local_window_writes=20,
 )
 SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}

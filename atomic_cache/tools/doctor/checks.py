@@ -1,40 +1,59 @@
-"""``atomic-cache doctor``: is this Valkey (or Redis) server fit to hold the cache?
-
-The checks are pure functions of the server's replies (:class:`ServerFacts`), so they are
-unit-tested on canned replies; :func:`gather_facts` is the thin part that asks a live
-server, read-only (INFO, CONFIG GET, COMMAND LIST, SCRIPT EXISTS).
-
-Statuses: ``OK``; ``WARN`` when the cache works but an invariant can be lost in some
-event (eviction, crash, failover) or a fact could not be read; ``FAIL`` when the cache
-cannot work on this server (too old, a required command missing).
-"""
+"""The doctor's checks of one server: pure functions of its replies (``ServerFacts``)."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from glide import GlideError, RequestError
+from ...keys import CLUSTER_DEFAULT_PREFIX, has_hash_tag
 
-from ..cache.scripts import ScriptRegistry, ValkeyClient
-
-# Every command the scripts and the cache source send, directly or from inside a script.
-REQUIRED_COMMANDS: tuple[str, ...] = (
-    "EVALSHA",
-    "EVALSHA_RO",
-    "SCRIPT",
-    "UNLINK",
-    "SINTER",
-    "SADD",
-    "SREM",
-    "EXPIRE",
-    "TTL",
-    "SET",
+# What the Lua scripts call (redis.call / redis.pcall in lua/*.lua; a test reads the
+# sources, so this list cannot drift from them). invalidate.lua announces with PUBLISH, or
+# with SPUBLISH on a cluster (below).
+SCRIPT_COMMANDS: tuple[str, ...] = (
+    "DEL",
+    "EXISTS",
     "GET",
-    "INCR",
+    "HGET",
+    "HGETALL",
+    "HINCRBY",
+    "HMGET",
+    "HSET",
+    "LINDEX",
+    "LLEN",
+    "LPOP",
+    "LPUSH",
+    "LSET",
+    "PEXPIRE",
+    "PTTL",
+    "PUBLISH",
+    "SADD",
+    "SCAN",
+    "SET",
     "SMEMBERS",
     "TIME",
+    "TYPE",
+    "UNLINK",
+    "ZADD",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZREM",
+    "ZSCAN",
+)
+# Every command the scripts and the cache source send, directly or from inside a script:
+# the script calls themselves, SCRIPT LOAD|EXISTS, and the clean-up's UNLINK (in the list).
+REQUIRED_COMMANDS: tuple[str, ...] = ("EVALSHA", "EVALSHA_RO", "SCRIPT", *SCRIPT_COMMANDS)
+# On a cluster also: WAIT for the replicas after an invalidation, CLUSTER NODES (the nodes to
+# load scripts on, the replicas to wait for), EVAL / EVAL_RO, which the registry sends when
+# one node lost a script, and SPUBLISH, the announcement within the prefix's slot.
+CLUSTER_REQUIRED_COMMANDS: tuple[str, ...] = (
+    *REQUIRED_COMMANDS,
+    "WAIT",
+    "CLUSTER",
+    "EVAL",
+    "EVAL_RO",
+    "SPUBLISH",
 )
 # EVALSHA_RO and `#!lua flags=...` arrived in Redis 7.0; every Valkey has them.
 MIN_REDIS_VERSION = (7, 0)
@@ -124,7 +143,9 @@ def check_server(info: Mapping[str, str]) -> Check:
     return Check("server", Status.OK, f"{label} ({mode})")
 
 
-def check_commands(commands: frozenset[str] | None) -> Check:
+def check_commands(
+    commands: frozenset[str] | None, required: Sequence[str] = REQUIRED_COMMANDS
+) -> Check:
     if commands is None:
         return Check(
             "commands",
@@ -132,14 +153,14 @@ def check_commands(commands: frozenset[str] | None) -> Check:
             "could not list the server's commands (COMMAND LIST needs Redis 7.0+ and the"
             " permission to run it)",
         )
-    missing = [command for command in REQUIRED_COMMANDS if command.lower() not in commands]
+    missing = [command for command in required if command.lower() not in commands]
     if missing:
         return Check(
             "commands",
             Status.FAIL,
             f"missing: {', '.join(missing)} (renamed or disabled, or the server is too old)",
         )
-    return Check("commands", Status.OK, f"all {len(REQUIRED_COMMANDS)} required commands present")
+    return Check("commands", Status.OK, f"all {len(required)} required commands present")
 
 
 def check_scripts(loaded: Mapping[str, bool] | None) -> Check:
@@ -262,19 +283,25 @@ def check_replication(info: Mapping[str, str]) -> Check:
     )
 
 
-def check_cluster(info: Mapping[str, str]) -> Check | None:
+def check_cluster(info: Mapping[str, str], prefix: str | None = None) -> Check | None:
     if info.get("cluster_enabled") != "1":
         return None
+    untagged = (
+        f" (prefix {prefix!r} has none)" if prefix is not None and not has_hash_tag(prefix) else ""
+    )
     return Check(
         "cluster",
         Status.WARN,
-        "cluster mode: give the key prefix a hash tag ({app_config}) so every key a script"
-        " touches is in one slot, and use GlideClusterClient; this command looked at one node",
+        f"cluster mode: give the key prefix a hash tag ({CLUSTER_DEFAULT_PREFIX}){untagged} so"
+        " every key a script touches is in one slot, and use GlideClusterClient; this command"
+        " looked at one node: `atomic-cache doctor --cluster` checks every node, the slots"
+        " and the replicas",
     )
 
 
-def run_checks(facts: ServerFacts) -> list[Check]:
-    """Every check, in display order."""
+def run_checks(facts: ServerFacts, *, prefix: str | None = None) -> list[Check]:
+    """Every check of one server, in display order. ``prefix``: the cache's key prefix,
+    named when the server turns out to be a cluster node."""
     checks = [
         check_server(facts.info),
         check_commands(facts.commands),
@@ -283,7 +310,7 @@ def run_checks(facts: ServerFacts) -> list[Check]:
         check_persistence(facts.info, facts.config),
         check_replication(facts.info),
     ]
-    cluster = check_cluster(facts.info)
+    cluster = check_cluster(facts.info, prefix)
     if cluster is not None:
         checks.append(cluster)
     return checks
@@ -295,72 +322,3 @@ def exit_code(checks: Iterable[Check], *, strict: bool = False) -> int:
     if Status.FAIL in statuses or (strict and Status.WARN in statuses):
         return 1
     return 0
-
-
-# -- asking a live server -----------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-async def _known_commands(client: ValkeyClient) -> frozenset[str] | None:
-    # COMMAND INFO would tell the same per command, but glide 2.6 cannot decode its reply
-    # on Redis 7+ / Valkey (key specs: SystemError in parse_response); COMMAND LIST (7.0+)
-    # is a plain array of names.
-    try:
-        reply = await client.custom_command(["COMMAND", "LIST"])
-    except RequestError:
-        reply = None
-    if isinstance(reply, list):
-        return frozenset(_text(name).lower() for name in reply)
-    # Servers before 7.0 have no COMMAND LIST; their COMMAND INFO replies carry no key
-    # specs and decode fine.
-    found: set[str] = set()
-    for command in REQUIRED_COMMANDS:
-        try:
-            info = await client.custom_command(["COMMAND", "INFO", command])
-        except (GlideError, SystemError):
-            return None
-        if isinstance(info, list) and info and info[0] is not None:
-            found.add(command.lower())
-    return frozenset(found)
-
-
-async def _config(client: ValkeyClient) -> dict[str, str]:
-    # One parameter per call: CONFIG GET of several needs Redis 7.0, and a managed service
-    # may refuse some (or all) of them.
-    answers: dict[str, str] = {}
-    for parameter in CONFIG_PARAMETERS:
-        try:
-            reply = await client.custom_command(["CONFIG", "GET", parameter])
-        except RequestError:
-            continue
-        if isinstance(reply, dict):
-            pairs = [(_text(key), _text(value)) for key, value in reply.items()]
-        elif isinstance(reply, list):  # RESP2 shape: [name, value, ...]
-            pairs = [(_text(reply[i]), _text(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
-        else:
-            pairs = []
-        answers.update(pairs)
-    return answers
-
-
-async def gather_facts(client: ValkeyClient, registry: ScriptRegistry) -> ServerFacts:
-    """Ask the server what the checks need; read-only. Connection errors propagate."""
-    info = parse_info(_text(await client.custom_command(["INFO"])))
-    try:
-        loaded: dict[str, bool] | None = await registry.loaded(client)
-    except RequestError:
-        loaded = None
-    return ServerFacts(
-        info=info,
-        config=await _config(client),
-        commands=await _known_commands(client),
-        scripts_loaded=loaded,
-    )
-
-
-async def diagnose(client: ValkeyClient, registry: ScriptRegistry | None = None) -> list[Check]:
-    """Gather the facts from a live server and run every check."""
-    return run_checks(await gather_facts(client, registry or ScriptRegistry()))

@@ -1,0 +1,122 @@
+"""``atomic-cache doctor``: is this Valkey (or Redis) server, or Valkey Cluster, fit to hold
+the cache?
+
+The checks are pure functions of the servers' replies (:class:`ServerFacts` for one server,
+:class:`ClusterFacts` for a cluster: its topology and each node's facts), so they are
+unit-tested on canned replies; :func:`gather_facts` and :func:`gather_cluster_facts` are the
+thin part that asks live servers, read-only (INFO, CONFIG GET, COMMAND LIST, SCRIPT EXISTS,
+CLUSTER INFO|NODES).
+
+Statuses: ``OK``; ``WARN`` when the cache works but an invariant can be lost in some
+event (eviction, crash, failover) or a fact could not be read; ``FAIL`` when the cache
+cannot work on this server (too old, a required command missing, slots without a primary,
+a prefix without a hash tag on a cluster).
+"""
+
+from __future__ import annotations
+
+from .checks import (
+    CLUSTER_REQUIRED_COMMANDS,
+    CONFIG_PARAMETERS,
+    MIN_REDIS_VERSION,
+    REQUIRED_COMMANDS,
+    SCRIPT_COMMANDS,
+    Check,
+    ServerFacts,
+    Status,
+    check_cluster,
+    check_commands,
+    check_eviction,
+    check_persistence,
+    check_replication,
+    check_scripts,
+    check_server,
+    exit_code,
+    parse_info,
+    parse_version,
+    run_checks,
+    server_identity,
+)
+from .cluster import (
+    FAILED_FLAGS,
+    REPLICA_ACK_LAG_WARN_S,
+    REPLICA_IO_WARN_S,
+    ClusterFacts,
+    ListedNode,
+    NodeFacts,
+    Role,
+    check_cluster_scripts,
+    check_cluster_state,
+    check_prefix,
+    check_prefix_slot,
+    check_replicas,
+    check_slots,
+    in_display_order,
+    on_every_primary,
+    parse_cluster_nodes,
+    prefix_slot,
+    replica_acks,
+    replica_trouble,
+    run_cluster_checks,
+    slot_ranges_text,
+    suggested_prefix,
+)
+from .gather import (
+    Send,
+    diagnose,
+    diagnose_cluster,
+    gather_cluster_facts,
+    gather_facts,
+    gather_node_facts,
+)
+
+__all__ = [
+    "CLUSTER_REQUIRED_COMMANDS",
+    "CONFIG_PARAMETERS",
+    "FAILED_FLAGS",
+    "MIN_REDIS_VERSION",
+    "REPLICA_ACK_LAG_WARN_S",
+    "REPLICA_IO_WARN_S",
+    "REQUIRED_COMMANDS",
+    "SCRIPT_COMMANDS",
+    "Check",
+    "ClusterFacts",
+    "ListedNode",
+    "NodeFacts",
+    "Role",
+    "Send",
+    "ServerFacts",
+    "Status",
+    "check_cluster",
+    "check_cluster_scripts",
+    "check_cluster_state",
+    "check_commands",
+    "check_eviction",
+    "check_persistence",
+    "check_prefix",
+    "check_prefix_slot",
+    "check_replicas",
+    "check_replication",
+    "check_scripts",
+    "check_server",
+    "check_slots",
+    "diagnose",
+    "diagnose_cluster",
+    "exit_code",
+    "gather_cluster_facts",
+    "gather_facts",
+    "gather_node_facts",
+    "in_display_order",
+    "on_every_primary",
+    "parse_cluster_nodes",
+    "parse_info",
+    "parse_version",
+    "prefix_slot",
+    "replica_acks",
+    "replica_trouble",
+    "run_checks",
+    "run_cluster_checks",
+    "server_identity",
+    "slot_ranges_text",
+    "suggested_prefix",
+]

@@ -1,0 +1,743 @@
+"""The in-process local cache (LocalCache), on real servers: kept correct by the
+invalidations Valkey announces, emptied whenever it may have missed one, bounded, and
+handing every caller a value of its own.
+
+Several cache sources on one server stand for several processes. No timing is asserted:
+what another process must eventually see is polled for, with a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from glide import GlideClient, GlideClusterClient, PubSubMsg
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atomic_cache import (
+    CACHE_ERRORS,
+    AppConfigData,
+    AppConfigFragment,
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    KeySchema,
+    LocalCache,
+    ScopeType,
+    ScriptRegistry,
+    create_valkey_client,
+    register_prometheus,
+)
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
+from atomic_cache.tools.embedded_cluster import EmbeddedCluster
+
+from .test_concurrency import run_mixed_load
+from .valkey_tools import text
+
+BOUND_S = 15.0  # how long a poll waits for what must happen (never a timing assertion)
+FAST = {"check_interval_s": 0.2, "poll_s": 0.02}  # a watcher that reacts within tenths
+Client = GlideClient | GlideClusterClient
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds, at most BOUND_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND_S
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND_S
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
+def value(
+    user: uuid.UUID, version: int, *, name: str = "webui", domain: str = "alpha"
+) -> AppConfigData:
+    fragment = AppConfigFragment(
+        scope_type=ScopeType.USER, scope_id=str(user), name=name, extra_config={"v": version}
+    )
+    return AppConfigData(
+        user_id=user,
+        domain_name=domain,
+        name=name,
+        fragments=[fragment],
+        config={"v": version, "nested": {"list": [version]}},
+    )
+
+
+def version_of(data: AppConfigData | None) -> int | None:
+    return None if data is None or data.config is None else int(data.config["v"])
+
+
+async def fill(cache: AppConfigFragmentCacheSource, data: AppConfigData) -> None:
+    """What a read-around does on a miss: lookup, then a fill with its token."""
+    found = await cache.lookup(data.user_id, data.name)
+    assert found.fill_token is not None, "expected a miss"
+    assert await cache.set_merged_config(data.user_id, data.name, data, found.fill_token)
+
+
+async def settled(local: LocalCache, client: Client, keys: KeySchema) -> None:
+    """Until the local cache serves and has heard of every invalidation so far."""
+
+    async def caught_up() -> bool:
+        server = await client.hget(keys.seq, "n")
+        return local.serving and local.sequence == int(server or 0)
+
+    await until_async(caught_up, "the local cache caught up with the server's sequence")
+
+
+async def start_life(cache: AppConfigFragmentCacheSource, *locals_: LocalCache) -> None:
+    """Give the prefix a sequence (its first invalidation starts a life of the index,
+    which every local cache answers by emptying itself) and wait for the caches."""
+    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.UUID(int=0)))
+    for local in locals_:
+        await settled(local, cache._client, cache.keys)
+
+
+@pytest.fixture
+async def open_local(
+    valkey_url: str, keys: KeySchema
+) -> AsyncIterator[Callable[..., Awaitable[LocalCache]]]:
+    """Local caches on the test's prefix; closed at the end."""
+    opened: list[LocalCache] = []
+
+    async def make(url: str | None = None, **options: object) -> LocalCache:
+        options.setdefault("keys", keys)
+        local = await LocalCache.create(url or valkey_url, **options)  # type: ignore[arg-type]
+        opened.append(local)
+        assert await local.ready(BOUND_S)
+        return local
+
+    yield make
+    for local in opened:
+        await local.close()
+
+
+# -- the same process --------------------------------------------------------------------
+
+
+async def test_same_process_load_never_reads_stale(
+    clean_db: AsyncEngine,
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    reads, stale = await run_mixed_load(clean_db, [cache], use_tokens=True)
+    assert reads > 100
+    assert stale == 0
+    stats = AppConfigFragmentRepository(clean_db, cache=cache).stats()
+    assert stats.local_hits > 0 and stats.local_stores > 0 and stats.local_drops > 0
+    assert stats.local_hits == local.counters.hits
+
+
+async def test_own_invalidation_drops_locally_before_it_returns(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    # A watcher that stays asleep: only the invalidation path itself can drop the entry.
+    local = await open_local(check_interval_s=60, poll_s=60)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))
+    assert version_of(await cache.get_merged_config(user, "webui")) == 0
+    assert local.counters.hits == 1
+
+    # Another process's write, then ours: what ours covers is gone when it returns, even
+    # though its announcement has not been handled yet (nothing awaited in between).
+    other = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    await other.set_merged_config(user, "webui", value(user, 1))
+    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+    assert len(local) == 0 and local.counters.drops == 1
+    assert await cache.get_merged_config(user, "webui") is None
+
+
+class GatedRegistry(ScriptRegistry):
+    """Holds each invalidate.lua call until ``gate`` opens: the race is made to happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def call(self, client: Client, name: str, keys: Sequence[str], args: Any = ()) -> object:
+        if name == "invalidate" and not self.gate.is_set():
+            self.holding.set()
+            await self.gate.wait()
+        return await super().call(client, name, keys, args)
+
+
+class DeafLocalCache(LocalCache):
+    """Hears no announcement: what it drops, its own process's invalidations drop."""
+
+    def _on_message(self, message: PubSubMsg, context: object) -> None:
+        del message, context
+
+
+async def test_a_read_racing_an_own_invalidation_is_dropped_when_it_returns(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
+) -> None:
+    await start_life(AppConfigFragmentCacheSource(valkey, registry, keys=keys))
+    local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
+    try:
+        assert await local.ready(BOUND_S)
+        gated = GatedRegistry()
+        await gated.load(valkey)
+        cache = AppConfigFragmentCacheSource(valkey, gated, keys=keys, local_cache=local)
+        user = uuid.uuid4()
+        await fill(AppConfigFragmentCacheSource(valkey, registry, keys=keys), value(user, 0))
+        invalidation = asyncio.create_task(cache.invalidate_for_scope(ScopeType.USER, str(user)))
+        await gated.holding.wait()  # the invalidation is on its way
+        # A read now: Valkey still serves v0, and the copy lands locally...
+        assert version_of(await cache.get_merged_config(user, "webui")) == 0
+        assert len(local) == 1 and local.counters.stores == 1
+        gated.gate.set()
+        await invalidation
+        # ...but the invalidation took it out again before returning.
+        assert len(local) == 0
+        assert await cache.get_merged_config(user, "webui") is None
+    finally:
+        await local.close()
+
+
+async def test_an_invalidation_that_fails_still_drops_locally(
+    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
+) -> None:
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=300)
+        try:
+            registry = ScriptRegistry()
+            await registry.load(client)
+            local = await open_local(server.url, check_interval_s=60, poll_s=60)
+            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
+            await start_life(cache, local)
+            user = uuid.uuid4()
+            await fill(cache, value(user, 0))
+            assert len(local) == 1
+            server.kill()
+            with pytest.raises(CACHE_ERRORS):
+                await cache.invalidate_for_scope(ScopeType.USER, str(user))
+            assert len(local) == 0 and local.counters.drops == 1
+        finally:
+            await client.close()
+
+
+# -- other processes -----------------------------------------------------------------------
+
+
+async def test_another_process_serves_the_new_value_once_announced(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local_a, local_b = await open_local(**FAST), await open_local(**FAST)
+    a = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local_a)
+    b = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local_b)
+    await start_life(a, local_a, local_b)
+    flushes_before = sum(local_b.counters.flushes.values())
+    users = [uuid.uuid4() for _ in range(3)]
+    for user in users:
+        await fill(b, value(user, 0))
+    assert version_of(await b.get_merged_config(users[0], "webui")) == 0
+    assert local_b.counters.hits == 1  # held in b's process memory
+
+    # a writes v1 for users[0]: invalidate, then fill after a miss.
+    await a.invalidate_for_scope(ScopeType.USER, str(users[0]), ["webui"])
+    await fill(a, value(users[0], 1))
+
+    async def b_serves_v1() -> bool:
+        return version_of(await b.get_merged_config(users[0], "webui")) == 1
+
+    await until_async(b_serves_v1, "b serves the value a wrote")
+    for _ in range(50):
+        assert version_of(await b.get_merged_config(users[0], "webui")) == 1
+    # Dropped by the announcement (exactly the entry it covers), not by a flush.
+    assert local_b.counters.drops == 1
+    assert sum(local_b.counters.flushes.values()) == flushes_before
+    hits = local_b.counters.hits
+    for user in users[1:]:
+        assert version_of(await b.get_merged_config(user, "webui")) == 0
+    assert local_b.counters.hits == hits + 2  # the others stayed local
+
+
+async def test_domain_and_public_announcements_drop_what_they_cover(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    reader = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    await start_life(writer, local)
+    # The prefix's first invalidation started a life of the index: announced as such.
+    assert local.counters.flushes == {"new_life": 1}
+    alpha, beta = uuid.uuid4(), uuid.uuid4()
+    for user, domain in ((alpha, "alpha"), (beta, "beta")):
+        for name in ("webui", "theme"):
+            await fill(reader, value(user, 0, name=name, domain=domain))
+    held = {(user, name) for user in (alpha, beta) for name in ("webui", "theme")}
+    assert len(local) == 4
+
+    async def drops_reach(count: int) -> None:
+        await until(lambda: local.counters.drops == count, f"{count} entries dropped")
+
+    await writer.invalidate_for_scope(ScopeType.DOMAIN, "alpha", ["theme"])
+    await drops_reach(1)
+    held.discard((alpha, "theme"))
+    await writer.invalidate_for_scope(ScopeType.PUBLIC, "public", ["webui"])
+    await drops_reach(3)
+    held -= {(alpha, "webui"), (beta, "webui")}
+    assert len(local) == len(held) == 1
+    assert version_of(local.get(beta, "theme")) == 0
+    await writer.invalidate_for_policy("theme")
+    await drops_reach(4)
+    assert len(local) == 0
+
+
+async def test_a_fill_that_raced_an_announcement_is_not_stored(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    await start_life(writer, local)
+    user = uuid.uuid4()
+    ticket, began = local.ticket(), local.now()  # a read goes out...
+    assert ticket is not None
+    sequence = local.sequence
+    await writer.invalidate_for_scope(ScopeType.USER, str(user))  # ...an invalidation runs
+    await until(lambda: local.sequence == sequence + 1, "the announcement arrived")
+    # ...and the read's old value comes back: it must not land.
+    assert not local.store(ticket, began, value(user, 0), value(user, 0).model_dump_json(), 60_000)
+    assert len(local) == 0 and local.counters.refused_stores == 1
+    fresh = local.ticket()
+    assert local.store(fresh, local.now(), value(user, 1), value(user, 1).model_dump_json(), 60_000)
+    assert version_of(local.get(user, "webui")) == 1
+
+
+# -- losing track: the cache empties itself ------------------------------------------------
+
+
+async def test_killed_subscription_flushes_and_misses_nothing(
+    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
+) -> None:
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+        try:
+            registry = ScriptRegistry()
+            await registry.load(client)
+            local = await open_local(server.url, check_interval_s=1.0, poll_s=0.1)
+            reader = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
+            writer = AppConfigFragmentCacheSource(client, registry, keys=keys)
+            await start_life(writer, local)
+            user = uuid.uuid4()
+            await fill(reader, value(user, 0))
+            assert version_of(await reader.get_merged_config(user, "webui")) == 0
+            assert local.counters.hits == 1
+
+            async def listeners() -> int:
+                reply = await client.custom_command(["PUBSUB", "NUMSUB", local.channel])
+                assert isinstance(reply, list | dict)
+                counts = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+                return int(counts[0])
+
+            # Kill the subscription, and write while nobody listens: that announcement
+            # is lost for good (glide resubscribes later; nothing is replayed).
+            for _ in range(20):
+                await client.custom_command(["CLIENT", "KILL", "TYPE", "pubsub"])
+                if await listeners() == 0:
+                    await writer.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+                    await writer.set_merged_config(user, "webui", value(user, 1))
+                    if await listeners() == 0:
+                        break
+            else:
+                pytest.fail("the subscription came back before a write could miss it")
+
+            async def serves_v1() -> bool:
+                return version_of(await reader.get_merged_config(user, "webui")) == 1
+
+            await until_async(serves_v1, "the reader serves the value written meanwhile")
+            assert local.counters.flushes["subscription_lost"] >= 1
+            for _ in range(50):
+                assert version_of(await reader.get_merged_config(user, "webui")) == 1
+            # Subscribed again, it serves locally again.
+            await settled(local, client, keys)
+            hits = local.counters.hits
+            for _ in range(3):
+                assert version_of(await reader.get_merged_config(user, "webui")) == 1
+            assert local.counters.hits > hits
+        finally:
+            await client.close()
+
+
+async def test_valkey_restart_flushes(
+    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
+) -> None:
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+        try:
+            registry = ScriptRegistry()
+            await registry.load(client)
+            local = await open_local(server.url, **FAST)
+            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
+            await start_life(cache, local)
+            user = uuid.uuid4()
+            await fill(cache, value(user, 0))
+            assert version_of(await cache.get_merged_config(user, "webui")) == 0
+            assert local.counters.hits == 1
+
+            server.restart()  # no persistence: the entry, the stamps and the sequence go
+
+            async def gone() -> bool:
+                try:
+                    return await cache.get_merged_config(user, "webui") is None
+                except Exception:  # the client reconnects on its own schedule
+                    return False
+
+            await until_async(gone, "the copy of the lost entry is no longer served")
+            assert len(local) == 0
+            flushes = local.counters.flushes
+            assert flushes["subscription_lost"] + flushes["went_back"] >= 1
+            for _ in range(20):
+                assert await cache.get_merged_config(user, "webui") is None
+        finally:
+            await client.close()
+
+
+async def test_a_gap_in_the_sequence_flushes(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))
+    assert len(local) == 1
+    # An announcement two numbers ahead: the one between was lost.
+    await valkey.publish(f"{local.sequence + 2} 0 0 user {uuid.uuid4()} -1", local.channel)
+    await until(lambda: local.counters.flushes["gap"] == 1, "a gap flush")
+    assert len(local) == 0 and local.counters.drops == 0
+
+    # Something that is no announcement at all: flushed too.
+    await fill(cache, value(uuid.uuid4(), 0))
+    assert len(local) == 1
+    await valkey.publish("hello", local.channel)
+    await until(lambda: local.counters.flushes["unreadable"] == 1, "an unreadable flush")
+    assert len(local) == 0
+
+
+async def test_a_server_ahead_of_the_announcements_flushes(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    """An invalidation whose announcement never came (here: the sequence moved without
+    one): the periodic check finds the server ahead and empties the cache."""
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))
+    assert len(local) == 1
+    await valkey.hincrby(keys.seq, "n", 1)
+    await until(lambda: local.counters.flushes["missed"] == 1, "a missed-announcement flush")
+    assert len(local) == 0
+    await settled(local, valkey, keys)  # in step again, and serving
+
+
+async def test_a_server_behind_the_announcements_flushes(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    """The sequence went back (a failover that lost writes, data replaced)."""
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    await fill(cache, value(uuid.uuid4(), 0))
+    assert len(local) == 1
+    await valkey.hincrby(keys.seq, "n", -5)
+    await until(lambda: local.counters.flushes["went_back"] == 1, "a went-back flush")
+    assert len(local) == 0
+
+
+async def test_nothing_is_served_while_the_server_cannot_be_checked(
+    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
+) -> None:
+    """No check, no announcement either: the lease runs out and the cache stops serving,
+    then serves again once a check succeeds and nothing was missed."""
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+        try:
+            registry = ScriptRegistry()
+            await registry.load(client)
+            local = await open_local(server.url, check_interval_s=0.2, poll_s=0.02)
+            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
+            await start_life(cache, local)
+            user = uuid.uuid4()
+            await fill(cache, value(user, 0))
+            server.pause()
+            try:
+                await until(lambda: not local.serving, "the lease ran out")
+                assert local.get(user, "webui") is None
+                assert len(local) == 1  # kept: nothing says it is stale, yet
+            finally:
+                server.resume()
+            await until(lambda: local.serving, "serving again")
+            assert version_of(local.get(user, "webui")) == 0
+        finally:
+            await client.close()
+
+
+# -- bounds, expiry, copies ----------------------------------------------------------------
+
+
+async def test_lru_bound_and_evictions(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(max_entries=3, **FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    users = [uuid.uuid4() for _ in range(5)]
+    for user in users[:3]:
+        await fill(cache, value(user, 0))
+    assert local.get(users[0], "webui") is not None  # the oldest, now the most recent
+    for user in users[3:]:
+        await fill(cache, value(user, 0))
+    assert len(local) == 3 and local.counters.evictions == 2
+    held = [user for user in users if local.get(user, "webui") is not None]
+    assert held == [users[0], users[3], users[4]]
+    snapshot = cache.metrics.snapshot(
+        script_reloads=0, breaker_state="closed", pending_invalidations=0
+    )
+    assert snapshot.local_evictions == 2 and snapshot.local_entries == 3
+
+
+async def test_byte_bound(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    size = len(value(uuid.uuid4(), 0).model_dump_json())
+    local = await open_local(max_bytes=2 * size + size // 2, **FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    for _ in range(4):
+        await fill(cache, value(uuid.uuid4(), 0))
+    assert len(local) == 2 and local.size_bytes <= local.max_bytes
+    assert local.counters.evictions == 2
+
+
+async def test_a_local_copy_never_outlives_the_valkey_entry(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    reader = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    await start_life(writer, local)
+    user = uuid.uuid4()
+    await writer.set_merged_config(user, "webui", value(user, 0))
+    await valkey.pexpire(keys.entry(user, "webui"), 300)  # far shorter than the source's TTL
+    assert version_of(await reader.get_merged_config(user, "webui")) == 0  # copied locally
+    assert len(local) == 1
+
+    async def expired_in_valkey() -> bool:
+        return await valkey.exists([keys.entry(user, "webui")]) == 0
+
+    await until_async(expired_in_valkey, "the Valkey entry expired")
+    assert local.get(user, "webui") is None
+    assert await reader.get_merged_config(user, "webui") is None
+
+
+async def test_each_caller_gets_a_value_of_its_own(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    user = uuid.uuid4()
+    written = value(user, 0)
+    await fill(cache, written)
+    written.config["v"] = 99  # type: ignore[index]  # the writer's object is not the copy
+    first = await cache.get_merged_config(user, "webui")
+    assert first is not None and first.config is not None
+    first.config["v"] = 7
+    first.config["nested"]["list"].append(8)
+    first.fragments[0].extra_config["v"] = 7
+    first.fragments.clear()
+    second = await cache.get_merged_config(user, "webui")
+    assert local.counters.hits == 2
+    assert second == value(user, 0)
+    assert second is not first
+
+
+async def test_local_counters_reach_stats_and_prometheus(
+    clean_db: AsyncEngine,
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> None:
+    local = await open_local(**FAST)
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))
+    await cache.get_merged_config(user, "webui")  # a local hit
+    await valkey.publish(f"{local.sequence + 2} 0 0", local.channel)  # a gap: one flush
+    await until(lambda: local.counters.flushes["gap"] == 1, "a gap flush")
+    repo = AppConfigFragmentRepository(clean_db, cache=cache)
+    stats = repo.stats()
+    assert (stats.local_hits, stats.local_stores, stats.local_entries) == (1, 1, 0)
+    assert stats.local_flushes == {"new_life": 1, "gap": 1}
+    registry_ = CollectorRegistry()
+    register_prometheus(repo, registry=registry_)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry_).decode())
+        for sample in family.samples
+    }
+    assert samples[("atomic_cache_local_hits_total", ())] == 1
+    assert samples[("atomic_cache_local_flushes_total", (("reason", "gap"),))] == 1
+    assert samples[("atomic_cache_local_flushes_total", (("reason", "missed"),))] == 0
+    assert samples[("atomic_cache_local_entries", ())] == 0
+
+
+# -- configuration and life cycle ---------------------------------------------------------
+
+
+async def test_a_local_cache_of_another_prefix_or_kind_is_refused(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    with pytest.raises(ValueError, match="prefix 'other'"):
+        AppConfigFragmentCacheSource(
+            valkey, registry, keys=keys, local_cache=LocalCache(KeySchema("other"))
+        )
+    with pytest.raises(ValueError, match="on a cluster"):
+        AppConfigFragmentCacheSource(
+            valkey,
+            registry,
+            keys=KeySchema("{tag}"),
+            local_cache=LocalCache(KeySchema("{tag}"), cluster=True),
+        )
+    with pytest.raises(ValueError, match="hash tag"):
+        LocalCache(KeySchema("plain"), cluster=True)
+    # Defaults agree with the source's: no keys given on either side.
+    AppConfigFragmentCacheSource(valkey, registry, local_cache=LocalCache())
+
+
+async def test_starts_with_valkey_down_and_serves_once_it_is_up(keys: KeySchema) -> None:
+    port = free_port()
+    local = await LocalCache.create(
+        f"valkey://127.0.0.1:{port}", keys=keys, check_interval_s=0.2, poll_s=0.02
+    )
+    try:
+        assert not await local.ready(0.3)
+        assert local.ticket() is None
+        with EmbeddedValkey(port=port):
+            assert await local.ready(BOUND_S)
+            assert local.ticket() is not None
+    finally:
+        await local.close()
+
+
+async def test_close_stops_everything(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
+) -> None:
+    before = asyncio.all_tasks()
+    local = await LocalCache.create(valkey_url, keys=keys, **FAST)  # type: ignore[arg-type]
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    await start_life(cache, local)
+    await fill(cache, value(uuid.uuid4(), 0))
+    assert len(asyncio.all_tasks() - before) == 1  # its watcher
+    await local.close()
+    assert asyncio.all_tasks() - before == set()
+    assert not local.serving and len(local) == 0 and local.ticket() is None
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))  # the source goes on, through Valkey only
+    assert version_of(await cache.get_merged_config(user, "webui")) == 0
+    assert len(local) == 0
+    await local.close()  # twice is fine
+
+
+# -- a Valkey Cluster ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster() as started:
+        yield started
+
+
+async def test_cluster_announcements_reach_another_process(cluster: EmbeddedCluster) -> None:
+    keys = KeySchema(f"{{t{uuid.uuid4().hex[:12]}}}")
+    client = await create_valkey_client(cluster.seed_url, cluster=True, request_timeout_ms=5000)
+    local_a = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)  # type: ignore[arg-type]
+    local_b = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)  # type: ignore[arg-type]
+    try:
+        registry = ScriptRegistry()
+        await registry.load(client, required=True)
+        a = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local_a)
+        b = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local_b)
+        await start_life(a, local_a, local_b)
+        user = uuid.uuid4()
+        await fill(b, value(user, 0))
+        assert version_of(await b.get_merged_config(user, "webui")) == 0
+        assert local_b.counters.hits == 1
+        # Sharded: the channel lives on the prefix's shard, like its keys.
+        channels = await client.custom_command(["PUBSUB", "SHARDCHANNELS"])
+        assert keys.prefix + ":invalidations" in {text(c) for c in _flatten(channels)}
+
+        await a.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+        await until(lambda: local_b.counters.drops == 1, "b dropped its copy")
+        assert len(local_b) == 0
+        assert await b.get_merged_config(user, "webui") is None
+    finally:
+        await local_a.close()
+        await local_b.close()
+        await client.close()
+
+
+def _flatten(reply: object) -> list[object]:
+    """PUBSUB replies of every node of a cluster client, flattened."""
+    if isinstance(reply, dict):
+        return [item for part in reply.values() for item in _flatten(part)]
+    if isinstance(reply, list):
+        return list(reply)
+    return [reply]
