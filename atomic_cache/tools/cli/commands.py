@@ -433,7 +433,9 @@ def bench(
     no cache, and glide's own breaker in place of ours; h. fill refusals while other
     users and domains are invalidated; i. index memory after churn; j. an embedded
     3+3 Valkey Cluster beside the server: hits on the shard's primary and replica,
-    invalidation with and without the replica wait, one shard's memory. b and g need
+    invalidation with and without the replica wait, one shard's memory; k. a hit from
+    the local cache vs Valkey vs a raw GET vs cashews' client-side cache, and the window
+    before another process's local cache drops what a write covered. b and g need
     PostgreSQL (embedded unless a URL is given). Writes bench.md, bench.json, bench.png.
 
     Use a server of its own: the run resets INFO commandstats and the slow log and
