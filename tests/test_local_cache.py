@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Self, TypedDict
 
 import pytest
 from glide import GlideClient, GlideClusterClient, PubSubMsg
@@ -38,8 +40,16 @@ from atomic_cache.tools.embedded_cluster import EmbeddedCluster
 from .test_concurrency import run_mixed_load
 from .valkey_tools import text
 
+
+class Watch(TypedDict):
+    """How often a LocalCache checks the server's sequence and polls its subscription."""
+
+    check_interval_s: float
+    poll_s: float
+
+
 BOUND_S = 15.0  # how long a poll waits for what must happen (never a timing assertion)
-FAST = {"check_interval_s": 0.2, "poll_s": 0.02}  # a watcher that reacts within tenths
+FAST = Watch(check_interval_s=0.2, poll_s=0.02)  # a watcher that reacts within tenths
 Client = GlideClient | GlideClusterClient
 
 
@@ -125,36 +135,129 @@ async def open_local(
         await local.close()
 
 
+LifeFrom = Literal["cache", "writer"] | None
+
+
+@dataclass
+class Process:
+    """One process on a server: a client with the scripts loaded, a local cache on the
+    test's prefix, the source that keeps it (``cache``) and a source without one
+    (``writer``, as another process would write)."""
+
+    client: Client
+    registry: ScriptRegistry
+    keys: KeySchema
+    local: LocalCache
+    cache: AppConfigFragmentCacheSource
+    writer: AppConfigFragmentCacheSource
+
+    @classmethod
+    async def start(
+        cls,
+        client: Client,
+        registry: ScriptRegistry,
+        keys: KeySchema,
+        local: LocalCache,
+        *,
+        life_from: LifeFrom,
+        **more: Any,
+    ) -> Self:
+        """The sources on ``local``; the prefix's life started from ``life_from``
+        (``None``: not started)."""
+        process = cls(
+            client=client,
+            registry=registry,
+            keys=keys,
+            local=local,
+            cache=AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local),
+            writer=AppConfigFragmentCacheSource(client, registry, keys=keys),
+            **more,
+        )
+        if life_from is not None:
+            await start_life(process.cache if life_from == "cache" else process.writer, local)
+        return process
+
+    def source(self, local_cache: LocalCache) -> AppConfigFragmentCacheSource:
+        """Another source on the same client and prefix, keeping ``local_cache``."""
+        return AppConfigFragmentCacheSource(
+            self.client, self.registry, keys=self.keys, local_cache=local_cache
+        )
+
+
+@dataclass
+class OwnServerProcess(Process):
+    """A process on a server of its own, which the test may kill, pause or restart."""
+
+    server: EmbeddedValkey
+
+
+class OnShared(Protocol):
+    def __call__(self, *, life_from: LifeFrom = "cache", **options: float) -> Awaitable[Process]:
+        """A process on the shared server; ``options`` go to its LocalCache."""
+
+
+class OnOwnServer(Protocol):
+    def __call__(
+        self, *, request_timeout_ms: int, life_from: LifeFrom = "cache", **options: float
+    ) -> AbstractAsyncContextManager[OwnServerProcess]:
+        """A process on a server of its own; on leaving, its client is closed and the
+        server stopped (the local cache is closed with the other ones, at the end)."""
+
+
+@pytest.fixture
+def on_shared(
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    open_local: Callable[..., Awaitable[LocalCache]],
+) -> OnShared:
+    async def start(*, life_from: LifeFrom = "cache", **options: float) -> Process:
+        local = await open_local(**options)
+        return await Process.start(valkey, registry, keys, local, life_from=life_from)
+
+    return start
+
+
+@pytest.fixture
+def on_own_server(keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]) -> OnOwnServer:
+    @asynccontextmanager
+    async def start(
+        *, request_timeout_ms: int, life_from: LifeFrom = "cache", **options: float
+    ) -> AsyncIterator[OwnServerProcess]:
+        with EmbeddedValkey() as server:
+            client = await create_valkey_client(server.url, request_timeout_ms=request_timeout_ms)
+            try:
+                registry = ScriptRegistry()
+                await registry.load(client)
+                local = await open_local(server.url, **options)
+                yield await OwnServerProcess.start(
+                    client, registry, keys, local, life_from=life_from, server=server
+                )
+            finally:
+                await client.close()
+
+    return start
+
+
 # -- the same process --------------------------------------------------------------------
 
 
 async def test_same_process_load_never_reads_stale(
-    clean_db: AsyncEngine,
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
+    clean_db: AsyncEngine, on_shared: OnShared
 ) -> None:
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    reads, stale = await run_mixed_load(clean_db, [cache], use_tokens=True)
+    s = await on_shared(life_from=None, **FAST)
+    reads, stale = await run_mixed_load(clean_db, [s.cache], use_tokens=True)
     assert reads > 100
     assert stale == 0
-    stats = AppConfigFragmentRepository(clean_db, cache=cache).stats()
+    stats = AppConfigFragmentRepository(clean_db, cache=s.cache).stats()
     assert stats.local_hits > 0 and stats.local_stores > 0 and stats.local_drops > 0
-    assert stats.local_hits == local.counters.hits
+    assert stats.local_hits == s.local.counters.hits
 
 
-async def test_own_invalidation_drops_locally_before_it_returns(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
+async def test_own_invalidation_drops_locally_before_it_returns(on_shared: OnShared) -> None:
     # A watcher that stays asleep: only the invalidation path itself can drop the entry.
-    local = await open_local(check_interval_s=60, poll_s=60)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+    s = await on_shared(check_interval_s=60, poll_s=60)
+    cache, local = s.cache, s.local
     user = uuid.uuid4()
     await fill(cache, value(user, 0))
     assert version_of(await cache.get_merged_config(user, "webui")) == 0
@@ -162,8 +265,7 @@ async def test_own_invalidation_drops_locally_before_it_returns(
 
     # Another process's write, then ours: what ours covers is gone when it returns, even
     # though its announcement has not been handled yet (nothing awaited in between).
-    other = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
-    await other.set_merged_config(user, "webui", value(user, 1))
+    await s.writer.set_merged_config(user, "webui", value(user, 1))
     await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
     assert len(local) == 0 and local.counters.drops == 1
     assert await cache.get_merged_config(user, "webui") is None
@@ -217,40 +319,27 @@ async def test_a_read_racing_an_own_invalidation_is_dropped_when_it_returns(
         await local.close()
 
 
-async def test_an_invalidation_that_fails_still_drops_locally(
-    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
-) -> None:
-    with EmbeddedValkey() as server:
-        client = await create_valkey_client(server.url, request_timeout_ms=300)
-        try:
-            registry = ScriptRegistry()
-            await registry.load(client)
-            local = await open_local(server.url, check_interval_s=60, poll_s=60)
-            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
-            await start_life(cache, local)
-            user = uuid.uuid4()
-            await fill(cache, value(user, 0))
-            assert len(local) == 1
-            server.kill()
-            with pytest.raises(CACHE_ERRORS):
-                await cache.invalidate_for_scope(ScopeType.USER, str(user))
-            assert len(local) == 0 and local.counters.drops == 1
-        finally:
-            await client.close()
+async def test_an_invalidation_that_fails_still_drops_locally(on_own_server: OnOwnServer) -> None:
+    async with on_own_server(request_timeout_ms=300, check_interval_s=60, poll_s=60) as s:
+        cache, local = s.cache, s.local
+        user = uuid.uuid4()
+        await fill(cache, value(user, 0))
+        assert len(local) == 1
+        s.server.kill()
+        with pytest.raises(CACHE_ERRORS):
+            await cache.invalidate_for_scope(ScopeType.USER, str(user))
+        assert len(local) == 0 and local.counters.drops == 1
 
 
 # -- other processes -----------------------------------------------------------------------
 
 
 async def test_another_process_serves_the_new_value_once_announced(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
+    on_shared: OnShared, open_local: Callable[..., Awaitable[LocalCache]]
 ) -> None:
-    local_a, local_b = await open_local(**FAST), await open_local(**FAST)
-    a = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local_a)
-    b = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local_b)
+    s = await on_shared(life_from=None, **FAST)
+    local_a, local_b = s.local, await open_local(**FAST)
+    a, b = s.cache, s.source(local_b)
     await start_life(a, local_a, local_b)
     flushes_before = sum(local_b.counters.flushes.values())
     users = [uuid.uuid4() for _ in range(3)]
@@ -278,16 +367,9 @@ async def test_another_process_serves_the_new_value_once_announced(
     assert local_b.counters.hits == hits + 2  # the others stayed local
 
 
-async def test_domain_and_public_announcements_drop_what_they_cover(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(**FAST)
-    reader = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
-    await start_life(writer, local)
+async def test_domain_and_public_announcements_drop_what_they_cover(on_shared: OnShared) -> None:
+    s = await on_shared(life_from="writer", **FAST)
+    local, reader, writer = s.local, s.cache, s.writer
     # The prefix's first invalidation started a life of the index: announced as such.
     assert local.counters.flushes == {"new_life": 1}
     alpha, beta = uuid.uuid4(), uuid.uuid4()
@@ -313,20 +395,14 @@ async def test_domain_and_public_announcements_drop_what_they_cover(
     assert len(local) == 0
 
 
-async def test_a_fill_that_raced_an_announcement_is_not_stored(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(**FAST)
-    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
-    await start_life(writer, local)
+async def test_a_fill_that_raced_an_announcement_is_not_stored(on_shared: OnShared) -> None:
+    s = await on_shared(life_from="writer", **FAST)
+    local = s.local
     user = uuid.uuid4()
     ticket, began = local.ticket(), local.now()  # a read goes out...
     assert ticket is not None
     sequence = local.sequence
-    await writer.invalidate_for_scope(ScopeType.USER, str(user))  # ...an invalidation runs
+    await s.writer.invalidate_for_scope(ScopeType.USER, str(user))  # ...an invalidation runs
     await until(lambda: local.sequence == sequence + 1, "the announcement arrived")
     # ...and the read's old value comes back: it must not land.
     assert not local.store(ticket, began, value(user, 0), value(user, 0).model_dump_json(), 60_000)
@@ -339,194 +415,142 @@ async def test_a_fill_that_raced_an_announcement_is_not_stored(
 # -- losing track: the cache empties itself ------------------------------------------------
 
 
-async def test_killed_subscription_flushes_and_misses_nothing(
-    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
-) -> None:
-    with EmbeddedValkey() as server:
-        client = await create_valkey_client(server.url, request_timeout_ms=2000)
-        try:
-            registry = ScriptRegistry()
-            await registry.load(client)
-            local = await open_local(server.url, check_interval_s=1.0, poll_s=0.1)
-            reader = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
-            writer = AppConfigFragmentCacheSource(client, registry, keys=keys)
-            await start_life(writer, local)
-            user = uuid.uuid4()
-            await fill(reader, value(user, 0))
-            assert version_of(await reader.get_merged_config(user, "webui")) == 0
-            assert local.counters.hits == 1
+async def test_killed_subscription_flushes_and_misses_nothing(on_own_server: OnOwnServer) -> None:
+    async with on_own_server(
+        request_timeout_ms=2000, life_from="writer", check_interval_s=1.0, poll_s=0.1
+    ) as s:
+        client, local, reader, writer = s.client, s.local, s.cache, s.writer
+        user = uuid.uuid4()
+        await fill(reader, value(user, 0))
+        assert version_of(await reader.get_merged_config(user, "webui")) == 0
+        assert local.counters.hits == 1
 
-            async def listeners() -> int:
-                reply = await client.custom_command(["PUBSUB", "NUMSUB", local.channel])
-                assert isinstance(reply, list | dict)
-                counts = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
-                return int(counts[0])
+        async def listeners() -> int:
+            reply = await client.custom_command(["PUBSUB", "NUMSUB", local.channel])
+            assert isinstance(reply, list | dict)
+            counts = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+            return int(counts[0])
 
-            # Kill the subscription, and write while nobody listens: that announcement
-            # is lost for good (glide resubscribes later; nothing is replayed).
-            for _ in range(20):
-                await client.custom_command(["CLIENT", "KILL", "TYPE", "pubsub"])
+        # Kill the subscription, and write while nobody listens: that announcement
+        # is lost for good (glide resubscribes later; nothing is replayed).
+        for _ in range(20):
+            await client.custom_command(["CLIENT", "KILL", "TYPE", "pubsub"])
+            if await listeners() == 0:
+                await writer.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+                await writer.set_merged_config(user, "webui", value(user, 1))
                 if await listeners() == 0:
-                    await writer.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
-                    await writer.set_merged_config(user, "webui", value(user, 1))
-                    if await listeners() == 0:
-                        break
-            else:
-                pytest.fail("the subscription came back before a write could miss it")
+                    break
+        else:
+            pytest.fail("the subscription came back before a write could miss it")
 
-            async def serves_v1() -> bool:
-                return version_of(await reader.get_merged_config(user, "webui")) == 1
+        async def serves_v1() -> bool:
+            return version_of(await reader.get_merged_config(user, "webui")) == 1
 
-            await until_async(serves_v1, "the reader serves the value written meanwhile")
-            assert local.counters.flushes["subscription_lost"] >= 1
-            for _ in range(50):
-                assert version_of(await reader.get_merged_config(user, "webui")) == 1
-            # Subscribed again, it serves locally again.
-            await settled(local, client, keys)
-            hits = local.counters.hits
-            for _ in range(3):
-                assert version_of(await reader.get_merged_config(user, "webui")) == 1
-            assert local.counters.hits > hits
-        finally:
-            await client.close()
+        await until_async(serves_v1, "the reader serves the value written meanwhile")
+        assert local.counters.flushes["subscription_lost"] >= 1
+        for _ in range(50):
+            assert version_of(await reader.get_merged_config(user, "webui")) == 1
+        # Subscribed again, it serves locally again.
+        await settled(local, client, s.keys)
+        hits = local.counters.hits
+        for _ in range(3):
+            assert version_of(await reader.get_merged_config(user, "webui")) == 1
+        assert local.counters.hits > hits
 
 
-async def test_valkey_restart_flushes(
-    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
-) -> None:
-    with EmbeddedValkey() as server:
-        client = await create_valkey_client(server.url, request_timeout_ms=2000)
-        try:
-            registry = ScriptRegistry()
-            await registry.load(client)
-            local = await open_local(server.url, **FAST)
-            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
-            await start_life(cache, local)
-            user = uuid.uuid4()
-            await fill(cache, value(user, 0))
-            assert version_of(await cache.get_merged_config(user, "webui")) == 0
-            assert local.counters.hits == 1
+async def test_valkey_restart_flushes(on_own_server: OnOwnServer) -> None:
+    async with on_own_server(request_timeout_ms=2000, **FAST) as s:
+        cache, local = s.cache, s.local
+        user = uuid.uuid4()
+        await fill(cache, value(user, 0))
+        assert version_of(await cache.get_merged_config(user, "webui")) == 0
+        assert local.counters.hits == 1
 
-            server.restart()  # no persistence: the entry, the stamps and the sequence go
+        s.server.restart()  # no persistence: the entry, the stamps and the sequence go
 
-            async def gone() -> bool:
-                try:
-                    return await cache.get_merged_config(user, "webui") is None
-                except Exception:  # the client reconnects on its own schedule
-                    return False
+        async def gone() -> bool:
+            try:
+                return await cache.get_merged_config(user, "webui") is None
+            except Exception:  # the client reconnects on its own schedule
+                return False
 
-            await until_async(gone, "the copy of the lost entry is no longer served")
-            assert len(local) == 0
-            flushes = local.counters.flushes
-            assert flushes["subscription_lost"] + flushes["went_back"] >= 1
-            for _ in range(20):
-                assert await cache.get_merged_config(user, "webui") is None
-        finally:
-            await client.close()
+        await until_async(gone, "the copy of the lost entry is no longer served")
+        assert len(local) == 0
+        flushes = local.counters.flushes
+        assert flushes["subscription_lost"] + flushes["went_back"] >= 1
+        for _ in range(20):
+            assert await cache.get_merged_config(user, "webui") is None
 
 
-async def test_a_gap_in_the_sequence_flushes(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+async def test_a_gap_in_the_sequence_flushes(on_shared: OnShared) -> None:
+    s = await on_shared(**FAST)
+    cache, local = s.cache, s.local
     user = uuid.uuid4()
     await fill(cache, value(user, 0))
     assert len(local) == 1
     # An announcement two numbers ahead: the one between was lost.
-    await valkey.publish(f"{local.sequence + 2} 0 0 user {uuid.uuid4()} -1", local.channel)
+    await s.client.publish(f"{local.sequence + 2} 0 0 user {uuid.uuid4()} -1", local.channel)
     await until(lambda: local.counters.flushes["gap"] == 1, "a gap flush")
     assert len(local) == 0 and local.counters.drops == 0
 
     # Something that is no announcement at all: flushed too.
     await fill(cache, value(uuid.uuid4(), 0))
     assert len(local) == 1
-    await valkey.publish("hello", local.channel)
+    await s.client.publish("hello", local.channel)
     await until(lambda: local.counters.flushes["unreadable"] == 1, "an unreadable flush")
     assert len(local) == 0
 
 
-async def test_a_server_ahead_of_the_announcements_flushes(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
+async def test_a_server_ahead_of_the_announcements_flushes(on_shared: OnShared) -> None:
     """An invalidation whose announcement never came (here: the sequence moved without
     one): the periodic check finds the server ahead and empties the cache."""
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
-    user = uuid.uuid4()
-    await fill(cache, value(user, 0))
+    s = await on_shared(**FAST)
+    local = s.local
+    await fill(s.cache, value(uuid.uuid4(), 0))
     assert len(local) == 1
-    await valkey.hincrby(keys.seq, "n", 1)
+    await s.client.hincrby(s.keys.seq, "n", 1)
     await until(lambda: local.counters.flushes["missed"] == 1, "a missed-announcement flush")
     assert len(local) == 0
-    await settled(local, valkey, keys)  # in step again, and serving
+    await settled(local, s.client, s.keys)  # in step again, and serving
 
 
-async def test_a_server_behind_the_announcements_flushes(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
+async def test_a_server_behind_the_announcements_flushes(on_shared: OnShared) -> None:
     """The sequence went back (a failover that lost writes, data replaced)."""
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
-    await fill(cache, value(uuid.uuid4(), 0))
+    s = await on_shared(**FAST)
+    local = s.local
+    await fill(s.cache, value(uuid.uuid4(), 0))
     assert len(local) == 1
-    await valkey.hincrby(keys.seq, "n", -5)
+    await s.client.hincrby(s.keys.seq, "n", -5)
     await until(lambda: local.counters.flushes["went_back"] == 1, "a went-back flush")
     assert len(local) == 0
 
 
 async def test_nothing_is_served_while_the_server_cannot_be_checked(
-    keys: KeySchema, open_local: Callable[..., Awaitable[LocalCache]]
+    on_own_server: OnOwnServer,
 ) -> None:
     """No check, no announcement either: the lease runs out and the cache stops serving,
     then serves again once a check succeeds and nothing was missed."""
-    with EmbeddedValkey() as server:
-        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+    async with on_own_server(request_timeout_ms=2000, check_interval_s=0.2, poll_s=0.02) as s:
+        local = s.local
+        user = uuid.uuid4()
+        await fill(s.cache, value(user, 0))
+        s.server.pause()
         try:
-            registry = ScriptRegistry()
-            await registry.load(client)
-            local = await open_local(server.url, check_interval_s=0.2, poll_s=0.02)
-            cache = AppConfigFragmentCacheSource(client, registry, keys=keys, local_cache=local)
-            await start_life(cache, local)
-            user = uuid.uuid4()
-            await fill(cache, value(user, 0))
-            server.pause()
-            try:
-                await until(lambda: not local.serving, "the lease ran out")
-                assert local.get(user, "webui") is None
-                assert len(local) == 1  # kept: nothing says it is stale, yet
-            finally:
-                server.resume()
-            await until(lambda: local.serving, "serving again")
-            assert version_of(local.get(user, "webui")) == 0
+            await until(lambda: not local.serving, "the lease ran out")
+            assert local.get(user, "webui") is None
+            assert len(local) == 1  # kept: nothing says it is stale, yet
         finally:
-            await client.close()
+            s.server.resume()
+        await until(lambda: local.serving, "serving again")
+        assert version_of(local.get(user, "webui")) == 0
 
 
 # -- bounds, expiry, copies ----------------------------------------------------------------
 
 
-async def test_lru_bound_and_evictions(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(max_entries=3, **FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+async def test_lru_bound_and_evictions(on_shared: OnShared) -> None:
+    s = await on_shared(max_entries=3, **FAST)
+    cache, local = s.cache, s.local
     users = [uuid.uuid4() for _ in range(5)]
     for user in users[:3]:
         await fill(cache, value(user, 0))
@@ -542,34 +566,21 @@ async def test_lru_bound_and_evictions(
     assert snapshot.local_evictions == 2 and snapshot.local_entries == 3
 
 
-async def test_byte_bound(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
+async def test_byte_bound(on_shared: OnShared) -> None:
     size = len(value(uuid.uuid4(), 0).model_dump_json())
-    local = await open_local(max_bytes=2 * size + size // 2, **FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+    s = await on_shared(max_bytes=2 * size + size // 2, **FAST)
+    local = s.local
     for _ in range(4):
-        await fill(cache, value(uuid.uuid4(), 0))
+        await fill(s.cache, value(uuid.uuid4(), 0))
     assert len(local) == 2 and local.size_bytes <= local.max_bytes
     assert local.counters.evictions == 2
 
 
-async def test_a_local_copy_never_outlives_the_valkey_entry(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(**FAST)
-    reader = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
-    await start_life(writer, local)
+async def test_a_local_copy_never_outlives_the_valkey_entry(on_shared: OnShared) -> None:
+    s = await on_shared(life_from="writer", **FAST)
+    valkey, keys, local, reader = s.client, s.keys, s.local, s.cache
     user = uuid.uuid4()
-    await writer.set_merged_config(user, "webui", value(user, 0))
+    await s.writer.set_merged_config(user, "webui", value(user, 0))
     await valkey.pexpire(keys.entry(user, "webui"), 300)  # far shorter than the source's TTL
     assert version_of(await reader.get_merged_config(user, "webui")) == 0  # copied locally
     assert len(local) == 1
@@ -582,15 +593,9 @@ async def test_a_local_copy_never_outlives_the_valkey_entry(
     assert await reader.get_merged_config(user, "webui") is None
 
 
-async def test_each_caller_gets_a_value_of_its_own(
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
-) -> None:
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+async def test_each_caller_gets_a_value_of_its_own(on_shared: OnShared) -> None:
+    s = await on_shared(**FAST)
+    cache = s.cache
     user = uuid.uuid4()
     written = value(user, 0)
     await fill(cache, written)
@@ -602,35 +607,30 @@ async def test_each_caller_gets_a_value_of_its_own(
     first.fragments[0].extra_config["v"] = 7
     first.fragments.clear()
     second = await cache.get_merged_config(user, "webui")
-    assert local.counters.hits == 2
+    assert s.local.counters.hits == 2
     assert second == value(user, 0)
     assert second is not first
 
 
 async def test_local_counters_reach_stats_and_prometheus(
-    clean_db: AsyncEngine,
-    valkey: GlideClient,
-    registry: ScriptRegistry,
-    keys: KeySchema,
-    open_local: Callable[..., Awaitable[LocalCache]],
+    clean_db: AsyncEngine, on_shared: OnShared
 ) -> None:
-    local = await open_local(**FAST)
-    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-    await start_life(cache, local)
+    s = await on_shared(**FAST)
+    cache, local = s.cache, s.local
     user = uuid.uuid4()
     await fill(cache, value(user, 0))
     await cache.get_merged_config(user, "webui")  # a local hit
-    await valkey.publish(f"{local.sequence + 2} 0 0", local.channel)  # a gap: one flush
+    await s.client.publish(f"{local.sequence + 2} 0 0", local.channel)  # a gap: one flush
     await until(lambda: local.counters.flushes["gap"] == 1, "a gap flush")
     repo = AppConfigFragmentRepository(clean_db, cache=cache)
     stats = repo.stats()
     assert (stats.local_hits, stats.local_stores, stats.local_entries) == (1, 1, 0)
     assert stats.local_flushes == {"new_life": 1, "gap": 1}
-    registry_ = CollectorRegistry()
-    register_prometheus(repo, registry=registry_)
+    collectors = CollectorRegistry()
+    register_prometheus(repo, registry=collectors)
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(generate_latest(registry_).decode())
+        for family in text_string_to_metric_families(generate_latest(collectors).decode())
         for sample in family.samples
     }
     assert samples[("atomic_cache_local_hits_total", ())] == 1
@@ -681,7 +681,7 @@ async def test_close_stops_everything(
     valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
 ) -> None:
     before = asyncio.all_tasks()
-    local = await LocalCache.create(valkey_url, keys=keys, **FAST)  # type: ignore[arg-type]
+    local = await LocalCache.create(valkey_url, keys=keys, **FAST)
     cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
     await start_life(cache, local)
     await fill(cache, value(uuid.uuid4(), 0))
@@ -708,8 +708,8 @@ def cluster() -> Iterator[EmbeddedCluster]:
 async def test_cluster_announcements_reach_another_process(cluster: EmbeddedCluster) -> None:
     keys = KeySchema(f"{{t{uuid.uuid4().hex[:12]}}}")
     client = await create_valkey_client(cluster.seed_url, cluster=True, request_timeout_ms=5000)
-    local_a = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)  # type: ignore[arg-type]
-    local_b = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)  # type: ignore[arg-type]
+    local_a = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)
+    local_b = await LocalCache.create(cluster.seed_url, keys=keys, cluster=True, **FAST)
     try:
         registry = ScriptRegistry()
         await registry.load(client, required=True)
