@@ -10,14 +10,17 @@
 -- ARGV[4..]  c encoded names
 --
 -- Reply (a miss is nil in the reply: false here, since a Lua array ends at its first nil):
---        {token, values}, or with c = -1 {token, values, names}, or {token} when the
---        catalogue is not cached
+--        {token, values, pttls}, or with c = -1 {token, values, pttls, names, names_pttl},
+--        or {token} when the catalogue is not cached
 --   token    "n:ms": the sequence and the server clock now; a caller that fills a miss
 --            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses
 --            it). "" when every name was served: no fill follows
 --   values   per name: the JSON of a valid entry; nil when absent or no longer valid;
 --            0 when the key holds something undecodable (the caller removes it)
+--   pttls    per name: the served entry's remaining life in ms (a local copy must not
+--            outlive it); 0 for a value not served
 --   names    the catalogue's encoded names, in the order of values
+--   names_pttl  the catalogue's remaining life in ms (-1: it has no expiry)
 --
 -- Validity as in get.lua: no stamp covering the entry is newer than its fill token, and
 -- public "*" exists (every life of the index begins by writing it).
@@ -80,14 +83,20 @@ local function valid(raw, name)
   return string.sub(raw, body)
 end
 
-local values = {}
+local values, pttls = {}, {}
 local missed = #names == 0
 for i, name in ipairs(names) do
-  local raw = redis.pcall('GET', prefix .. ':merged:' .. user .. ':' .. name)
+  local key = prefix .. ':merged:' .. user .. ':' .. name
+  local raw = redis.pcall('GET', key)
   values[i] = raw and valid(raw, name)
-  missed = missed or not values[i] or values[i] == 0
+  pttls[i] = 0
+  if values[i] and values[i] ~= 0 then
+    pttls[i] = redis.call('PTTL', key)
+  else
+    missed = true
+  end
 end
 -- The clock is read only when a fill may follow.
 local token = missed and fill_token() or ''
-if count < 0 then return { token, values, names } end
-return { token, values }
+if count < 0 then return { token, values, pttls, names, redis.call('PTTL', KEYS[2]) } end
+return { token, values, pttls }

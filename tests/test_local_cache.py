@@ -27,8 +27,10 @@ from atomic_cache import (
     AppConfigFragment,
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
+    AppConfigPolicyRepository,
     KeySchema,
     LocalCache,
+    MyFragmentInput,
     ScopeType,
     ScriptRegistry,
     create_valkey_client,
@@ -37,6 +39,7 @@ from atomic_cache import (
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 from atomic_cache.tools.embedded_cluster import EmbeddedCluster
 
+from .repo_tools import ALL_SCOPES, World, count_sql, make_world
 from .test_concurrency import run_mixed_load
 from .valkey_tools import text
 
@@ -637,6 +640,312 @@ async def test_local_counters_reach_stats_and_prometheus(
     assert samples[("atomic_cache_local_flushes_total", (("reason", "gap"),))] == 1
     assert samples[("atomic_cache_local_flushes_total", (("reason", "missed"),))] == 0
     assert samples[("atomic_cache_local_entries", ())] == 0
+
+
+# -- reads of several names: lookup_many, lookup_all (my_app_configs) ---------------------
+
+
+class CountingRegistry(ScriptRegistry):
+    """Counts the script calls (Valkey round trips) made through it, by script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    async def call(self, client: Client, name: str, keys: Sequence[str], args: Any = ()) -> object:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return await super().call(client, name, keys, args)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+@dataclass
+class Reader:
+    """A process that reads through a repository, its source keeping ``local`` and
+    counting its round trips; ``world`` was made, and Valkey warmed, by another
+    process (``s.writer``)."""
+
+    s: Process
+    counting: CountingRegistry
+    cache: AppConfigFragmentCacheSource
+    repo: AppConfigFragmentRepository
+    world: World
+    other: AppConfigFragmentRepository  # another process's repository (no local cache)
+
+    async def names(self, user: uuid.UUID) -> list[str]:
+        return [item.name for item in await self.repo.my_app_configs(user)]
+
+
+async def reader_of(engine: AsyncEngine, s: Process, local: LocalCache | None = None) -> Reader:
+    local = local or s.local
+    world = await make_world(engine, s.writer)  # policies: announced, catalogue flag set
+    await settled(local, s.client, s.keys)
+    other = AppConfigFragmentRepository(engine, cache=s.writer)
+    for user in world.users:
+        await other.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 0})])
+        await other.my_app_configs(user)  # fills Valkey, catalogue included
+    counting = CountingRegistry()
+    await counting.load(s.client)
+    cache = AppConfigFragmentCacheSource(s.client, counting, keys=s.keys, local_cache=local)
+    await settled(local, s.client, s.keys)
+    return Reader(
+        s, counting, cache, AppConfigFragmentRepository(engine, cache=cache), world, other
+    )
+
+
+def webui_version(configs: Sequence[AppConfigData]) -> int | None:
+    return next(version_of(item) for item in configs if item.name == "webui")
+
+
+async def test_my_app_configs_is_served_locally_once_read(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local = r.world.users[0], s.local
+    first = await r.repo.my_app_configs(user)  # Valkey, once: every value and the catalogue
+    assert r.counting.calls == {"get_all": 1}
+    assert [item.name for item in first] == ["limits", "theme", "webui"]
+    assert len(local) == 3 and local.catalogue() is not None
+    hits = local.counters.hits
+    with count_sql(clean_db) as sql:
+        second = await r.repo.my_app_configs(user)
+    assert r.counting.total == 1 and len(sql) == 0  # no round trip at all
+    assert local.counters.hits == hits + 3
+    assert second == first
+    # Each caller has copies and a list of its own.
+    assert second is not first and all(a is not b for a, b in zip(first, second, strict=True))
+    second[2].config["v"] = 99  # type: ignore[index]
+    second.pop()
+    third = await r.repo.my_app_configs(user)
+    assert third == first and r.counting.total == 1
+    # lookup_many: all held, so local; one name not held, so Valkey for all (and kept).
+    many = await r.cache.lookup_many(user, ["webui", "theme"])
+    assert r.counting.total == 1
+    assert {name: found.value for name, found in many.items()} == {
+        "webui": first[2],
+        "theme": first[1],
+    }
+    other_user = r.world.users[1]
+    await r.cache.lookup_many(other_user, ["webui"])
+    assert r.counting.calls == {"get_all": 2}
+    await r.cache.lookup_many(other_user, ["webui", "limits"])  # "limits" is not held
+    assert r.counting.calls == {"get_all": 3}
+    found = await r.cache.lookup_many(other_user, ["limits", "webui"])  # both kept: local
+    assert r.counting.total == 3
+    assert [(name, version_of(item.value)) for name, item in found.items()] == [
+        ("limits", None),
+        ("webui", 0),
+    ]
+
+
+async def test_lookup_all_needs_every_name_of_the_catalogue_locally(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user = r.world.users[0]
+    await r.cache.lookup_many(user, ["webui", "theme"])  # two of the three names held
+    assert r.counting.total == 1 and s.local.catalogue() is None
+    found = await r.cache.lookup_all(user)  # no catalogue here: Valkey
+    assert r.counting.total == 2 and found.names == ["limits", "theme", "webui"]
+    await r.s.writer.invalidate_for_scope(ScopeType.USER, str(user), ["limits"])
+    await until(lambda: s.local.get(user, "limits") is None, "limits dropped here")
+    assert s.local.catalogue() is not None  # a user target does not drop the catalogue
+    again = await r.cache.lookup_all(user)  # one name missing here: Valkey for all
+    assert r.counting.total == 3
+    assert again.names == ["limits", "theme", "webui"] and again.missing == ["limits"]
+    assert again.fill_token != ""
+    # An invalidation of this process may have dropped the catalogue (its targets do not
+    # say): the copy goes when it returns.
+    assert s.local.catalogue() is not None
+    await s.cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    assert s.local.catalogue() is None
+
+
+async def test_same_process_writes_never_leave_my_app_configs_stale(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user = r.world.users[0]
+    assert webui_version(await r.repo.my_app_configs(user)) == 0
+    for v in range(1, 6):
+        await r.repo.bulk_update_my(user, [MyFragmentInput(name="webui", extra_config={"v": v})])
+        assert webui_version(await r.repo.my_app_configs(user)) == v  # at once, every time
+        assert webui_version(await r.repo.my_app_configs(user)) == v
+    assert s.local.counters.hits > 0
+
+
+async def test_two_processes_load_with_my_app_configs_never_reads_stale(
+    clean_db: AsyncEngine, on_shared: OnShared, open_local: Callable[..., Awaitable[LocalCache]]
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    local_b = await open_local(**FAST)
+    b = s.source(local_b)
+    reads, stale = await run_mixed_load(clean_db, [s.cache, b], use_tokens=True)
+    assert reads > 100
+    assert stale == 0
+    assert s.local.counters.hits > 0 and local_b.counters.hits > 0
+
+
+async def test_another_process_write_reaches_my_app_configs_once_announced(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user = r.world.users[0]
+    for _ in range(2):
+        assert webui_version(await r.repo.my_app_configs(user)) == 0
+    assert r.counting.total == 1  # the second was local
+    await r.other.bulk_update_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
+
+    async def serves_v1() -> bool:
+        return webui_version(await r.repo.my_app_configs(user)) == 1
+
+    await until_async(serves_v1, "the reader serves the other process's write")
+    for _ in range(20):
+        assert webui_version(await r.repo.my_app_configs(user)) == 1
+    calls = r.counting.total
+    assert webui_version(await r.repo.my_app_configs(user)) == 1
+    assert r.counting.total == calls  # local again
+
+
+async def test_a_policy_created_or_deleted_elsewhere_drops_the_local_catalogue(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local = r.world.users[0], s.local
+    assert await r.names(user) == ["limits", "theme", "webui"]
+    await r.names(user)
+    assert r.counting.total == 1 and local.catalogue() is not None
+    flushes = sum(local.counters.flushes.values())
+    policies = AppConfigPolicyRepository(clean_db, cache=s.writer)  # another process
+
+    await policies.create("extra", ALL_SCOPES)
+    await until(lambda: local.catalogue() is None, "the catalogue dropped")
+    assert len(local) == 3  # the entries stay: only the catalogue went
+    assert await r.names(user) == ["extra", "limits", "theme", "webui"]
+    assert await r.names(user) == ["extra", "limits", "theme", "webui"]
+
+    await policies.delete("extra")
+    await until(lambda: local.catalogue() is None, "the catalogue dropped again")
+    for _ in range(3):
+        assert await r.names(user) == ["limits", "theme", "webui"]
+    assert sum(local.counters.flushes.values()) == flushes  # announced drops, no flush
+    await policies.close()
+
+
+async def test_an_own_invalidation_drops_the_catalogue_before_it_returns(
+    clean_db: AsyncEngine,
+    valkey: GlideClient,
+    registry: ScriptRegistry,
+    keys: KeySchema,
+    valkey_url: str,
+) -> None:
+    local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
+    try:
+        cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+        world = await make_world(clean_db, cache)
+        assert await local.ready(BOUND_S)
+        repo = AppConfigFragmentRepository(clean_db, cache=cache)
+        user = world.users[0]
+        await repo.my_app_configs(user)  # fills Valkey
+        await repo.my_app_configs(user)  # copies it here
+        assert local.catalogue() is not None
+        await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+        assert local.catalogue() is None  # deaf: only the invalidation itself dropped it
+    finally:
+        await local.close()
+
+
+async def announced(local: LocalCache, writer: AppConfigFragmentCacheSource) -> None:
+    """Another process invalidates (someone else's entry); until ``local`` heard of it."""
+    sequence = local.sequence
+    await writer.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    await until(lambda: local.sequence == sequence + 1, "the announcement arrived")
+
+
+class GatedReads(CountingRegistry):
+    """Holds each get_all.lua reply until ``gate`` opens: the read is overtaken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def call(self, client: Client, name: str, keys: Sequence[str], args: Any = ()) -> object:
+        reply = await super().call(client, name, keys, args)
+        if name == "get_all" and not self.gate.is_set():
+            self.holding.set()
+            await self.gate.wait()
+        return reply
+
+
+async def test_a_multi_read_overtaken_by_an_announcement_keeps_nothing(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local = r.world.users[0], s.local
+    gated = GatedReads()
+    await gated.load(s.client)
+    cache = AppConfigFragmentCacheSource(s.client, gated, keys=s.keys, local_cache=local)
+    for read in (
+        lambda: cache.lookup_all(user),
+        lambda: cache.lookup_many(user, ["webui", "theme"]),
+    ):
+        gated.gate.clear()
+        gated.holding.clear()
+        task = asyncio.create_task(read())
+        await gated.holding.wait()  # Valkey answered; the reply is not handled yet
+        await announced(local, s.writer)
+        refused = local.counters.refused_stores
+        gated.gate.set()
+        await task
+        assert local.counters.refused_stores > refused
+        assert len(local) == 0 and local.catalogue() is None
+
+
+async def test_a_flush_drops_the_catalogue(clean_db: AsyncEngine, on_shared: OnShared) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local = r.world.users[0], s.local
+    await r.repo.my_app_configs(user)
+    assert local.catalogue() is not None
+    await s.client.publish(f"{local.sequence + 2} 0 0", local.channel)  # a gap
+    await until(lambda: local.counters.flushes["gap"] == 1, "a gap flush")
+    assert local.catalogue() is None and len(local) == 0
+
+
+async def test_the_local_catalogue_follows_the_store_rules(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local, valkey = r.world.users[0], s.local, s.client
+    # Refused when an announcement arrived since the ticket, or already expired.
+    ticket, began = local.ticket(), local.now()
+    sequence = local.sequence
+    await s.writer.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    await until(lambda: local.sequence == sequence + 1, "the announcement arrived")
+    assert not local.store_catalogue(ticket, began, ["webui"], 60_000)
+    assert not local.store_catalogue(local.ticket(), local.now() - 2, ["webui"], 1_000)
+    assert local.catalogue() is None
+    assert local.store_catalogue(local.ticket(), local.now(), ["webui"], 60_000)
+    assert local.catalogue() == ["webui"]
+    # Never beyond the catalogue key's PTTL (far shorter here than the entries' TTL).
+    local.drop([])  # what an own invalidation does: the catalogue goes
+    assert local.catalogue() is None
+    await valkey.pexpire(s.keys.catalogue, 5000)
+    found = await r.cache.lookup_all(user)
+    assert found.names is not None and local.catalogue() == found.names
+    flushes = sum(local.counters.flushes.values())
+    await until(lambda: local.catalogue() is None, "the copy expired with the key")
+    assert sum(local.counters.flushes.values()) == flushes and len(local) == 3
 
 
 # -- configuration and life cycle ---------------------------------------------------------

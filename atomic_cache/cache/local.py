@@ -25,6 +25,11 @@ generation number, and a store carries the generation its read started under
 (``ticket``). Only values Valkey served, or that ``set.lua`` accepted with a fill token,
 are stored; none outlives the Valkey entry it copies (``get.lua`` returns its PTTL).
 
+For reads of several names (``get_all.lua``), the catalogue of config names is held too,
+under the same rules: stored only under an unmoved generation, never beyond the catalogue
+key's PTTL, and dropped by every announcement that carries the catalogue flag (a policy
+was created or deleted), by every invalidation of this process, and by every flush.
+
 Every hit hands out a copy of its own, which the caller may change without changing
 anyone else's: see ``ValueCopier`` for how, and bench scenario k for what each way costs.
 """
@@ -167,11 +172,13 @@ class _Entry:
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """One message of ``invalidate.lua``: the sequence after it, whether it started a new
-    life of the index, and its targets (``scope id count names...``, as sent)."""
+    life of the index, its targets (``scope id count names...``, as sent), and whether it
+    dropped the catalogue of names."""
 
     sequence: int
     new_life: bool
     targets: tuple[str, ...]
+    catalogue: bool = False
 
     @classmethod
     def parse(cls, message: bytes | str) -> Announcement:
@@ -180,7 +187,7 @@ class Announcement:
         parts = text.split(" ")
         if len(parts) < 3 or parts[1] not in ("0", "1") or parts[2] not in ("0", "1"):
             raise ValueError(f"not an invalidation announcement: {text[:100]!r}")
-        return cls(int(parts[0]), parts[1] == "1", tuple(parts[3:]))
+        return cls(int(parts[0]), parts[1] == "1", tuple(parts[3:]), catalogue=parts[2] == "1")
 
 
 class LocalCache:
@@ -225,6 +232,11 @@ class LocalCache:
         self._by_user: dict[uuid.UUID, set[Key]] = {}
         self._by_domain: dict[str, set[Key]] = {}
         self._by_name: dict[str, set[Key]] = {}
+        # The catalogue of config names (as get_all.lua returns it) and its expiry.
+        self._catalogue: tuple[str, ...] | None = None
+        self._catalogue_expires = 0.0
+        # Set only while an announcement that kept the catalogue is being applied.
+        self._keeps_catalogue = False
         # Moves on every announcement, drop and flush: a store whose read started under
         # another generation may have raced an invalidation, and is refused.
         self._generation = 0
@@ -362,6 +374,60 @@ class LocalCache:
         self.counters.hits += 1
         return entry.copier.copy()
 
+    def get_many(
+        self, user_id: uuid.UUID | str, names: Sequence[str]
+    ) -> list[AppConfigData] | None:
+        """A private copy of each name's value, in order, if every one is held (one
+        local miss otherwise: the caller asks Valkey for all of them)."""
+        now = self._clock()
+        user = user_id if type(user_id) is uuid.UUID else _user_key(user_id)
+        if now >= self._valid_until:
+            self.counters.misses += 1
+            return None
+        entries: list[_Entry] = []
+        for name in names:
+            key = (user, name)
+            entry = self._entries.get(key)
+            if entry is None or entry.expires <= now:
+                if entry is not None:
+                    self._remove(key)
+                self.counters.misses += 1
+                return None
+            entries.append(entry)
+        for name in names:
+            self._entries.move_to_end((user, name))
+        self.counters.hits += len(entries)
+        return [entry.copier.copy() for entry in entries]
+
+    def catalogue(self) -> list[str] | None:
+        """A list of its own of the held catalogue of config names, or None (not held,
+        expired, or unsure)."""
+        now = self._clock()
+        if self._catalogue is None or now >= self._valid_until:
+            return None
+        if self._catalogue_expires <= now:
+            self._catalogue = None
+            return None
+        return list(self._catalogue)
+
+    def store_catalogue(
+        self, ticket: int | None, began: float, names: Sequence[str], ttl_ms: int
+    ) -> bool:
+        """Keep the catalogue ``names`` (as read from Valkey), under the rules of
+        :meth:`store`: refused if an invalidation reached this process since ``ticket``;
+        never kept beyond ``began`` plus ``ttl_ms``."""
+        if ticket is None:
+            return False
+        if ticket != self._generation or not self._synced:
+            self.counters.refused_stores += 1
+            return False
+        expires = began + ttl_ms / 1000
+        if ttl_ms <= 0 or expires <= self._clock():
+            return False
+        self._catalogue = tuple(names)
+        self._catalogue_expires = expires
+        return True
+
     def ticket(self) -> int | None:
         """What a read or write that may store its value takes before it starts; None
         when nothing may be stored now."""
@@ -413,9 +479,13 @@ class LocalCache:
 
     def drop(self, targets: Sequence[str | bytes | int | float]) -> int:
         """Drop what invalidation targets cover (``invalidate.lua``'s arguments: scope,
-        id, count, then count encoded names; count -1 for every name). Moves the
-        generation, so that no read that started before lands. Returns entries dropped."""
+        id, count, then count encoded names; count -1 for every name), and the catalogue
+        of names: the targets do not say whether the invalidation dropped it (only an
+        announcement does, see ``_apply``). Moves the generation, so that no read that
+        started before lands. Returns entries dropped."""
         self._generation += 1
+        if not self._keeps_catalogue:
+            self._catalogue = None
         words = [arg.decode() if isinstance(arg, bytes) else str(arg) for arg in targets]
         dropped = 0
         i = 0
@@ -469,6 +539,7 @@ class LocalCache:
         self._by_user.clear()
         self._by_domain.clear()
         self._by_name.clear()
+        self._catalogue = None
         self._bytes = 0
         self.counters.entries = 0
 
@@ -490,14 +561,22 @@ class LocalCache:
             self._last = n
         elif n == self._last + 1:
             self._last = n
-            self.drop(announced.targets)
+            self._apply(announced)
         elif n > self._last + 1:
             # Announcements between were lost: whatever they covered may be held.
             self.flush("gap")
             self._last = n
         else:
             # Already accounted for (read at a resync while this was in flight).
+            self._apply(announced)
+
+    def _apply(self, announced: Announcement) -> None:
+        """Drop what an announcement covers; the catalogue only if it says so."""
+        self._keeps_catalogue = not announced.catalogue
+        try:
             self.drop(announced.targets)
+        finally:
+            self._keeps_catalogue = False
 
     # -- the watcher ---------------------------------------------------------------------
 

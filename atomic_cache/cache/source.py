@@ -5,8 +5,9 @@ found on a read, is removed with one more. An invalidation that leaves clean-up 
 queued (a large domain or PUBLIC scope) returns at once; a background task of this source
 then runs the clean-up steps, each a bounded script call (``reclaim``).
 
-With a ``LocalCache`` (``local.py``), a one-name read is answered from process memory
-when it can be, and what Valkey serves or accepts is copied there; an invalidation drops
+With a ``LocalCache`` (``local.py``), a read is answered from process memory when it
+holds everything the read needs (for ``lookup_all``, the catalogue of names and every
+name of it), and what Valkey serves or accepts is copied there; an invalidation drops
 what it covers locally before it returns, and announces itself to every other process
 from inside its script.
 """
@@ -192,7 +193,7 @@ class AppConfigFragmentCacheSource:
         """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
         reply = await self._read(["-", 0])
-        if len(reply) != 2 or reply[1] != []:
+        if len(reply) != 3 or reply[1] != [] or reply[2] != []:
             raise CacheError(f"get_all.lua answered {reply!r:.200}")
         return _text(reply[0])
 
@@ -200,9 +201,30 @@ class AppConfigFragmentCacheSource:
         reply = await self._registry.call(
             self._client, "get_all", [self.keys.seq, self.keys.catalogue], [self.keys.prefix, *args]
         )
-        if not isinstance(reply, list) or len(reply) not in (1, 2, 3):
+        if not isinstance(reply, list) or len(reply) not in (1, 3, 5):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         return reply
+
+    def _ticket(self) -> tuple[int | None, float]:
+        """What a read that may store locally takes before it goes out."""
+        local = self._local
+        return (local.ticket(), local.now()) if local is not None else (None, 0.0)
+
+    def _keep(
+        self,
+        ticket: int | None,
+        began: float,
+        values: dict[str, AppConfigData | None],
+        raws: Sequence[object],
+        pttls: Sequence[object],
+    ) -> None:
+        """Copy what Valkey served into the local cache, each for at most its PTTL."""
+        local = self._local
+        if local is None or ticket is None:
+            return
+        for value, raw, pttl in zip(values.values(), raws, pttls, strict=True):
+            if value is not None and isinstance(raw, bytes | str):
+                local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
 
     async def lookup_many(self, user_id: uuid.UUID, names: Sequence[str]) -> dict[str, CacheLookup]:
         """Look up several names of one user in one round trip; one fill token for all."""
@@ -211,16 +233,28 @@ class AppConfigFragmentCacheSource:
         names = list(dict.fromkeys(names))
         if not names:
             return {}
+        if self._local is not None:
+            held = self._local.get_many(user_id, names)
+            if held is not None:
+                return {value.name: CacheLookup(value=value) for value in held}
+        ticket, began = self._ticket()
         user = user_component(user_id)
         encoded = [encode_component(name, what="name") for name in names]
         reply = await self._read([user, len(encoded), *encoded])
-        raws = reply[1] if len(reply) == 2 else None
-        if not isinstance(raws, list) or len(raws) != len(names):
+        raws, pttls = (reply[1], reply[2]) if len(reply) == 3 else (None, None)
+        if (
+            not isinstance(raws, list)
+            or not isinstance(pttls, list)
+            or len(raws) != len(names)
+            or len(pttls) != len(names)
+        ):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         token = _text(reply[0])
+        values = await self._decoded(user, names, raws)
+        self._keep(ticket, began, values, raws, pttls)
         return {
             name: CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
-            for name, value in (await self._decoded(user, names, raws)).items()
+            for name, value in values.items()
         }
 
     async def lookup_all(self, user_id: uuid.UUID) -> AllLookup:
@@ -228,16 +262,44 @@ class AppConfigFragmentCacheSource:
 
         ``names`` is None when the catalogue itself is not cached.
         """
+        local = self._local
+        if local is not None:
+            # Only the whole answer is served locally: a name absent here may be absent
+            # in Valkey too, which is not known here, so any gap goes to Valkey for all.
+            catalogue = local.catalogue()
+            held = local.get_many(user_id, catalogue) if catalogue is not None else None
+            if held is not None:
+                local_values: dict[str, AppConfigData | None] = {
+                    value.name: value for value in sorted(held, key=lambda v: v.name)
+                }
+                return AllLookup(fill_token="", names=list(local_values), values=local_values)
+        ticket, began = self._ticket()
         user = user_component(user_id)
         reply = await self._read([user, -1])
         token = _text(reply[0])
         if len(reply) == 1:
             return AllLookup(fill_token=token, names=None, values={})
-        raws, encoded_names = reply[1], reply[2] if len(reply) == 3 else None
-        if not isinstance(encoded_names, list) or not isinstance(raws, list):
+        raws, pttls, encoded_names, names_pttl = reply[1], reply[2], reply[3], reply[4]
+        if (
+            not isinstance(encoded_names, list)
+            or not isinstance(raws, list)
+            or not isinstance(pttls, list)
+            or len(raws) != len(encoded_names)
+            or len(pttls) != len(encoded_names)
+        ):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         names = [decode_component(_text(encoded)) for encoded in encoded_names]
-        ordered = dict(sorted((await self._decoded(user, names, raws)).items()))
+        values = await self._decoded(user, names, raws)
+        if local is not None:
+            self._keep(ticket, began, values, raws, pttls)
+            # set.lua gives the catalogue the entries' TTL. One without expiry (written
+            # by other means) lives until an announced invalidation drops it, which drops
+            # the copy too; the copy is still kept no longer than an entry would be.
+            life_ms = names_pttl if isinstance(names_pttl, int) and names_pttl > 0 else 0
+            if names_pttl == -1:
+                life_ms = self.ttl_seconds * 1000
+            local.store_catalogue(ticket, began, names, life_ms)
+        ordered = dict(sorted(values.items()))
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
 
     async def _decoded(
