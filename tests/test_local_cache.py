@@ -758,10 +758,12 @@ async def test_lookup_all_needs_every_name_of_the_catalogue_locally(
     assert r.counting.total == 3
     assert again.names == ["limits", "theme", "webui"] and again.missing == ["limits"]
     assert again.fill_token != ""
-    # An invalidation of this process may have dropped the catalogue (its targets do not
-    # say): the copy goes when it returns.
+    # An invalidation of this process keeps the copy unless it dropped the catalogue
+    # (a policy created or deleted): then the copy goes before it returns.
     assert s.local.catalogue() is not None
     await s.cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    assert s.local.catalogue() is not None
+    await s.cache.invalidate_many([], drop_catalogue=True)
     assert s.local.catalogue() is None
 
 
@@ -857,6 +859,8 @@ async def test_an_own_invalidation_drops_the_catalogue_before_it_returns(
         await repo.my_app_configs(user)  # copies it here
         assert local.catalogue() is not None
         await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+        assert local.catalogue() is not None  # it did not drop the catalogue: kept
+        await cache.invalidate_for_policy("webui")  # a policy change drops it
         assert local.catalogue() is None  # deaf: only the invalidation itself dropped it
     finally:
         await local.close()
@@ -938,7 +942,7 @@ async def test_the_local_catalogue_follows_the_store_rules(
     assert local.store_catalogue(local.ticket(), local.now(), ["webui"], 60_000)
     assert local.catalogue() == ["webui"]
     # Never beyond the catalogue key's PTTL (far shorter here than the entries' TTL).
-    local.drop([])  # what an own invalidation does: the catalogue goes
+    local.drop([])  # what a policy change does: the catalogue goes
     assert local.catalogue() is None
     await valkey.pexpire(s.keys.catalogue, 5000)
     found = await r.cache.lookup_all(user)

@@ -235,8 +235,6 @@ class LocalCache:
         # The catalogue of config names (as get_all.lua returns it) and its expiry.
         self._catalogue: tuple[str, ...] | None = None
         self._catalogue_expires = 0.0
-        # Set only while an announcement that kept the catalogue is being applied.
-        self._keeps_catalogue = False
         # Moves on every announcement, drop and flush: a store whose read started under
         # another generation may have raced an invalidation, and is refused.
         self._generation = 0
@@ -477,14 +475,13 @@ class LocalCache:
         self.counters.entries = len(self._entries)
         return True
 
-    def drop(self, targets: Sequence[str | bytes | int | float]) -> int:
+    def drop(self, targets: Sequence[str | bytes | int | float], *, catalogue: bool = True) -> int:
         """Drop what invalidation targets cover (``invalidate.lua``'s arguments: scope,
         id, count, then count encoded names; count -1 for every name), and the catalogue
-        of names: the targets do not say whether the invalidation dropped it (only an
-        announcement does, see ``_apply``). Moves the generation, so that no read that
-        started before lands. Returns entries dropped."""
+        of names if the invalidation dropped it (``catalogue``). Moves the generation, so
+        that no read that started before lands. Returns entries dropped."""
         self._generation += 1
-        if not self._keeps_catalogue:
+        if catalogue:
             self._catalogue = None
         words = [arg.decode() if isinstance(arg, bytes) else str(arg) for arg in targets]
         dropped = 0
@@ -572,11 +569,7 @@ class LocalCache:
 
     def _apply(self, announced: Announcement) -> None:
         """Drop what an announcement covers; the catalogue only if it says so."""
-        self._keeps_catalogue = not announced.catalogue
-        try:
-            self.drop(announced.targets)
-        finally:
-            self._keeps_catalogue = False
+        self.drop(announced.targets, catalogue=announced.catalogue)
 
     # -- the watcher ---------------------------------------------------------------------
 

@@ -484,7 +484,7 @@ class AppConfigFragmentCacheSource:
                 # Once Valkey (and its replicas) have it, or the call failed: nothing it
                 # covers is served here any more, and no read that went out before lands
                 # here later (the drop moves the local cache's generation).
-                self._local.drop(args)
+                self._local.drop(args, catalogue=drop_catalogue)
 
     async def _invalidate_in_valkey(self, args: list[ScriptArg], drop_catalogue: bool) -> int:
         # What the server had reached before this call was sent: the call must move it

@@ -269,9 +269,9 @@ class _TimedLocalCache(LocalCache):
         super().__init__(*args, **kwargs)
         self.dropped_at: dict[str, int] = {}
 
-    def drop(self, targets: Sequence[str | bytes | int | float]) -> int:
+    def drop(self, targets: Sequence[str | bytes | int | float], *, catalogue: bool = True) -> int:
         at = time.monotonic_ns()
-        dropped = super().drop(targets)
+        dropped = super().drop(targets, catalogue=catalogue)
         words = [str(word) for word in targets]
         if dropped and words[:1] == ["user"]:
             self.dropped_at.setdefault(words[1], at)
