@@ -298,7 +298,7 @@ class AppConfigFragmentCacheSource:
             life_ms = names_pttl if isinstance(names_pttl, int) and names_pttl > 0 else 0
             if names_pttl == -1:
                 life_ms = self.ttl_seconds * 1000
-            local.store_catalogue(ticket, began, names, life_ms)
+            local.store_catalogue(ticket, began, sorted(names), life_ms)  # as answered
         ordered = dict(sorted(values.items()))
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
 
