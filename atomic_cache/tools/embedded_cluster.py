@@ -36,6 +36,8 @@ from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 SLOTS = 16384
 HOST = "127.0.0.1"
 DEFAULT_TIMEOUT_S = 20.0
+# How long a failover may take to settle before the promoted node's epoch is bumped.
+FAILOVER_SETTLE_S = 8.0
 POLL_S = 0.02
 
 Role: TypeAlias = Literal["primary", "replica"]
@@ -710,7 +712,13 @@ class EmbeddedCluster:
         chosen.role, chosen.primary_id = "primary", None
         for node in [*others, *([] if kill else [primary])]:
             node.role, node.primary_id = "replica", chosen.node_id
-        self.wait_ok()
+        try:
+            self.wait_ok(timeout=FAILOVER_SETTLE_S)
+        except TimeoutError:
+            # Seen once under load: a node kept the promoted replica without its slots (its
+            # epoch did not win there). A fresh, higher epoch makes its next ping win.
+            chosen.command("CLUSTER", "BUMPEPOCH")
+            self.wait_ok()
         return chosen
 
     # -- waiting ---------------------------------------------------------------------------
