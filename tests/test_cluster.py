@@ -330,7 +330,9 @@ async def test_no_replica_read_sees_what_a_returned_invalidation_covered(
         cluster_client, cluster_registry, keys=cache.keys, replica_ack_timeout_ms=10 * LAG_MS
     )
     users = [uuid.uuid4() for _ in range(5)]
-    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    # The index's life begins on every node first: a fill token read on a replica that
+    # has not seen it would be refused.
+    await waiter.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
     for user in users:
         await fill(cache, user, "d1", "webui", 1)
     await settled(waiter)
