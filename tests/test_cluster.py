@@ -31,6 +31,9 @@ from atomic_cache.tools.embedded_cluster import ClusterNode, EmbeddedCluster, in
 from .repo_tools import make_world
 from .test_concurrency import run_mixed_load
 
+# On an embedded cluster of their own: the Redis-compatibility run need not repeat them.
+pytestmark = pytest.mark.cluster
+
 SHARDS = 3
 ALL_ENTRIES = {("u0", "webui"), ("u0", "theme"), ("u1", "webui"), ("u2", "webui")}
 LAG_MS = 1500  # the held replication stream: far longer than a read takes to follow

@@ -40,6 +40,9 @@ from atomic_cache.tools.embedded_cluster import (
 
 from .test_cli import invoke, processes_mentioning, status_of
 
+# On an embedded cluster of their own: the Redis-compatibility run need not repeat them.
+pytestmark = pytest.mark.cluster
+
 # -- canned facts -------------------------------------------------------------------------
 
 NODES = """\
@@ -56,6 +59,7 @@ NODE_INFO = (
     "server_mode:cluster\r\n# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n"
     "# Persistence\r\naof_enabled:0\r\n# Cluster\r\ncluster_enabled:1\r\n"
 )
+
 NO_PERSISTENCE = {
     "save": "",
     "appendonly": "no",

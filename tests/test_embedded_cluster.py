@@ -33,6 +33,9 @@ from atomic_cache.tools.embedded_cluster import (
     slot_ranges,
 )
 
+# On an embedded cluster of their own: the Redis-compatibility run need not repeat them.
+pytestmark = pytest.mark.cluster
+
 TIMEOUT_MS = 5000
 DELAY_MS = 500  # long enough that a read right after a write always comes before it
 
