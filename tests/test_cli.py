@@ -28,7 +28,7 @@ from glide import GlideClient
 
 from atomic_cache import ScriptRegistry
 from atomic_cache.tools import embedded
-from atomic_cache.tools.bench import SCENARIOS, TINY, cluster
+from atomic_cache.tools.bench import SCENARIOS, TINY, cluster, local
 from atomic_cache.tools.cli import main
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
@@ -199,7 +199,7 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f", "h", "i", "j"):
+    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
     assert {"a. cached read, 1 task", "a. cached read, 50 tasks"} <= scenarios
     assert report["skipped"] == []
@@ -257,6 +257,31 @@ async def test_bench_writes_markdown_json_and_png(
     assert 0 < final["index_bytes"] < peak["index_bytes"]
     assert 0 < peak["live_users"] <= TINY.churn_users
     assert stamps["stamp_keys"] > 0
+
+    # The local cache: every timed local read was a local hit, beside cashews' (the
+    # baseline); each way of copying gave a private copy; the reader process dropped
+    # every write's entry without a flush; only the announced invalidations PUBLISH.
+    hit_rows = [row for row in rows if row["scenario"].startswith(local.HIT_TITLE)]
+    assert [(row["variant"], row["baseline"]) for row in hit_rows[:2]] == [
+        (local.CASHEWS_HIT, True),
+        (local.LOCAL_HIT, False),
+    ]
+    assert len(hit_rows) == 8
+    for row in (row for row in hit_rows if row["variant"] == local.LOCAL_HIT):
+        assert row["extra"]["local_hits"] == row["samples"] > 0
+        assert row["extra"]["local_misses"] == 0
+    copies = [row for row in rows if row["scenario"] == local.COPY_SCENARIO]
+    assert len(copies) == 11 and all(row["p50_us"] > 0 for row in copies)
+    (window,) = (row for row in rows if row["scenario"] == local.WINDOW_SCENARIO)
+    assert window["samples"] == TINY.local_window_writes
+    assert (window["extra"]["never_dropped"], window["extra"]["reader_flushes"]) == (0, 0)
+    costs_k = {
+        row["variant"]: row["extra"] for row in rows if row["scenario"] == local.COST_SCENARIO
+    }
+    assert len(costs_k) == 6
+    for variant, extra in costs_k.items():
+        announced = "PUBLISH" in variant
+        assert ("PUBLISH x1" in extra["commands_per_call"]) == announced, variant
 
     markdown = (out / "bench.md").read_text()
     assert "| scenario | variant | n | p50 µs | p99 µs | ops/s | p50 ratio | notes |" in markdown

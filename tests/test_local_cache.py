@@ -615,6 +615,20 @@ async def test_each_caller_gets_a_value_of_its_own(on_shared: OnShared) -> None:
     assert second is not first
 
 
+async def test_a_value_that_does_not_pack_is_served_from_valkey(on_shared: OnShared) -> None:
+    # An integer beyond 64 bits is valid JSON but not held locally: every read of it
+    # goes to Valkey, and returns it whole.
+    s = await on_shared(**FAST)
+    user = uuid.uuid4()
+    big = value(user, 0).model_copy(update={"config": {"v": 0, "n": 2**70}})
+    await fill(s.cache, big)
+    for _ in range(2):
+        assert await s.cache.get_merged_config(user, "webui") == big
+    counters = s.local.counters
+    # The fill's lookup and both reads missed locally; nothing was ever stored.
+    assert (counters.hits, counters.misses, counters.stores, len(s.local)) == (0, 3, 0, 0)
+
+
 async def test_local_counters_reach_stats_and_prometheus(
     clean_db: AsyncEngine, on_shared: OnShared
 ) -> None:

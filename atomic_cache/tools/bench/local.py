@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import marshal
+import pickle
 import sys
 import time
 import uuid
@@ -27,6 +28,8 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+
+import msgspec
 
 from ...cache.client import ValkeyURL, create_valkey_client
 from ...cache.local import LocalCache, ValueCopier
@@ -187,12 +190,13 @@ async def _hits(
 # -- a private copy per hit ----------------------------------------------------------------
 
 
-def _marshalled(value: AppConfigData) -> bytes:
-    return marshal.dumps((value.config, [f.extra_config for f in value.fragments]))
+def _packed(value: AppConfigData) -> bytes:
+    """What ``ValueCopier`` keeps: the config and every extra_config, in MessagePack."""
+    return msgspec.msgpack.encode((value.config, [f.extra_config for f in value.fragments]))
 
 
 def _copy_each_model(value: AppConfigData, mutable: bytes) -> AppConfigData:
-    config, extras = marshal.loads(mutable)
+    config, extras = msgspec.msgpack.decode(mutable)
     fragments = []
     for fragment, extra in zip(value.fragments, extras, strict=True):
         made = copy.copy(fragment)
@@ -204,7 +208,7 @@ def _copy_each_model(value: AppConfigData, mutable: bytes) -> AppConfigData:
 
 
 def _construct(value: AppConfigData, mutable: bytes) -> AppConfigData:
-    config, extras = marshal.loads(mutable)
+    config, extras = msgspec.msgpack.decode(mutable)
     fragments = [
         AppConfigFragment.model_construct(
             fragment.__pydantic_fields_set__, **{**fragment.__dict__, "extra_config": extra}
@@ -220,17 +224,17 @@ def _construct(value: AppConfigData, mutable: bytes) -> AppConfigData:
 async def _copies(ctx: BenchContext, value: AppConfigData) -> list[BenchRow]:
     """Each way must give a value equal to the original that shares nothing mutable."""
     raw = value.model_dump_json()
-    mutable = _marshalled(value)
+    mutable = _packed(value)
     copier = ValueCopier.of(value)
     ways: list[tuple[str, Callable[[], AppConfigData]]] = [
         ("the shared object itself (no copy: what cashews returns)", lambda: value),
-        ("LocalCache: marshalled config and extra_configs, models rebuilt", copier.copy),
+        ("LocalCache: packed config and extra_configs (MessagePack), models rebuilt", copier.copy),
         (
             "decode the JSON again (model_validate_json)",
             lambda: AppConfigData.model_validate_json(raw),
         ),
-        ("copy.copy of each model + the marshalled data", lambda: _copy_each_model(value, mutable)),
-        ("model_construct of each model + the marshalled data", lambda: _construct(value, mutable)),
+        ("copy.copy of each model + the packed data", lambda: _copy_each_model(value, mutable)),
+        ("model_construct of each model + the packed data", lambda: _construct(value, mutable)),
         ("model_copy(deep=True)", lambda: value.model_copy(deep=True)),
         ("copy.deepcopy", lambda: copy.deepcopy(value)),
     ]
@@ -241,8 +245,22 @@ async def _copies(ctx: BenchContext, value: AppConfigData) -> list[BenchRow]:
         if made.fragments[0].extra_config is value.fragments[0].extra_config:
             raise RuntimeError(f"k. {label} shares a fragment's extra_config")
 
-    def timed(way: Callable[[], AppConfigData]) -> Op:
-        async def op(i: int) -> AppConfigData:
+    # The data alone (config and extra_configs), each way of keeping it: what the choice
+    # of MessagePack for ValueCopier rests on.
+    data = (value.config, [f.extra_config for f in value.fragments])
+    marshalled, pickled, dumped = marshal.dumps(data), pickle.dumps(data, 5), json.dumps(data)
+    decoders: list[tuple[str, Callable[[], Sequence[Any]]]] = [
+        ("the data alone: MessagePack (msgspec), as kept", lambda: msgspec.msgpack.decode(mutable)),
+        ("the data alone: marshal.loads", lambda: marshal.loads(marshalled)),
+        ("the data alone: pickle.loads", lambda: pickle.loads(pickled)),
+        ("the data alone: json.loads", lambda: json.loads(dumped)),
+    ]
+    for label, decoder in decoders:
+        if list(decoder()) != list(data):  # a tuple from marshal and pickle, else a list
+            raise RuntimeError(f"k. {label} does not give the data back")
+
+    def timed(way: Callable[[], object]) -> Op:
+        async def op(i: int) -> object:
             return way()
 
         return op
@@ -250,7 +268,7 @@ async def _copies(ctx: BenchContext, value: AppConfigData) -> list[BenchRow]:
     compared = await compare_rows(
         ctx,
         COPY_SCENARIO,
-        [(label, timed(way)) for label, way in ways],
+        [(label, timed(way)) for label, way in [*ways, *decoders]],
         rounds=ctx.sizes.rounds,
         ops=ctx.sizes.ops_per_round,
         tasks=1,
