@@ -755,6 +755,52 @@ async def test_my_app_configs_is_served_locally_once_read(
     ]
 
 
+async def test_a_cold_my_app_configs_leaves_the_next_one_local(
+    clean_db: AsyncEngine, on_shared: OnShared
+) -> None:
+    s = await on_shared(life_from=None, **FAST)
+    r = await reader_of(clean_db, s)
+    user, local = r.world.users[0], s.local
+    # Another process drops this user's entries and the catalogue: Valkey is cold.
+    await s.writer.invalidate_many([(ScopeType.USER, str(user))], drop_catalogue=True)
+    await settled(local, s.client, s.keys)
+    assert local.catalogue() is None and len(local) == 0
+    with count_sql(clean_db) as sql:
+        first = await r.repo.my_app_configs(user)  # a miss, the database, one fill
+    assert r.counting.calls == {"get_all": 1, "set": 1} and len(sql) > 0
+    assert local.catalogue() == ["limits", "theme", "webui"] and len(local) == 3
+    with count_sql(clean_db) as sql:
+        second = await r.repo.my_app_configs(user)
+    assert r.counting.total == 2 and len(sql) == 0  # served locally, catalogue and all
+    assert second == first and [item.name for item in second] == ["limits", "theme", "webui"]
+
+
+async def test_a_fill_without_a_token_keeps_no_catalogue_locally(on_shared: OnShared) -> None:
+    s = await on_shared(**FAST)
+    user = uuid.uuid4()
+    await s.cache.set_many(user, [value(user, 0)], catalogue=["webui"])  # no token
+    assert local_state(s.local) == (None, 0)
+    assert (await s.cache.lookup_all(user)).names == ["webui"]  # from Valkey
+    await s.cache.invalidate_many([(ScopeType.USER, str(user))], drop_catalogue=True)
+    found = await s.cache.lookup_all(user)
+    assert found.names is None and found.fill_token
+    catalogue = ["webui", "limits"]  # held as lookup_all answers it: sorted
+    assert await s.cache.set_many(user, [value(user, 1)], found.fill_token, catalogue=catalogue)
+    assert local_state(s.local) == (["limits", "webui"], 1)
+    assert (await s.writer.lookup_all(user)).names == ["limits", "webui"]  # Valkey's answer
+    # A fill whose token an invalidation of the catalogue overtook keeps nothing.
+    stale = (await s.cache.lookup_all(uuid.uuid4())).fill_token
+    await s.cache.invalidate_for_policy("webui")
+    await settled(s.local, s.client, s.keys)  # its announcement, too, has been heard
+    other = uuid.uuid4()
+    assert not await s.cache.set_many(other, [value(other, 0)], stale, catalogue=["webui"])
+    assert s.local.catalogue() is None
+
+
+def local_state(local: LocalCache) -> tuple[list[str] | None, int]:
+    return local.catalogue(), len(local)
+
+
 async def test_lookup_all_needs_every_name_of_the_catalogue_locally(
     clean_db: AsyncEngine, on_shared: OnShared
 ) -> None:

@@ -26,9 +26,10 @@ generation number, and a store carries the generation its read started under
 are stored; none outlives the Valkey entry it copies (``get.lua`` returns its PTTL).
 
 For reads of several names (``get_all.lua``), the catalogue of config names is held too,
-under the same rules: stored only under an unmoved generation, never beyond the catalogue
-key's PTTL, and dropped by every announcement that carries the catalogue flag (a policy
-was created or deleted), by every invalidation of this process, and by every flush.
+under the same rules: stored (as read, or as a fill with a token wrote it) only under an
+unmoved generation, never beyond the catalogue key's PTTL, and dropped by every
+invalidation that drops the catalogue (a policy was created or deleted), announced or
+made in this process, and by every flush.
 
 Every hit hands out a copy of its own, which the caller may change without changing
 anyone else's: see ``ValueCopier`` for how, and bench scenario k for what each way costs.
@@ -428,9 +429,9 @@ class LocalCache:
     def store_catalogue(
         self, ticket: int | None, began: float, names: Sequence[str], ttl_ms: int
     ) -> bool:
-        """Keep the catalogue ``names`` (as read from Valkey), under the rules of
-        :meth:`store`: refused if an invalidation reached this process since ``ticket``;
-        never kept beyond ``began`` plus ``ttl_ms``."""
+        """Keep the catalogue ``names`` (as read from Valkey, or as a fill with a token
+        wrote it), under the rules of :meth:`store`: refused if an invalidation reached
+        this process since ``ticket``; never kept beyond ``began`` plus ``ttl_ms``."""
         if ticket is None:
             return False
         if ticket != self._generation or not self._synced:

@@ -422,6 +422,10 @@ class AppConfigFragmentCacheSource:
                 # object (which it may go on changing).
                 stored = AppConfigData.model_validate_json(payload)
                 local.store(ticket, began, stored, payload, self.ttl_seconds * 1000)
+            if catalogue is not None:
+                # The token covered the catalogue too (set.lua refuses it otherwise), and
+                # set.lua gave it the entries' TTL: kept as lookup_all answers it, sorted.
+                local.store_catalogue(ticket, began, sorted(names), self.ttl_seconds * 1000)
         return reply == 1
 
     # -- invalidation --------------------------------------------------------------------
