@@ -10,8 +10,10 @@
 -- ARGV[4]    the user's encoded domain at fill time
 -- ARGV[5]    the fill token get.lua returned ("n:ms"), or "" to write unconditionally
 -- ARGV[6]    how old a fill token may be, in ms (stamps live at least this long)
--- ARGV[7]    c: how many catalogue names follow (-1: leave the catalogue alone)
--- ARGV[8..]  c catalogue names (replace the catalogue), then pairs: encoded name, JSON
+-- ARGV[7]    the command that announces a new life of the index on p:invalidations
+--            ("PUBLISH", "SPUBLISH" on a cluster, or "" for none), as invalidate.lua does
+-- ARGV[8]    c: how many catalogue names follow (-1: leave the catalogue alone)
+-- ARGV[9..]  c catalogue names (replace the catalogue), then pairs: encoded name, JSON
 --
 -- Reply: 1 when written, 0 when refused (nothing written). A fill is refused when its
 -- token is older than any stamp that covers one of its entries (or the catalogue, when
@@ -20,8 +22,12 @@
 -- users, domains and names never refuse it.
 
 local prefix, ttl, user, domain = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local catalogue_size = tonumber(ARGV[7])
-local first_pair = 8 + math.max(catalogue_size, 0)
+local announce = ARGV[7]
+if announce ~= '' and announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
+  return redis.error_reply('ERR ARGV[7] must be "", PUBLISH or SPUBLISH: ' .. announce)
+end
+local catalogue_size = tonumber(ARGV[8])
+local first_pair = 9 + math.max(catalogue_size, 0)
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
@@ -37,6 +43,11 @@ if current == nil or not redis.call('HGET', public_stamps, '*') then
   local first = string.format('%d', current)
   redis.call('HSET', KEYS[1], 'n', first)
   redis.call('HSET', public_stamps, '*', first)
+  -- Local caches empty themselves on it ("n 1 0": a new life, no catalogue flag, no
+  -- targets) rather than find the sequence ahead at their next check.
+  if announce ~= '' then
+    redis.call(announce, prefix .. ':invalidations', first .. ' 1 0')
+  end
 end
 
 local t = current
@@ -66,7 +77,7 @@ if ttl > (tonumber(seq[2]) or 0) then redis.call('HSET', KEYS[1], 'ttl', ARGV[2]
 
 if catalogue_size >= 0 then
   redis.call('DEL', KEYS[2])
-  for i = 8, 7 + catalogue_size do redis.call('SADD', KEYS[2], ARGV[i]) end
+  for i = 9, 8 + catalogue_size do redis.call('SADD', KEYS[2], ARGV[i]) end
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 

@@ -504,6 +504,27 @@ async def test_a_gap_in_the_sequence_flushes(on_shared: OnShared) -> None:
     assert len(local) == 0
 
 
+async def test_a_life_begun_by_a_write_is_announced(on_shared: OnShared) -> None:
+    # The prefix's first write begins the index's life (set.lua). Local caches hear of
+    # it at once, not from a sequence check (one a minute here) that finds the server
+    # ahead and reports a message as missed.
+    s = await on_shared(life_from=None, check_interval_s=60.0, poll_s=0.02)
+    local = s.local
+    assert local.serving and local.sequence == 0
+    user = uuid.uuid4()
+    await s.writer.set_merged_config(user, "webui", value(user, 0))
+    server = int(text(await s.client.hget(s.keys.seq, "n")))
+    await until(lambda: local.sequence == server, "the new life announced")
+    assert dict(local.counters.flushes) == {"new_life": 1}
+    for _ in range(2):  # Valkey, then the local copy
+        assert version_of(await s.cache.get_merged_config(user, "webui")) == 0
+    assert (local.counters.stores, local.counters.hits) == (1, 1)
+    # Later writes of the same life announce nothing.
+    await s.writer.set_merged_config(user, "webui", value(user, 1))
+    await settled(local, s.client, s.keys)
+    assert local.sequence == server and dict(local.counters.flushes) == {"new_life": 1}
+
+
 async def test_a_server_ahead_of_the_announcements_flushes(on_shared: OnShared) -> None:
     """An invalidation whose announcement never came (here: the sequence moved without
     one): the periodic check finds the server ahead and empties the cache."""

@@ -2,7 +2,8 @@
 invalidations Valkey announces.
 
 Every invalidation (``invalidate.lua``) publishes, from inside the same script, the new
-sequence number and its targets on ``p:invalidations`` (sharded pub/sub on a cluster).
+sequence number and its targets on ``p:invalidations`` (sharded pub/sub on a cluster);
+so does the write (``set.lua``) that begins a new life of the index, with no target.
 A local cache subscribes with a client of its own, drops what each message covers, and
 tracks the last number it has seen. It serves an entry only while it is sure that it has
 seen every invalidation the server has run:

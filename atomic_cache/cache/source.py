@@ -388,6 +388,7 @@ class AppConfigFragmentCacheSource:
             encode_component(merged[0].domain_name, what="domain"),
             fill_token or "",
             FILL_TOKEN_MAX_AGE_MS,
+            self._announce,
         ]
         if catalogue is None:
             args.append(-1)
