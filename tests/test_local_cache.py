@@ -257,21 +257,37 @@ async def test_same_process_load_never_reads_stale(
     assert stats.local_hits == s.local.counters.hits
 
 
-async def test_own_invalidation_drops_locally_before_it_returns(on_shared: OnShared) -> None:
-    # A watcher that stays asleep: only the invalidation path itself can drop the entry.
-    s = await on_shared(check_interval_s=60, poll_s=60)
-    cache, local = s.cache, s.local
-    user = uuid.uuid4()
-    await fill(cache, value(user, 0))
-    assert version_of(await cache.get_merged_config(user, "webui")) == 0
-    assert local.counters.hits == 1
+class DeafLocalCache(LocalCache):
+    """Hears no announcement: what it drops, its own process's invalidations drop."""
 
-    # Another process's write, then ours: what ours covers is gone when it returns, even
-    # though its announcement has not been handled yet (nothing awaited in between).
-    await s.writer.set_merged_config(user, "webui", value(user, 1))
-    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
-    assert len(local) == 0 and local.counters.drops == 1
-    assert await cache.get_merged_config(user, "webui") is None
+    def _on_message(self, message: PubSubMsg, context: object) -> None:
+        del message, context
+
+
+async def test_own_invalidation_drops_locally_before_it_returns(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
+) -> None:
+    # A cache that hears no announcement, and a watcher that stays asleep: only the
+    # invalidation path itself can drop the entry.
+    await start_life(AppConfigFragmentCacheSource(valkey, registry, keys=keys))
+    local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
+    try:
+        assert await local.ready(BOUND_S)
+        cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+        writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+        user = uuid.uuid4()
+        await fill(cache, value(user, 0))
+        assert version_of(await cache.get_merged_config(user, "webui")) == 0
+        assert local.counters.hits == 1
+
+        # Another process's write, then our invalidation: what it covers is gone when it
+        # returns, and the next read goes to Valkey.
+        await writer.set_merged_config(user, "webui", value(user, 1))
+        await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+        assert len(local) == 0 and local.counters.drops == 1
+        assert await cache.get_merged_config(user, "webui") is None
+    finally:
+        await local.close()
 
 
 class GatedRegistry(ScriptRegistry):
@@ -287,13 +303,6 @@ class GatedRegistry(ScriptRegistry):
             self.holding.set()
             await self.gate.wait()
         return await super().call(client, name, keys, args)
-
-
-class DeafLocalCache(LocalCache):
-    """Hears no announcement: what it drops, its own process's invalidations drop."""
-
-    def _on_message(self, message: PubSubMsg, context: object) -> None:
-        del message, context
 
 
 async def test_a_read_racing_an_own_invalidation_is_dropped_when_it_returns(
