@@ -264,30 +264,39 @@ class DeafLocalCache(LocalCache):
         del message, context
 
 
-async def test_own_invalidation_drops_locally_before_it_returns(
+@pytest.fixture
+async def deaf_local(
     valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
-) -> None:
-    # A cache that hears no announcement, and a watcher that stays asleep: only the
-    # invalidation path itself can drop the entry.
+) -> AsyncIterator[DeafLocalCache]:
+    """A serving local cache on the test's prefix (its life started) that hears no
+    announcement, and whose watcher stays asleep: only the invalidation path of its own
+    process can drop what it holds."""
     await start_life(AppConfigFragmentCacheSource(valkey, registry, keys=keys))
     local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
     try:
         assert await local.ready(BOUND_S)
-        cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-        writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
-        user = uuid.uuid4()
-        await fill(cache, value(user, 0))
-        assert version_of(await cache.get_merged_config(user, "webui")) == 0
-        assert local.counters.hits == 1
-
-        # Another process's write, then our invalidation: what it covers is gone when it
-        # returns, and the next read goes to Valkey.
-        await writer.set_merged_config(user, "webui", value(user, 1))
-        await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
-        assert len(local) == 0 and local.counters.drops == 1
-        assert await cache.get_merged_config(user, "webui") is None
+        yield local
     finally:
         await local.close()
+
+
+async def test_own_invalidation_drops_locally_before_it_returns(
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, deaf_local: DeafLocalCache
+) -> None:
+    local = deaf_local
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    writer = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    user = uuid.uuid4()
+    await fill(cache, value(user, 0))
+    assert version_of(await cache.get_merged_config(user, "webui")) == 0
+    assert local.counters.hits == 1
+
+    # Another process's write, then our invalidation: what it covers is gone when it
+    # returns, and the next read goes to Valkey.
+    await writer.set_merged_config(user, "webui", value(user, 1))
+    await cache.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+    assert len(local) == 0 and local.counters.drops == 1
+    assert await cache.get_merged_config(user, "webui") is None
 
 
 class GatedRegistry(ScriptRegistry):
@@ -306,29 +315,24 @@ class GatedRegistry(ScriptRegistry):
 
 
 async def test_a_read_racing_an_own_invalidation_is_dropped_when_it_returns(
-    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, valkey_url: str
+    valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema, deaf_local: DeafLocalCache
 ) -> None:
-    await start_life(AppConfigFragmentCacheSource(valkey, registry, keys=keys))
-    local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
-    try:
-        assert await local.ready(BOUND_S)
-        gated = GatedRegistry()
-        await gated.load(valkey)
-        cache = AppConfigFragmentCacheSource(valkey, gated, keys=keys, local_cache=local)
-        user = uuid.uuid4()
-        await fill(AppConfigFragmentCacheSource(valkey, registry, keys=keys), value(user, 0))
-        invalidation = asyncio.create_task(cache.invalidate_for_scope(ScopeType.USER, str(user)))
-        await gated.holding.wait()  # the invalidation is on its way
-        # A read now: Valkey still serves v0, and the copy lands locally...
-        assert version_of(await cache.get_merged_config(user, "webui")) == 0
-        assert len(local) == 1 and local.counters.stores == 1
-        gated.gate.set()
-        await invalidation
-        # ...but the invalidation took it out again before returning.
-        assert len(local) == 0
-        assert await cache.get_merged_config(user, "webui") is None
-    finally:
-        await local.close()
+    local = deaf_local
+    gated = GatedRegistry()
+    await gated.load(valkey)
+    cache = AppConfigFragmentCacheSource(valkey, gated, keys=keys, local_cache=local)
+    user = uuid.uuid4()
+    await fill(AppConfigFragmentCacheSource(valkey, registry, keys=keys), value(user, 0))
+    invalidation = asyncio.create_task(cache.invalidate_for_scope(ScopeType.USER, str(user)))
+    await gated.holding.wait()  # the invalidation is on its way
+    # A read now: Valkey still serves v0, and the copy lands locally...
+    assert version_of(await cache.get_merged_config(user, "webui")) == 0
+    assert len(local) == 1 and local.counters.stores == 1
+    gated.gate.set()
+    await invalidation
+    # ...but the invalidation took it out again before returning.
+    assert len(local) == 0
+    assert await cache.get_merged_config(user, "webui") is None
 
 
 async def test_an_invalidation_that_fails_still_drops_locally(on_own_server: OnOwnServer) -> None:
@@ -936,24 +940,20 @@ async def test_an_own_invalidation_drops_the_catalogue_before_it_returns(
     valkey: GlideClient,
     registry: ScriptRegistry,
     keys: KeySchema,
-    valkey_url: str,
+    deaf_local: DeafLocalCache,
 ) -> None:
-    local = await DeafLocalCache.create(valkey_url, keys=keys, check_interval_s=60, poll_s=60)
-    try:
-        cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
-        world = await make_world(clean_db, cache)
-        assert await local.ready(BOUND_S)
-        repo = AppConfigFragmentRepository(clean_db, cache=cache)
-        user = world.users[0]
-        await repo.my_app_configs(user)  # fills Valkey
-        await repo.my_app_configs(user)  # copies it here
-        assert local.catalogue() is not None
-        await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
-        assert local.catalogue() is not None  # it did not drop the catalogue: kept
-        await cache.invalidate_for_policy("webui")  # a policy change drops it
-        assert local.catalogue() is None  # deaf: only the invalidation itself dropped it
-    finally:
-        await local.close()
+    local = deaf_local
+    cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys, local_cache=local)
+    world = await make_world(clean_db, cache)
+    repo = AppConfigFragmentRepository(clean_db, cache=cache)
+    user = world.users[0]
+    await repo.my_app_configs(user)  # fills Valkey
+    await repo.my_app_configs(user)  # copies it here
+    assert local.catalogue() is not None
+    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))
+    assert local.catalogue() is not None  # it did not drop the catalogue: kept
+    await cache.invalidate_for_policy("webui")  # a policy change drops it
+    assert local.catalogue() is None  # deaf: only the invalidation itself dropped it
 
 
 async def announced(local: LocalCache, writer: AppConfigFragmentCacheSource) -> None:
