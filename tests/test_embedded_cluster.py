@@ -157,6 +157,21 @@ def test_three_shards_each_with_a_replica(lagging: EmbeddedCluster) -> None:
     assert lagging.seed_url == f"valkey://{HOST}:{primaries[0].port}"
 
 
+def config_epochs(node: ClusterNode) -> dict[str, int]:
+    """Each node's config epoch as ``node`` records it (``CLUSTER NODES``), dead ones too."""
+    lines = str(node.command("CLUSTER", "NODES")).splitlines()
+    return {fields[0]: int(fields[6]) for fields in (line.split() for line in lines) if fields}
+
+
+def test_primaries_start_with_distinct_config_epochs(lagging: EmbeddedCluster) -> None:
+    # Set before the nodes meet, as the CLI's cluster create does: no collision is left
+    # to settle later, when it could race a failover.
+    primaries = lagging.primaries_now()
+    for node in lagging.nodes:
+        epochs = config_epochs(node)
+        assert [epochs[primary.node_id] for primary in primaries] == [1, 2, 3]
+
+
 async def test_cluster_client_reaches_every_shard(lagging: EmbeddedCluster) -> None:
     keys = [key_on_shard(lagging, shard, "shape") for shard in range(3)]
     async with cluster_client(lagging) as client:
@@ -299,6 +314,12 @@ async def test_failover_after_a_crash(failing: EmbeddedCluster) -> None:
         assert acked == 1
         new = await asyncio.to_thread(failing.failover, old)
         assert new is replica and not old.alive
+        # Every live node records the promoted node's config epoch as the highest, above
+        # the dead primary's: that is what gives it the slots everywhere.
+        for node in failing.live_nodes:
+            epochs = config_epochs(node)
+            assert epochs[new.node_id] == max(epochs.values()) > epochs[old.node_id]
+            assert list(epochs.values()).count(epochs[new.node_id]) == 1
         assert failing.primary_for_key(key) is new
         assert failing.replicas_of(new) == []
         assert new.command("GET", key) == "kept"

@@ -616,6 +616,13 @@ class EmbeddedCluster:
         return ClusterNode(shard=shard, server=server, bus_port=bus_port, role=role, proxy=proxy)
 
     def _join(self) -> None:
+        # Distinct config epochs from the start, as `valkey-cli --cluster create` sets
+        # them: otherwise the primaries all begin at 0 and settle their collision by
+        # bumping epochs after the cluster is ok. A replica that takes over before it has
+        # heard of such a bump can claim its slots with the epoch its dead primary already
+        # had, and a node that knew that epoch never gives it the slots (seen in failovers).
+        for epoch, primary in enumerate(self.primaries_now(), start=1):
+            primary.command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
         first = self.nodes[0]
         for node in self.nodes[1:]:
             node.command("CLUSTER", "MEET", HOST, first.port, first.bus_port)
