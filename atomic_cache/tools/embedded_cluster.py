@@ -722,8 +722,10 @@ class EmbeddedCluster:
         try:
             self.wait_ok(timeout=FAILOVER_SETTLE_S)
         except TimeoutError:
-            # Seen once under load: a node kept the promoted replica without its slots (its
-            # epoch did not win there). A fresh, higher epoch makes its next ping win.
+            # A node kept the promoted replica without its slots: its epoch did not win
+            # there. The cause seen so far, an epoch equal to the dead primary's, is
+            # prevented in _join; should it come another way, a fresh, higher epoch makes
+            # the promoted node's next ping win.
             chosen.command("CLUSTER", "BUMPEPOCH")
             self.wait_ok()
         return chosen
