@@ -251,7 +251,7 @@ class LocalCache:
         self._by_user: dict[int, set[Key]] = {}
         self._by_domain: dict[str, set[Key]] = {}
         self._by_name: dict[str, set[Key]] = {}
-        # The catalogue of config names (as get_all.lua returns it) and its expiry.
+        # The catalogue of config names (sorted, as lookup_all answers it) and its expiry.
         self._catalogue: tuple[str, ...] | None = None
         self._catalogue_expires = 0.0
         # Moves on every announcement, drop and flush: a store whose read started under
@@ -431,8 +431,9 @@ class LocalCache:
         self, ticket: int | None, began: float, names: Sequence[str], ttl_ms: int
     ) -> bool:
         """Keep the catalogue ``names`` (as read from Valkey, or as a fill with a token
-        wrote it), under the rules of :meth:`store`: refused if an invalidation reached
-        this process since ``ticket``; never kept beyond ``began`` plus ``ttl_ms``."""
+        wrote it), sorted, under the rules of :meth:`store`: refused if an invalidation
+        reached this process since ``ticket``; never kept beyond ``began`` plus
+        ``ttl_ms``."""
         if ticket is None:
             return False
         if ticket != self._generation or not self._synced:
@@ -441,7 +442,7 @@ class LocalCache:
         expires = began + ttl_ms / 1000
         if ttl_ms <= 0 or expires <= self._clock():
             return False
-        self._catalogue = tuple(names)
+        self._catalogue = tuple(sorted(names))  # as lookup_all answers it, in any order
         self._catalogue_expires = expires
         return True
 

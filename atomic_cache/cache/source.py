@@ -298,7 +298,7 @@ class AppConfigFragmentCacheSource:
             life_ms = names_pttl if isinstance(names_pttl, int) and names_pttl > 0 else 0
             if names_pttl == -1:
                 life_ms = self.ttl_seconds * 1000
-            local.store_catalogue(ticket, began, sorted(names), life_ms)  # as answered
+            local.store_catalogue(ticket, began, names, life_ms)
         ordered = dict(sorted(values.items()))
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
 
@@ -425,8 +425,8 @@ class AppConfigFragmentCacheSource:
                 local.store(ticket, began, stored, payload, self.ttl_seconds * 1000)
             if catalogue is not None:
                 # The token covered the catalogue too (set.lua refuses it otherwise), and
-                # set.lua gave it the entries' TTL: kept as lookup_all answers it, sorted.
-                local.store_catalogue(ticket, began, sorted(names), self.ttl_seconds * 1000)
+                # set.lua gave it the entries' TTL.
+                local.store_catalogue(ticket, began, names, self.ttl_seconds * 1000)
         return reply == 1
 
     # -- invalidation --------------------------------------------------------------------
