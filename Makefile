@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench doctor clean
+.PHONY: install test test-heavy lint demo bench doctor clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The scenarios too heavy for make test (100,000 targets); .ci/run runs them too.
+test-heavy: $(STAMP)
+	$(BIN)/pytest --heavy -m heavy $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,8 +42,9 @@ class CacheStats(BaseModel):
     replayed_invalidations: int = 0  # successful round trips that carried a replay
     outbox_replayed: int = 0  # outbox rows other writes left behind, replayed here
     outbox_retries: int = 0  # outbox rows whose replay failed here (retried with back-off)
+    outbox_unreadable: int = 0  # outbox rows no replay could read: covered by an index reset
     corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
-    index_resets: int = 0  # new index lives started because an index key had the wrong type
+    index_resets: int = 0  # new index lives: a wrong-type key, lost writes, unreadable rows
     script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
     breaker_transitions: dict[str, int] = {}  # circuit breaker changes, by the new state
     breaker_state: str = "closed"  # now: closed, open or half_open
@@ -96,6 +97,7 @@ class CacheMetrics:
     replayed_invalidations: int = 0
     outbox_replayed: int = 0
     outbox_retries: int = 0
+    outbox_unreadable: int = 0
     corrupt_entries_removed: int = 0
     index_resets: int = 0
     breaker_transitions: Counter[str] = field(default_factory=Counter)
@@ -119,6 +121,7 @@ class CacheMetrics:
             replayed_invalidations=self.replayed_invalidations,
             outbox_replayed=self.outbox_replayed,
             outbox_retries=self.outbox_retries,
+            outbox_unreadable=self.outbox_unreadable,
             corrupt_entries_removed=self.corrupt_entries_removed,
             index_resets=self.index_resets,
             script_reloads=script_reloads,
@@ -154,8 +157,9 @@ _COUNTERS: dict[str, str] = {
     "replayed_invalidations": "Invalidation round trips that replayed missed invalidations",
     "outbox_replayed": "Outbox rows left by other writes, replayed by this process",
     "outbox_retries": "Outbox rows whose replay failed here and were postponed",
+    "outbox_unreadable": "Outbox rows no replay could read, covered by a new index life",
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
-    "index_resets": "New index lives started because an index key had the wrong type",
+    "index_resets": "New index lives: a wrong-type key, lost writes, unreadable outbox rows",
     "script_reloads": "Script caches reloaded after NOSCRIPT",
     "local_hits": "Merged configs served from the in-process local cache",
     "local_misses": "Reads the local cache could not serve",

@@ -77,17 +77,38 @@ class OutboxReplayer:
             rows = await outbox.claim_due(conn, prefix, self.after_s, REPLAY_BATCH)
             if not rows:
                 return 0
-            targets = merge_targets([target for row in rows for target in row.targets])
-            drop_catalogue = any(row.drop_catalogue for row in rows)
-            landed = await self._cache.invalidate(targets, drop_catalogue=drop_catalogue)
             metrics = self._cache.metrics
+            unreadable = [row for row in rows if row.unreadable is not None]
+            if unreadable:
+                landed = await self._cover_unreadable(prefix, unreadable)
+            else:
+                # One call for the batch, whatever its size: the cache source splits a
+                # large invalidation into calls the script accepts.
+                targets = merge_targets([target for row in rows for target in row.targets])
+                drop_catalogue = any(row.drop_catalogue for row in rows)
+                landed = await self._cache.invalidate(targets, drop_catalogue=drop_catalogue)
             if landed is None:
                 await outbox.postpone(conn, rows)
                 metrics.outbox_retries += len(rows)
                 return 0
+            metrics.outbox_unreadable += len(unreadable)
             await outbox.forget(conn, [row.id for row in rows])
             metrics.outbox_replayed += len(rows)
             log.warning(
                 "replayed %d invalidation(s) that other writes left in the outbox", len(rows)
             )
             return len(rows)
+
+    async def _cover_unreadable(self, prefix: str, rows: list[outbox.OutboxRow]) -> int | None:
+        """Rows whose targets cannot be read say that something changed, not what.
+        Retrying cannot fix them, and skipping them could leave anything stale: a new life
+        of the index covers every entry, once, and the rows (with the readable ones of
+        the batch, which it covers too) are then deleted."""
+        log.error(
+            "invalidation outbox row(s) %s under prefix %r cannot be read (%s): starting a"
+            " new life of the cache's index, which covers whatever they changed",
+            [row.id for row in rows],
+            prefix,
+            "; ".join(sorted({row.unreadable or "" for row in rows})),
+        )
+        return await self._cache.reset()

@@ -181,11 +181,18 @@ class AppConfigFragmentRepository:
         self,
         user_id: uuid.UUID,
         data: Sequence[AppConfigData],
-        fill_token: str | None,
+        fill_token: str,
         catalogue: Sequence[str] | None = None,
     ) -> None:
         """Store what was read from the database, unless an invalidation ran since the
-        lookup that handed out ``fill_token``."""
+        lookup that handed out ``fill_token``.
+
+        Never without a token taken before the SQL read: a lookup in which Valkey served
+        every name hands out none (``""``), and a write without one would overwrite
+        whatever another process wrote and invalidated after that read. Then nothing is
+        filled, as ``app_config`` does when its lookup brought no token."""
+        if not fill_token:
+            return
         stored = await self._cache.call(
             "fill",
             lambda cache: cache.set_many(user_id, data, fill_token=fill_token, catalogue=catalogue),

@@ -75,3 +75,52 @@ class InvalidationTarget:
             return [_SCRIPT_SCOPE[self.scope_type], script_id, -1]
         encoded = [encode_component(name, what="name") for name in self.names]
         return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
+
+
+# The most targets, and argument values, one invalidate.lua call carries. Lua's stack
+# holds about 8,000 values, and a call's server time grows with its targets (stamping
+# costs a few commands per target): a larger invalidation is split into several calls,
+# each atomic, which the caller sends one after another before it returns (see
+# ``AppConfigFragmentCacheSource.invalidate_many``). Measured in bench scenario d.
+MAX_TARGETS_PER_CALL = 250
+MAX_VALUES_PER_CALL = 1_000
+
+
+def pack_calls(
+    targets: Iterable[list[ScriptArg]],
+    max_targets: int = MAX_TARGETS_PER_CALL,
+    max_values: int = MAX_VALUES_PER_CALL,
+) -> list[list[ScriptArg]]:
+    """Group targets (``script_args`` lists: scope, id, count, names...) into the argument
+    lists of successive calls, none over ``max_targets`` targets or ``max_values`` values;
+    a target with more names than fit in one call is split into targets of fewer names."""
+    if max_targets < 1 or max_values < 4:
+        raise ValueError("a call must carry at least one target of one name")
+    calls: list[list[ScriptArg]] = []
+    current: list[ScriptArg] = []
+    count_in_current = 0
+
+    def add(piece: list[ScriptArg]) -> None:
+        nonlocal current, count_in_current
+        if current and (count_in_current == max_targets or len(current) + len(piece) > max_values):
+            calls.append(current)
+            current, count_in_current = [], 0
+        current += piece
+        count_in_current += 1
+
+    for args in targets:
+        scope, scope_id, count = args[0], args[1], int(args[2])
+        names = args[3:]
+        malformed = count != len(names) if count >= 0 else bool(names)
+        if malformed:
+            raise ValueError(f"malformed invalidation target: {args[:4]!r}")
+        if count < 0 or len(args) <= max_values:
+            add(list(args))
+            continue
+        step = max_values - 3
+        for first in range(0, count, step):
+            part = names[first : first + step]
+            add([scope, scope_id, len(part), *part])
+    if current:
+        calls.append(current)
+    return calls

@@ -12,7 +12,9 @@
 -- ARGV[5]    "1" to drop the catalogue too (a policy was created or deleted), else "0";
 --            then, after a space, the command that announces the call ("PUBLISH", or
 --            "SPUBLISH" on a cluster), if it is to be announced (see the end)
--- ARGV[6..]  targets, each: scope, id, count, then `count` encoded names
+-- ARGV[6..]  targets, each: scope, id, count, then `count` encoded names (the caller
+--            splits a large invalidation into calls of at most a few hundred targets
+--            and a few thousand values: cache/source.py, MAX_TARGETS_PER_CALL)
 --              scope "user"    id = user id
 --              scope "domain"  id = encoded domain name   (DOMAIN, DOMAIN_USER_DEFAULTS)
 --              scope "public"  id = "public"
@@ -32,9 +34,13 @@
 --
 -- The logical step: n += 1, and each target's stamp (field "*" or its names) := n. From
 -- then on get.lua serves no entry it covers and set.lua refuses every fill whose token
--- is older. Deleting the entries only frees memory: a user target is cleaned here (a
--- user has few names); a domain or public target becomes a job that walks its index in
--- steps (ZSCAN), deleting entries older than the stamp. Any call continues the queue.
+-- is older. Deleting the entries only frees memory: user targets are cleaned here while
+-- the budget lasts (a user has few names), the rest become one job that sweeps them in
+-- steps; a domain or public target becomes a job that walks its index in steps (ZSCAN),
+-- deleting entries older than the stamp. Any call continues the queue.
+--
+-- No `unpack` of the arguments or of a list that grows with them: Lua's stack holds
+-- about 8,000 values, and a call that fails after stamping is reported failed.
 --
 -- allow-oom: an invalidation only frees memory, and must still run when a full server
 -- refuses writes (maxmemory + noeviction); skipping it would leave stale entries.
@@ -72,6 +78,16 @@ local function header(raw)
   return tonumber(t), domain
 end
 
+-- Call `command` on slices of at most 1,000 items of `items` (Lua's stack bounds an
+-- unpack); returns the sum of its replies.
+local function each_slice(items, command)
+  local total = 0
+  for first = 1, #items, 1000 do
+    total = total + command({ unpack(items, first, math.min(first + 999, #items)) })
+  end
+  return total
+end
+
 -- Delete the entries of `user` (the names given, or all in its index) that a stamp of
 -- value `s` covers: older than it and, for a domain target, filled under that domain.
 -- Index members of entries that are gone are removed; a user left with no entry leaves
@@ -96,8 +112,12 @@ local function sweep_user(user, names, s, domain)
     if not raw then gone[#gone + 1] = name end
   end
   examined = examined + #(names or listed) + 1
-  if #stale > 0 then deleted = deleted + redis.call('UNLINK', unpack(stale)) end
-  if #gone > 0 and ok then redis.call('ZREM', index, unpack(gone)) end
+  deleted = deleted + each_slice(stale, function(part)
+    return redis.call('UNLINK', unpack(part))
+  end)
+  if ok then
+    each_slice(gone, function(part) return redis.call('ZREM', index, unpack(part)) end)
+  end
   if ok and redis.call('EXISTS', index) == 0 then
     redis.call('ZREM', users_index, user)
     if domain then domains[domain] = true end
@@ -176,6 +196,8 @@ end
 -- page can be far larger than its COUNT (while the walked key's hash table resizes), so
 -- a step sweeps item by item and stops at its budget, whatever the page. Returns the
 -- job to keep, or nil when it is done (or unreadable: a job of another version).
+-- A job of scope "users" (id "-", cursor "end") carries the user targets of a call that
+-- its budget did not reach: each is swept like a user target.
 local function run_job(job)
   local scope, id, s, cursor, names, carry =
     string.match(job, '^([^\t]+)\t([^\t]*)\t(%d+)\t(%w+)\t([^\t]*)\t([^\t]*)$')
@@ -190,7 +212,7 @@ local function run_job(job)
         sweep_key(item, stamp)
         examined = examined + 1
       else
-        sweep_user(item, list, stamp, scope == 'domain' and id or nil)
+        sweep_user(item, list, stamp, scope == 'domain' and id or nil)  -- users: no domain
       end
     elseif cursor == 'end' then
       return nil
@@ -204,8 +226,9 @@ local function run_job(job)
   return table.concat({ scope, id, s, cursor, names, table.concat(pending, ',') }, '\t')
 end
 
-local function queue(scope, id, s, names)
-  redis.call('LPUSH', queue_key, table.concat({ scope, id, s, '0', names, '' }, '\t'))
+local function queue(scope, id, s, names, cursor, carry)
+  redis.call('LPUSH', queue_key,
+    table.concat({ scope, id, s, cursor or '0', names, carry or '' }, '\t'))
 end
 
 -- A new life of the index: no old token is accepted again and no old entry is served.
@@ -239,7 +262,7 @@ local function stamp_targets(s, life)
     end
     return true
   end
-  local later = {}
+  local later, unswept = {}, {}  -- unswept: names list -> users left for a "users" job
   if drop_catalogue == '1' then
     redis.call('UNLINK', catalogue_key)
     if not stamp('public', 'public', { '#names' }) then return false end
@@ -248,11 +271,19 @@ local function stamp_targets(s, life)
   while i <= #ARGV do
     local scope, id, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
     local names = nil
-    if count >= 0 then names = { unpack(ARGV, i + 3, i + 2 + count) } end
+    if count >= 0 then
+      names = {}
+      for j = 1, count do names[j] = ARGV[i + 2 + j] end
+    end
     if scope == 'reset' then return false end
     if not stamp(scope, id, names or { '*' }) then return false end
     if scope == 'user' then
-      later[#later + 1] = function() sweep_user(id, names, s, nil) end
+      later[#later + 1] = function()
+        if examined < budget then return sweep_user(id, names, s, nil) end
+        local listed = names and table.concat(names, ',') or '*'
+        unswept[listed] = unswept[listed] or {}
+        table.insert(unswept[listed], id)
+      end
     else
       local listed = names and table.concat(names, ',') or '*'
       later[#later + 1] = function() queue(scope, id, written, listed) end
@@ -260,6 +291,9 @@ local function stamp_targets(s, life)
     i = i + 3 + math.max(count, 0)
   end
   for _, step in ipairs(later) do step() end
+  for listed, users in pairs(unswept) do
+    queue('users', '-', written, listed, 'end', table.concat(users, ','))
+  end
   return not corrupt
 end
 
@@ -321,7 +355,8 @@ end
 local seq_ok, n = pcall(redis.call, 'HGET', seq_key, 'n')
 n = seq_ok and tonumber(n) or 0
 if announce ~= '' and (moved or new_life) then
-  redis.call(announce, prefix .. ':invalidations', table.concat(
-    { string.format('%d', n), new_life and '1' or '0', drop_catalogue, unpack(ARGV, 6) }, ' '))
+  local words = { string.format('%d', n), new_life and '1' or '0', drop_catalogue }
+  for j = 6, #ARGV do words[#words + 1] = ARGV[j] end
+  redis.call(announce, prefix .. ':invalidations', table.concat(words, ' '))
 end
 return { deleted, redis.call('LLEN', queue_key), n }

@@ -19,6 +19,22 @@ from atomic_cache.tools.embedded import postgres_url as resolve_postgres_url
 from atomic_cache.tools.embedded import valkey_url as resolve_valkey_url
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--heavy", action="store_true", help="also run the tests marked heavy (minutes each)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked heavy run only with --heavy (make test-heavy; .ci/run runs them)."""
+    if config.getoption("--heavy"):
+        return
+    heavy = [item for item in items if item.get_closest_marker("heavy") is not None]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if item.get_closest_marker("heavy") is None]
+
+
 @pytest.fixture(scope="session")
 def valkey_url() -> Iterator[str]:
     with resolve_valkey_url() as url:

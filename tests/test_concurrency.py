@@ -39,7 +39,7 @@ class RacyRepository(AppConfigFragmentRepository):
         self,
         user_id: uuid.UUID,
         data: Sequence[AppConfigData],
-        fill_token: str | None,
+        fill_token: str,
         catalogue: Sequence[str] | None = None,
     ) -> None:
         self.read_db.set()
@@ -47,7 +47,12 @@ class RacyRepository(AppConfigFragmentRepository):
             await self.gate.wait()
         else:
             await asyncio.sleep(random.uniform(0, 0.015))
-        await super()._fill(user_id, data, fill_token if self.use_tokens else None, catalogue)
+        if self.use_tokens:
+            await super()._fill(user_id, data, fill_token, catalogue)
+        else:  # what the repository never does: write what it read, unconditionally
+            await self._cache.call(
+                "fill", lambda cache: cache.set_many(user_id, data, catalogue=catalogue)
+            )
 
 
 def version(data: AppConfigData) -> int:

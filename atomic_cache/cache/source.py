@@ -1,9 +1,11 @@
 """AppConfigFragmentCacheSource: build keys, call one script, (de)serialise.
 
 Every public call is one server command (one EVALSHA), except that a corrupt entry,
-found on a read, is removed with one more. An invalidation that leaves clean-up work
-queued (a large domain or PUBLIC scope) returns at once; a background task of this source
-then runs the clean-up steps, each a bounded script call (``reclaim``).
+found on a read, is removed with one more, and that an invalidation of more targets than
+one call carries (``MAX_TARGETS_PER_CALL``) is sent as several calls, one after another.
+An invalidation that leaves clean-up work queued (a large domain or PUBLIC scope, many
+users) returns at once; a background task of this source then runs the clean-up steps,
+each a bounded script call (``reclaim``).
 
 With a ``LocalCache`` (``local.py``), a read is answered from process memory when it
 holds everything the read needs (for ``lookup_all``, the catalogue of names and every
@@ -37,7 +39,7 @@ from ..models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.errors import CACHE_ERRORS, CacheError
 from ..resilience.logs import LogThrottle
-from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg
+from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg, pack_calls
 from .local import LocalCache, announce_command
 from .replicas import DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicaBarrier
 from .scripts import ScriptRegistry, ValkeyClient
@@ -479,11 +481,30 @@ class AppConfigFragmentCacheSource:
         return await self._invalidate([target.script_args() for target in live], drop_catalogue)
 
     async def _invalidate(self, targets: list[list[ScriptArg]], drop_catalogue: bool) -> int:
+        """One invalidate.lua call, or several for a large invalidation (``pack_calls``):
+        each call is atomic and makes what it covers unservable when it lands, and this
+        returns only after the last one landed, so when it returns every target is
+        covered. Meanwhile, each target is either still servable as before the change (not
+        yet reached) or refused for good: a fill whose token predates the call that
+        stamped it is refused, and a token taken after it belongs to a read that began
+        after the change committed. If a call fails, the error goes to the caller, which
+        replays every target (the ones that landed too: an extra miss, never a stale read).
+        """
         args: list[ScriptArg] = []
         for target in targets:
             args += target
         try:
-            return await self._invalidate_in_valkey(args, drop_catalogue)
+            deleted, queued = 0, False
+            for i, call in enumerate(pack_calls(targets) or [[]]):
+                deleted_now, queued_now = await self._invalidate_in_valkey(
+                    call, drop_catalogue and i == 0
+                )
+                deleted, queued = deleted + deleted_now, queued or queued_now
+            if self._replicas is not None:
+                await self._replicas.wait()
+            if queued:
+                self._start_reclaiming()
+            return deleted
         finally:
             if self._local is not None:
                 # Once Valkey (and its replicas) have it, or the call failed: nothing it
@@ -491,7 +512,10 @@ class AppConfigFragmentCacheSource:
                 # here later (the drop moves the local cache's generation).
                 self._local.drop(args, catalogue=drop_catalogue)
 
-    async def _invalidate_in_valkey(self, args: list[ScriptArg], drop_catalogue: bool) -> int:
+    async def _invalidate_in_valkey(
+        self, args: list[ScriptArg], drop_catalogue: bool
+    ) -> tuple[int, bool]:
+        """One invalidate.lua call: (entries deleted, whether clean-up work is queued)."""
         # What the server had reached before this call was sent: the call must move it
         # past that. (Concurrent calls of this source may land in any order: each is
         # compared with what was known when it left, not with its siblings' replies.)
@@ -504,11 +528,7 @@ class AppConfigFragmentCacheSource:
             queued = True
         else:
             self._highest_sequence = max(self._highest_sequence, sequence)
-        if self._replicas is not None:
-            await self._replicas.wait()
-        if queued:
-            self._start_reclaiming()
-        return deleted
+        return deleted, bool(queued)
 
     async def _writes_were_lost(self, reached: int, sequence: int) -> int:
         """The primary's sequence went back: a failover promoted a replica that lacked

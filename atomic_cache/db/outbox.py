@@ -24,6 +24,32 @@ class OutboxRow:
     targets: list[InvalidationTarget]
     drop_catalogue: bool
     attempts: int
+    # Why the row's targets could not be read (written by hand, or by another version of
+    # this package), else None. Retrying cannot fix it: the replayer covers it otherwise.
+    unreadable: str | None = None
+
+
+def _parse_targets(stored: object) -> list[InvalidationTarget]:
+    """A row's targets; ValueError when they are not what ``record`` writes."""
+    if not isinstance(stored, list):
+        raise ValueError(f"targets must be a list, not {type(stored).__name__}")
+    targets = []
+    for target in stored:
+        if not isinstance(target, list) or len(target) != 3:
+            raise ValueError(f"a target must be [scope, id, names]: {target!r:.100}")
+        scope, scope_id, names = target
+        if names is not None and not isinstance(names, list):
+            raise ValueError(f"names must be a list or null: {names!r:.100}")
+        targets.append(InvalidationTarget.of(scope, scope_id, names))
+    return targets
+
+
+def _row(id: int, stored: object, drop_catalogue: bool, attempts: int) -> OutboxRow:
+    try:
+        targets = _parse_targets(stored)
+    except (ValueError, TypeError) as error:
+        return OutboxRow(id, [], True, attempts, unreadable=str(error))
+    return OutboxRow(id, targets, drop_catalogue, attempts)
 
 
 def _as_json(targets: Sequence[InvalidationTarget]) -> list[list[Any]]:
@@ -77,12 +103,7 @@ async def claim_due(
         .with_for_update(skip_locked=True)
     )
     return [
-        OutboxRow(
-            id=row.id,
-            targets=[InvalidationTarget.of(*target) for target in row.targets],
-            drop_catalogue=row.drop_catalogue,
-            attempts=row.attempts,
-        )
+        _row(row.id, row.targets, row.drop_catalogue, row.attempts)
         for row in (await conn.execute(due)).all()
     ]
 

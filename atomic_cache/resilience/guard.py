@@ -168,19 +168,33 @@ class GuardedCache:
             self._reset_not_before = self._clock() + self.breaker.cooldown_s
             self._reset = asyncio.create_task(self._reset_index())
 
-    async def _reset_index(self) -> None:
-        assert self.source is not None
-        if not self._admit():
-            return
+    async def reset(self) -> int | None:
+        """Start a new life of the index (every entry and fill token of the old one is
+        refused from then on): what covers a change whose extent is unknown. Returns the
+        entries deleted, or None if it could not be done. Covers whatever is pending too.
+        Never raises."""
+        self.generation += 1
+        if self.source is None or not self._admit():
+            return None
+        _, _, version = self.pending.snapshot()
         try:
             dropped = await self.source.reset_index()
         except Exception as error:
             self.breaker.record_failure(error)
-            log.error("could not reset the cache's corrupt index: %s", error)
-            return
+            self.metrics.fall_throughs[cause_of(error)] += 1
+            log.error("could not start a new life of the cache's index: %s", error)
+            return None
         self.breaker.record_success()
         self.metrics.index_resets += 1
         self.metrics.entries_dropped += dropped
+        self.pending.replayed(version)
+        return dropped
+
+    async def _reset_index(self) -> None:
+        assert self.source is not None
+        dropped = await self.reset()
+        if dropped is None:
+            return
         log.error(
             "a key of the wrong type sat in the cache's index under prefix %r: started a"
             " new life of the index (no older entry is served) and queued a sweep; %d"

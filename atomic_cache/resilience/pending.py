@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..models import AppConfigData, ScopeType
+from ..models import PUBLIC_SCOPE_ID, AppConfigData, ScopeType
 from ..targets import InvalidationTarget
 
 log = logging.getLogger("atomic_cache")
@@ -55,7 +55,11 @@ def covers(target: InvalidationTarget, value: AppConfigData) -> bool:
     return target.scope_id == value.domain_name
 
 
-DEFAULT_MAX_PENDING = 1000
+# Targets kept before the queue collapses: a bulk write of a few thousand users missed in
+# an outage is replayed as it was, not as "drop everything". ``covers`` looks targets up
+# by scope and id, so a long queue costs a read no more than a short one.
+DEFAULT_MAX_PENDING = 10_000
+_SLICE_SCOPE = {ScopeType.USER: "user", ScopeType.PUBLIC: "public"}  # else a domain's
 _EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
 
 
@@ -73,6 +77,8 @@ class PendingInvalidations:
         self.targets: list[InvalidationTarget] = []
         self.drop_catalogue = False
         self._version = 0  # bumped on every change: a replay clears only what it sent
+        # The targets by what a value is matched on: (scope word, id) -> names (None: all).
+        self._by_slice: dict[tuple[str, str], frozenset[str] | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.targets) or self.drop_catalogue
@@ -92,6 +98,18 @@ class PendingInvalidations:
             )
             self.targets = [_EVERYTHING]
             self.drop_catalogue = True
+        self._index()
+
+    def _index(self) -> None:
+        self._by_slice = {}
+        for target in self.targets:
+            scope = _SLICE_SCOPE.get(target.scope_type, "domain")
+            key = (scope, target.scope_id)
+            names = None if target.names is None else frozenset(target.names)
+            if key in self._by_slice:  # DOMAIN and DOMAIN_USER_DEFAULTS of one domain
+                held = self._by_slice[key]
+                names = None if held is None or names is None else held | names
+            self._by_slice[key] = names
 
     def snapshot(self) -> tuple[list[InvalidationTarget], bool, int]:
         return list(self.targets), self.drop_catalogue, self._version
@@ -101,6 +119,19 @@ class PendingInvalidations:
         if version == self._version:
             self.targets, self.drop_catalogue = [], False
             self._version += 1
+            self._by_slice = {}
 
     def covers(self, value: AppConfigData) -> bool:
-        return any(covers(target, value) for target in self.targets)
+        """Whether a pending target would drop ``value`` (as ``covers`` says, by lookup)."""
+        if not self._by_slice:
+            return False
+        for key in (
+            ("user", str(value.user_id)),
+            ("domain", value.domain_name),
+            ("public", PUBLIC_SCOPE_ID),
+        ):
+            if key in self._by_slice:
+                names = self._by_slice[key]
+                if names is None or value.name in names:
+                    return True
+        return False

@@ -1,6 +1,7 @@
 """Scenario d: DOMAIN and PUBLIC invalidation fan-out. The new design's call (stamps),
 its background clean-up steps and its longest server command, beside the one-script
-design's single call, each with the same users."""
+design's single call, each with the same users; and one invalidation naming every user
+as a USER target (split into calls of at most MAX_TARGETS_PER_CALL targets)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .server import (
 )
 
 FANOUT_PREFIX = "d. "
-FANOUT_SCOPES = (ScopeType.DOMAIN, ScopeType.PUBLIC)
+FANOUT_SCOPES = (ScopeType.DOMAIN, ScopeType.PUBLIC, ScopeType.USER)
 # The one-script design blocks the server for seconds past this many users: not run there.
 LEGACY_FANOUT_MAX_USERS = 10_000
 # Covered users whose entries are looked up right after an invalidation returns.
@@ -87,14 +88,22 @@ class _Fanouts:
         ctx, size = self.ctx, len(users)
         names = [f"name{i}" for i in range(ctx.sizes.fanout_names)]
         domain = f"fanout-{size}"
-        target = (scope, domain if scope is ScopeType.DOMAIN else PUBLIC_SCOPE_ID)
         scenario = f"{FANOUT_PREFIX}{scope.name} invalidation, {size:,} users x {len(names)} names"
+        invalidate: Callable[[], Awaitable[int]]
+        if scope is ScopeType.USER:  # one target per user, in one invalidate_many
+            targets = [(ScopeType.USER, str(user)) for user in users]
+            invalidate = partial(self.cache.invalidate_many, targets)
+            scenario = f"{FANOUT_PREFIX}USER invalidation of {size:,} users x {len(names)} names"
+        else:
+            target = (scope, domain if scope is ScopeType.DOMAIN else PUBLIC_SCOPE_ID)
+            invalidate = partial(self.cache.invalidate_for_scope, *target)
         rows: list[BenchRow] = []
-        if size <= LEGACY_FANOUT_MAX_USERS:
+        if size <= LEGACY_FANOUT_MAX_USERS and scope is not ScopeType.USER:
             ctx.log(f"{scenario}: one-script design")
             await fill_users(ctx, self.legacy.set_many, users, domain, names)
-            invalidate = partial(self.legacy.invalidate, *target)
-            measured = await _measure_legacy_fanout(ctx, self.probe, invalidate)
+            measured = await _measure_legacy_fanout(
+                ctx, self.probe, partial(self.legacy.invalidate, *target)
+            )
             rows.append(_legacy_fanout_row(scenario, scope, size, measured))
         ctx.log(f"{scenario}: stamps and clean-up steps")
         began = time.perf_counter()
@@ -105,7 +114,7 @@ class _Fanouts:
             ctx,
             self.probe,
             self.cache,
-            partial(self.cache.invalidate_for_scope, *target),
+            invalidate,
             sample,
             names,
         )
@@ -193,6 +202,7 @@ def _legacy_fanout_row(
 @dataclass(frozen=True, slots=True)
 class _Fanout:
     call_us: float
+    calls: int  # script calls that named targets (one, or several for many USER targets)
     reclaimed_us: float  # from the call's start until the clean-up ended
     deleted: int  # by the call and its clean-up
     cleanup_steps: int
@@ -233,13 +243,15 @@ async def _measure_fanout(
         stored, served = await _check_covered(client, cache, sample, names)
         await cache.reclaiming()
         reclaimed_ns = time.perf_counter_ns() - began
-        steps = await _evalsha_calls(client) - calls_before - 1
         runs = await script_runs(client, sha1)
+        calls = sum(1 for run in runs if _names_a_target(run))
+        steps = await _evalsha_calls(client) - calls_before - calls
     await cache.reclaim()  # one more step, which finds the queue empty
     deleted += cache.metrics.entries_reclaimed - reclaimed_before
     prefix = cache.keys.prefix
     return _Fanout(
         call_us=call_ns / 1000,
+        calls=calls,
         reclaimed_us=reclaimed_ns / 1000,
         deleted=deleted,
         cleanup_steps=steps,
@@ -296,6 +308,7 @@ def _fanout_row(scenario: str, scope: ScopeType, users: int, measured: _Fanout) 
         extra["cleanup_step_p50_us"] = percentile(measured.cleanup_us, 0.50)
         extra["cleanup_step_p99_us"] = percentile(measured.cleanup_us, 0.99)
     extra |= {
+        "calls": measured.calls,
         "cleanup_steps": measured.cleanup_steps,
         "reclaimed_ms": round(measured.reclaimed_us / 1000, 1),
         "deleted": measured.deleted,
