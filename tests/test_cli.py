@@ -226,11 +226,14 @@ async def test_bench_writes_markdown_json_and_png(
     assert [(extra["users"], extra["scope"], extra["design"]) for extra in fanout] == [
         (users, scope, design)
         for users in (50, 200)
-        for scope in ("DOMAIN", "PUBLIC")
+        for scope in ("DOMAIN", "PUBLIC", "USER")
         for design in ("legacy", "new")
+        if (scope, design) != ("USER", "legacy")  # USER targets: the new design only
     ]
-    assert [extra["deleted"] for extra in fanout] == [250] * 4 + [1000] * 4
+    assert [extra["deleted"] for extra in fanout] == [250] * 5 + [1000] * 5
     assert all(extra["longest_call_us"] > 0 for extra in fanout)
+    # One call per user target, up to MAX_TARGETS_PER_CALL (250) users: 200 users, one.
+    assert [extra["calls"] for extra in fanout if extra["design"] == "new"] == [1] * 6
     for extra in (extra for extra in fanout if extra["design"] == "new"):
         assert extra["sampled"] == 5 * min(extra["users"], 200)
         assert extra["served_after_call"] == 0
