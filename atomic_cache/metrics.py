@@ -43,6 +43,9 @@ class CacheStats(BaseModel):
     outbox_replayed: int = 0  # outbox rows other writes left behind, replayed here
     outbox_retries: int = 0  # outbox rows whose replay failed here (retried with back-off)
     outbox_unreadable: int = 0  # outbox rows no replay could read: covered by an index reset
+    consistency_checks: int = 0  # cache hits re-read from PostgreSQL (verify_sample)
+    consistency_mismatches: int = 0  # of those, confirmed different on a second look (healed)
+    new_registrations: int = 0  # this cache registered as new with the database: all dropped
     corrupt_entries_removed: int = 0  # undecodable or wrong-type entries found and deleted
     index_resets: int = 0  # new index lives: a wrong-type key, lost writes, unreadable rows
     script_reloads: int = 0  # lost script caches reloaded (restart, failover, SCRIPT FLUSH)
@@ -98,6 +101,9 @@ class CacheMetrics:
     outbox_replayed: int = 0
     outbox_retries: int = 0
     outbox_unreadable: int = 0
+    consistency_checks: int = 0
+    consistency_mismatches: int = 0
+    new_registrations: int = 0
     corrupt_entries_removed: int = 0
     index_resets: int = 0
     breaker_transitions: Counter[str] = field(default_factory=Counter)
@@ -122,6 +128,9 @@ class CacheMetrics:
             outbox_replayed=self.outbox_replayed,
             outbox_retries=self.outbox_retries,
             outbox_unreadable=self.outbox_unreadable,
+            consistency_checks=self.consistency_checks,
+            consistency_mismatches=self.consistency_mismatches,
+            new_registrations=self.new_registrations,
             corrupt_entries_removed=self.corrupt_entries_removed,
             index_resets=self.index_resets,
             script_reloads=script_reloads,
@@ -158,6 +167,9 @@ _COUNTERS: dict[str, str] = {
     "outbox_replayed": "Outbox rows left by other writes, replayed by this process",
     "outbox_retries": "Outbox rows whose replay failed here and were postponed",
     "outbox_unreadable": "Outbox rows no replay could read, covered by a new index life",
+    "consistency_checks": "Cache hits re-read from PostgreSQL by the sampled consistency check",
+    "consistency_mismatches": "Cache hits confirmed different from PostgreSQL (healed)",
+    "new_registrations": "Registrations of this cache as new with the database (all dropped)",
     "corrupt_entries_removed": "Undecodable or wrong-type cache entries removed",
     "index_resets": "New index lives: a wrong-type key, lost writes, unreadable outbox rows",
     "script_reloads": "Script caches reloaded after NOSCRIPT",

@@ -1,22 +1,30 @@
-"""OutboxReplayer: replays the invalidations committed writes left in the outbox.
+"""OutboxReplayer: replays the invalidations that committed writes left in the outbox.
 
-A write records its invalidation targets in the outbox in the same transaction as its
-change, and deletes the row once the invalidation has landed. A row stays behind when
-its writer could not invalidate (Valkey down or paused, the process killed between its
-commit and its invalidation). Every repository with a cache runs a replayer, started on
-its first call: every ``every_s`` it locks the rows older than ``after_s`` (FOR UPDATE
+Two kinds of rows: a write of this package records its own cache's targets in the same
+transaction as its change and deletes the row once its invalidation has landed (a row
+stays behind when it could not: Valkey down or paused, the process killed between its
+commit and its invalidation); and the triggers record a row per registered cache for any
+change, whoever made it (``db/triggers.sql``). Every repository with a cache runs a
+replayer, started on its first call. Woken by a NOTIFY at each such commit (one LISTEN
+connection per engine, ``db/listener.py``) or every ``every_s``, it locks its cache's
+due rows (the triggers' at once, the writes' own once older than ``after_s``; FOR UPDATE
 SKIP LOCKED: a row goes to one process), sends their targets in one invalidation, and
-deletes them, or postpones them with back-off when it fails.
+deletes them, or postpones them with back-off when it fails. It also keeps its cache's
+registration alive (``following.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import outbox
+from .db.listener import ChangeListener
+from .following import Following
 from .resilience.guard import GuardedCache
 from .resilience.logs import LogThrottle
 from .resilience.pending import merge_targets
@@ -28,6 +36,16 @@ DEFAULT_REPLAY_EVERY_S = 1.0
 REPLAY_BATCH = 100
 
 
+# Every replay loop of this process that runs, for close_all.
+_RUNNING: weakref.WeakSet[OutboxReplayer] = weakref.WeakSet()
+
+
+async def close_all() -> None:
+    """Stop every replayer of this process (shutdown; a test suite between tests)."""
+    for replayer in list(_RUNNING):
+        await replayer.close()
+
+
 class OutboxReplayer:
     def __init__(
         self,
@@ -36,6 +54,7 @@ class OutboxReplayer:
         *,
         after_s: float = DEFAULT_REPLAY_AFTER_S,
         every_s: float = DEFAULT_REPLAY_EVERY_S,
+        listen: bool = True,
     ) -> None:
         self._engine = engine
         self._cache = cache
@@ -44,6 +63,9 @@ class OutboxReplayer:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._log_throttle = LogThrottle()
+        self._wake = asyncio.Event()
+        # Woken by the engine's LISTEN connection (``db/listener.py``); False: polls only.
+        self.listen = listen
 
     def ensure_running(self) -> None:
         """Start the replay loop unless it runs already (or there is no cache)."""
@@ -51,22 +73,35 @@ class OutboxReplayer:
             return
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
+            _RUNNING.add(self)
+            if self.listen:
+                ChangeListener.of(self._engine).subscribe(self._wake.set)
 
     async def close(self) -> None:
         """Stop the loop; rows left are replayed by another process, or after a restart."""
         self._closed = True
+        _RUNNING.discard(self)
+        ChangeListener.of(self._engine).unsubscribe(self._wake.set)
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
 
     async def _run(self) -> None:
+        following = Following.of(self._engine, self._cache)
         while True:
+            self._wake.clear()
             try:
-                await self.replay_once()
+                await following.beat()
+                # Drain: a burst of writes leaves more rows than one batch.
+                while await self.replay_once() == REPLAY_BATCH:
+                    pass
             except Exception as error:  # PostgreSQL down, say: the rows wait, safely
                 if self._log_throttle.due(type(error).__name__) is not None:
                     log.warning("could not replay the invalidation outbox: %s", error)
-            await asyncio.sleep(self.every_s)
+            # A NOTIFY (a write the triggers recorded has committed) wakes it at once;
+            # otherwise it polls: the fallback when a notification is lost.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every_s)
 
     async def replay_once(self) -> int:
         """One round: rows replayed (0 when none was due, or the invalidation failed)."""

@@ -19,8 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .cache.source import AppConfigFragmentCacheSource
+from .consistency import DEFAULT_VERIFY_SAMPLE, ConsistencyChecker
 from .db import outbox
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
+from .following import Following
 from .keys import MAX_COMPONENT_LENGTH, token_sequence
 from .metrics import CacheStats
 from .models import (
@@ -35,7 +37,7 @@ from .models import (
     MyFragmentInput,
     ScopeType,
 )
-from .replayer import DEFAULT_REPLAY_AFTER_S, OutboxReplayer
+from .replayer import DEFAULT_REPLAY_AFTER_S, DEFAULT_REPLAY_EVERY_S, OutboxReplayer
 from .resilience.guard import GuardedCache
 from .single_flight import SingleFlight
 from .targets import InvalidationTarget
@@ -56,6 +58,7 @@ from .validation import (
 log = logging.getLogger("atomic_cache")
 
 T = TypeVar("T")
+_NO_CACHE = GuardedCache(None)  # what reads use while the cache does not follow yet
 Operation = Literal["create", "update", "delete"]
 
 
@@ -90,6 +93,13 @@ class _AfterCommit:
     durable: bool = True
     row: int | None = None
 
+    async def begin(self, conn: AsyncConnection) -> None:
+        """At the start of the write's transaction: the triggers record rows for every
+        other cache; this write invalidates its own cache itself."""
+        source = self.cache.source
+        if source is not None:
+            await outbox.writing_for(conn, source.keys.prefix)
+
     async def record(self, conn: AsyncConnection) -> None:
         """In the write's transaction, after its change."""
         source = self.cache.source
@@ -120,7 +130,9 @@ class AppConfigFragmentRepository:
         *,
         limits: ConfigLimits | None = None,
         replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+        replay_every_s: float = DEFAULT_REPLAY_EVERY_S,
         durable: bool = True,
+        verify_sample: float = DEFAULT_VERIFY_SAMPLE,
     ) -> None:
         self._db = AppConfigDBSource(engine)
         self._engine = engine
@@ -131,11 +143,29 @@ class AppConfigFragmentRepository:
         self._durable = durable
         self._flights = SingleFlight()
         # Replays what other writes left in the outbox; started on the first call.
-        self._replayer = OutboxReplayer(engine, self._cache, after_s=replay_after_s)
+        # Woken by a NOTIFY at each commit the triggers recorded; polls every
+        # replay_every_s as well, in case a notification is lost.
+        self._replayer = OutboxReplayer(
+            engine, self._cache, after_s=replay_after_s, every_s=replay_every_s
+        )
+        self._following = Following.of(engine, self._cache) if self._cache.enabled else None
+        # That fraction of cache hits is re-read from PostgreSQL in the background and
+        # compared (consistency.py); 0 turns it off.
+        self.checker = ConsistencyChecker(engine, self._cache, sample=verify_sample)
+
+    async def start(self) -> bool:
+        """Register the cache with the database (so that every change, whoever makes it,
+        reaches it) and start the outbox replayer: what the first call does otherwise,
+        done at start-up. True once the cache follows the database (always without a
+        cache); False while PostgreSQL cannot register it (reads go to the database)."""
+        self._replayer.ensure_running()
+        return self._following is None or await self._following.ready()
 
     async def close(self) -> None:
-        """Stop this repository's outbox replayer (the engine and cache stay open)."""
+        """Stop this repository's outbox replayer and wait for its consistency checks
+        (the engine and cache stay open)."""
         await self._replayer.close()
+        await self.checker.idle()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -145,10 +175,12 @@ class AppConfigFragmentRepository:
         Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
         """
         self._replayer.ensure_running()
-        found = await self._cache.read(lambda cache: cache.lookup(user_id, name))
+        cache = await self._reading()
+        found = await cache.read(lambda source: source.lookup(user_id, name))
         if found is not None and found.value is not None:
             if self._cache.servable(found.value):
                 self._cache.record_lookups(hits=1, misses=0)
+                self.checker.offer(found.value)
                 return found.value
         elif found is not None:
             self._cache.record_lookups(hits=0, misses=1)
@@ -165,6 +197,13 @@ class AppConfigFragmentRepository:
             (user_id, name, token_sequence(token), self._cache.generation),
             lambda: self._load_and_fill(user_id, name, token),
         )
+
+    async def _reading(self) -> GuardedCache:
+        """The cache, once its prefix follows the database (``following.py``: registered,
+        so that every change made by anyone reaches it); until then, no cache."""
+        if self._following is None or await self._following.ready():
+            return self._cache
+        return _NO_CACHE
 
     async def _load(self, user_id: uuid.UUID, name: str) -> AppConfigData:
         loaded = await self._db.merged_configs(user_id, [name])
@@ -207,7 +246,8 @@ class AppConfigFragmentRepository:
         SQL statement and are filled in one round trip.
         """
         self._replayer.ensure_running()
-        found = await self._cache.read(lambda cache: cache.lookup_all(user_id))
+        cache = await self._reading()
+        found = await cache.read(lambda source: source.lookup_all(user_id))
         if found is None:
             return _by_name(await self._db.merged_configs(user_id))
         if found.names is None or not self._cache.catalogue_servable():
@@ -225,6 +265,8 @@ class AppConfigFragmentRepository:
         served = {value.name for value in present}
         missing = [name for name in found.values if name not in served]
         self._cache.record_lookups(hits=len(present), misses=len(found.values) - len(held))
+        for value in present:
+            self.checker.offer(value)
         if not missing:
             return _by_name(present)
         loaded = await self._db.merged_configs(user_id, missing)
@@ -350,6 +392,7 @@ class AppConfigFragmentRepository:
         """Validate every item, apply the valid ones each in its own savepoint, record
         what the cache must invalidate in the outbox, commit once."""
         self._replayer.ensure_running()
+        await self._reading()  # registers the cache's prefix on a repository's first call
 
         def fail(index: int, problem: Problem) -> None:
             result.failures.append(
@@ -365,6 +408,7 @@ class AppConfigFragmentRepository:
                 checked.append((index, outcome))
 
         async with self._engine.begin() as conn:
+            await after.begin(conn)
             policies = await self._db.policies(conn, {key.name for _, key in checked})
             known_users = await self._db.existing_users(
                 conn, [uuid.UUID(k.scope_id) for _, k in checked if k.scope_type is ScopeType.USER]
@@ -432,6 +476,7 @@ class AppConfigPolicyRepository:
         self._engine = engine
         self._cache = GuardedCache.of(cache)
         self._replayer = OutboxReplayer(engine, self._cache, after_s=replay_after_s)
+        self._following = Following.of(engine, self._cache) if self._cache.enabled else None
 
     async def close(self) -> None:
         """Stop this repository's outbox replayer (the engine and cache stay open)."""
@@ -474,6 +519,8 @@ class AppConfigPolicyRepository:
         that leave the database as it was (they would drop every user's entry for
         nothing). The block records the outbox row in its transaction."""
         self._replayer.ensure_running()
+        if self._following is not None:
+            await self._following.ready()  # registers the cache's prefix on a first call
         target = [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])]
         after = _AfterCommit(self._engine, self._cache, target, drop_catalogue)
         try:
@@ -490,6 +537,7 @@ class AppConfigPolicyRepository:
         async with self._invalidating(name, drop_catalogue=True) as after:
             try:
                 async with self._engine.begin() as conn:
+                    await after.begin(conn)
                     policy = await self._db.insert_policy(conn, name, scopes)
                     await after.record(conn)
                     return policy
@@ -501,6 +549,7 @@ class AppConfigPolicyRepository:
         scopes = self._checked(name, scope_sources)
         async with self._invalidating(name, drop_catalogue=False) as after:
             async with self._engine.begin() as conn:
+                await after.begin(conn)
                 policy = await self._db.update_policy(conn, name, scopes)
                 if policy is not None:
                     await after.record(conn)
@@ -514,6 +563,7 @@ class AppConfigPolicyRepository:
             self._invalidating(name, drop_catalogue=True) as after,
             self._engine.begin() as conn,
         ):
+            await after.begin(conn)
             in_use = await self._db.count_fragments(conn, name)
             if in_use and not cascade:
                 raise PolicyInUseError(

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
 from atomic_cache.cache.client import create_valkey_client
 from atomic_cache.db import create_schema
+from atomic_cache.replayer import close_all
 from atomic_cache.tools.embedded import postgres_url as resolve_postgres_url
 from atomic_cache.tools.embedded import valkey_url as resolve_valkey_url
 
@@ -101,14 +102,24 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await db.dispose()
 
 
+@pytest.fixture(autouse=True)
+async def stop_replayers() -> AsyncIterator[None]:
+    """Each test's repositories stop replaying when it ends, as a process's would at
+    shutdown: a later test's writes must not reach an earlier test's caches."""
+    yield
+    await close_all()
+
+
 @pytest.fixture
 async def clean_db(engine: AsyncEngine) -> AsyncEngine:
     """The test database, emptied: tests that use it see only their own rows."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "TRUNCATE app_config_fragments, app_config_policies, users, domains,"
-                " app_config_invalidation_outbox CASCADE"
+                # The caches of earlier tests too: the triggers (TRUNCATE's included)
+                # would record rows for them that no test replays.
+                "TRUNCATE app_config_cache_prefixes, app_config_fragments,"
+                " app_config_policies, users, domains, app_config_invalidation_outbox CASCADE"
             )
         )
     return engine

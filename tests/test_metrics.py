@@ -74,6 +74,7 @@ async def test_counters_follow_reads_fills_and_invalidations(
         breaker_transitions={},
         breaker_state="closed",
         pending_invalidations=0,
+        new_registrations=1,  # its first use registered the cache with the database
     )
     assert stats.hit_ratio == 0.5
     assert stats.model_dump()["hit_ratio"] == 0.5

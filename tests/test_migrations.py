@@ -24,6 +24,7 @@ from atomic_cache.db import create_schema
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "atomic_cache" / "db" / "migrations"
 TABLES = [
+    "app_config_cache_prefixes",
     "app_config_fragments",
     "app_config_invalidation_outbox",
     "app_config_policies",
@@ -61,6 +62,16 @@ CATALOGUE = {
     "indexes": """
         SELECT tablename, indexname, indexdef FROM pg_indexes
         WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+        ORDER BY 1, 2""",
+    "triggers": """
+        SELECT c.relname, t.tgname, t.tgenabled::text, pg_get_triggerdef(t.oid)
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE NOT t.tgisinternal
+        ORDER BY 1, 2""",
+    "functions": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public'
         ORDER BY 1, 2""",
     "sequences": """
         SELECT sequencename, data_type, start_value, min_value, max_value, increment_by,
@@ -135,8 +146,8 @@ def test_the_revision_is_a_root_labelled_atomic_cache() -> None:
     head = scripts.get_revision("atomic_cache@head")
     assert head is not None
     assert (head.revision, head.down_revision, scripts.get_bases()) == (
+        "0002_follow_the_database",
         "0001_app_config",
-        None,
         ["0001_app_config"],
     )
 
@@ -156,7 +167,10 @@ async def test_upgrade_head_builds_what_create_schema_builds(postgres_server_url
         assert tables == TABLES
         for kind in CATALOGUE:
             assert by_alembic[kind] == by_create_schema[kind], kind
-        assert await version_rows(migrated) == ["0001_app_config"]
+        assert await version_rows(migrated) == ["0002_follow_the_database"]
+        # Every trigger fires ALWAYS ("A"), also under session_replication_role = replica.
+        assert {row[2] for row in by_create_schema["triggers"]} == {"A"}
+        assert len(by_create_schema["triggers"]) == 14
 
 
 async def test_upgrade_head_twice_changes_nothing(postgres_server_url: str) -> None:
@@ -165,7 +179,7 @@ async def test_upgrade_head_twice_changes_nothing(postgres_server_url: str) -> N
         once = await schema_of(url)
         await run_alembic(url, "upgrade", "head")
         assert await schema_of(url) == once
-        assert await version_rows(url) == ["0001_app_config"]
+        assert await version_rows(url) == ["0002_follow_the_database"]
 
 
 async def test_downgrade_base_leaves_no_table(postgres_server_url: str) -> None:
@@ -241,5 +255,6 @@ async def test_a_service_runs_the_revision_from_its_own_alembic_setup(
         relations = (await schema_of(url))["relations"]
         tables = sorted(name for name, kind in relations if kind == "r")
         assert tables == sorted([*TABLES, "service_sessions"])
-        # Alembic records the service's head alone: it depends on the package's revision.
-        assert await version_rows(url) == ["service_0001"]
+        # Alembic records the package's head and the service's: the service depends on the
+        # package's first revision, and 0002 comes after that one.
+        assert await version_rows(url) == ["0002_follow_the_database", "service_0001"]

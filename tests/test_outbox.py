@@ -34,9 +34,10 @@ from .repo_tools import count_sql, make_world
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def rows(engine: AsyncEngine) -> int:
+async def rows(engine: AsyncEngine, prefix: str = "app_config") -> int:
+    """The rows of one cache (the triggers record rows for every registered cache)."""
     async with engine.connect() as conn:
-        return await outbox.backlog(conn)
+        return await outbox.backlog(conn, prefix)
 
 
 async def attempts_and_wait(engine: AsyncEngine) -> tuple[int, timedelta]:
@@ -55,7 +56,7 @@ async def test_a_write_leaves_no_row_once_its_invalidation_landed(
     world = await make_world(clean_db, cache)
     repo = AppConfigFragmentRepository(clean_db, cache=cache)
     await repo.bulk_create_my(world.users[0], [MyFragmentInput(name="webui", extra_config={})])
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     await repo.close()
 
 
@@ -75,18 +76,20 @@ async def test_a_write_whose_invalidation_failed_leaves_its_row_for_any_process(
         clean_db, cache=AppConfigFragmentCacheSource(dead, registry, keys=cache.keys), durable=False
     )
     await best_effort.bulk_create_my(user, [MyFragmentInput(name="theme", extra_config={})])
-    assert await rows(clean_db) == 0  # durable=False: no row, the miss lives in memory only
+    assert (
+        await rows(clean_db, cache.keys.prefix) == 0
+    )  # durable=False: no row, the miss lives in memory only
     await writer.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
     await writer.close()
     await dead.close()
-    assert await rows(clean_db) == 1
+    assert await rows(clean_db, cache.keys.prefix) == 1
     async with clean_db.connect() as conn:
         (stored,) = (await conn.execute(select(invalidation_outbox.c.targets))).one()
     assert stored == [["user", str(user), ["webui"]]]
     # Another process's replayer sends it once it is old enough, and deletes it.
     replayer = OutboxReplayer(clean_db, GuardedCache.of(cache), after_s=0)
     assert await replayer.replay_once() == 1
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     assert GuardedCache.of(cache).stats().outbox_replayed == 1
 
 
@@ -110,14 +113,14 @@ async def test_two_processes_replay_each_row_once(
         done = [0, 0]
 
         async def drain(i: int) -> None:
-            while await rows(clean_db):
+            while await rows(clean_db, cache.keys.prefix):
                 done[i] += await replayers[i].replay_once()
 
         await asyncio.gather(drain(0), drain(1))
     finally:
         await other_client.close()
     assert sum(done) == 300  # each row replayed once, by one of the two
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     replayed = [GuardedCache.of(s).stats().outbox_replayed for s in (cache, other)]
     assert replayed == done
 

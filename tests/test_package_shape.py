@@ -92,7 +92,7 @@ def layer_of(module: str) -> int:
     top = parts[0]
     if top == "tools":
         return 4
-    if top in {"repository", "replayer", "single_flight"}:
+    if top in {"repository", "replayer", "single_flight", "following", "consistency"}:
         return 3
     if top == "resilience":
         return 2 if parts[1:2] == ["guard"] else 0

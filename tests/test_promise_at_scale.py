@@ -220,7 +220,7 @@ async def test_a_bulk_write_of_2199_users_invalidates_once_and_spares_the_rest(
     assert len(result.successes) == 2_199 and not result.failures
     stats = repo.stats()
     assert stats.failed_invalidations == 0 and stats.pending_invalidations == 0
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     for user in many[:10]:
         assert (await repo.app_config(user, "webui")).config == {"v": 1}
     with count_sql(clean_db) as sql:  # the bystander's entry was never dropped
@@ -264,13 +264,13 @@ async def test_an_outage_backlog_of_large_rows_is_replayed_in_one_round(
         )
         assert len(written.successes) == 21, written.failures
     await writer.close()
-    assert await rows(clean_db) == REPLAY_BATCH
+    assert await rows(clean_db, cache.keys.prefix) == REPLAY_BATCH
     counted, calls = await counting_cache(valkey, cache.keys)
     replayer = OutboxReplayer(clean_db, GuardedCache.of(counted), after_s=0)
     assert await replayer.replay_once() == REPLAY_BATCH
     assert len(calls.invalidations) == math.ceil(21 * REPLAY_BATCH / MAX_TARGETS_PER_CALL)
     assert max(targets_of(call) for call in calls.invalidations) <= MAX_TARGETS_PER_CALL
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     for user in users[::50]:
         assert (await reader.app_config(user, "theme")).config == {"v": users.index(user) // 21}
 
@@ -292,7 +292,7 @@ async def test_a_replay_batch_with_a_policy_create_drops_the_catalogue(
     writer = AppConfigFragmentRepository(clean_db, cache=dead, replay_after_s=3600)
     await writer.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
     await writer.close()
-    assert await rows(clean_db) == 2
+    assert await rows(clean_db, cache.keys.prefix) == 2
     replayer = OutboxReplayer(clean_db, GuardedCache.of(cache), after_s=0)
     assert await replayer.replay_once() == 2
     mine = {c.name: c.config for c in await reader.my_app_configs(user)}
@@ -318,7 +318,7 @@ async def test_an_unreadable_outbox_row_starts_a_new_life_once(
     guard = GuardedCache.of(cache)
     replayer = OutboxReplayer(clean_db, guard, after_s=0)
     assert await replayer.replay_once() == 2
-    assert await rows(clean_db) == 0
+    assert await rows(clean_db, cache.keys.prefix) == 0
     stats = guard.stats()
     assert stats.outbox_unreadable == 1 and stats.index_resets == 1
     with count_sql(clean_db) as sql:  # the new life refused the old entry

@@ -9,6 +9,7 @@ from .identity import (
 from .schema import (
     app_config_fragments,
     app_config_policies,
+    cache_prefixes,
     create_schema,
     domains,
     invalidation_outbox,
@@ -21,6 +22,7 @@ __all__ = [
     "UserDomainMismatchError",
     "app_config_fragments",
     "app_config_policies",
+    "cache_prefixes",
     "create_schema",
     "domains",
     "ensure_domain",

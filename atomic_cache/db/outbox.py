@@ -1,5 +1,7 @@
 """The invalidation outbox's SQL: record a write's targets in its transaction, forget them
-once invalidated, claim what others left behind. The repository owns the transactions."""
+once invalidated, claim what others left behind (or the triggers recorded); register the
+caches that follow the database, keep them alive, expire the ones gone. The repository
+and the replayer own the transactions."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..targets import InvalidationTarget
-from .schema import invalidation_outbox
+from .schema import cache_prefixes, invalidation_outbox
 
 # Retries of a row whose replay failed wait 2^attempts seconds, at most this long.
 MAX_BACKOFF_S = 60
@@ -68,7 +70,12 @@ async def record(
     """Insert a row for a write's targets, in the write's transaction; returns its id."""
     row_id = await conn.scalar(
         insert(invalidation_outbox)
-        .values(cache_prefix=cache_prefix, targets=_as_json(targets), drop_catalogue=drop_catalogue)
+        .values(
+            cache_prefix=cache_prefix,
+            targets=_as_json(targets),
+            drop_catalogue=drop_catalogue,
+            deferred=True,
+        )
         .returning(invalidation_outbox.c.id)
     )
     assert row_id is not None
@@ -83,9 +90,10 @@ async def forget(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
 async def claim_due(
     conn: AsyncConnection, cache_prefix: str, older_than_s: float, limit: int
 ) -> list[OutboxRow]:
-    """Lock the rows of one cache older than ``older_than_s`` whose next attempt is due;
-    rows another process holds are skipped (FOR UPDATE SKIP LOCKED): none is replayed
-    twice."""
+    """Lock the rows of one cache whose next attempt is due: those the triggers recorded
+    at once, those a write of this package recorded (``deferred``: it invalidates them
+    itself) once older than ``older_than_s``. Rows another process holds are skipped
+    (FOR UPDATE SKIP LOCKED): none is replayed twice."""
     due = (
         select(
             invalidation_outbox.c.id,
@@ -95,7 +103,10 @@ async def claim_due(
         )
         .where(
             invalidation_outbox.c.cache_prefix == cache_prefix,
-            invalidation_outbox.c.created_at <= func.now() - timedelta(seconds=older_than_s),
+            or_(
+                invalidation_outbox.c.deferred.is_(False),
+                invalidation_outbox.c.created_at <= func.now() - timedelta(seconds=older_than_s),
+            ),
             invalidation_outbox.c.next_attempt_at <= func.now(),
         )
         .order_by(invalidation_outbox.c.id)
@@ -119,6 +130,90 @@ async def postpone(conn: AsyncConnection, rows: Sequence[OutboxRow]) -> None:
         )
 
 
-async def backlog(conn: AsyncConnection) -> int:
-    """How many rows wait (for the metrics and the tests)."""
-    return int(await conn.scalar(select(func.count()).select_from(invalidation_outbox)) or 0)
+async def backlog(conn: AsyncConnection, cache_prefix: str | None = None) -> int:
+    """How many rows wait, for one cache or all (for the metrics and the tests)."""
+    query = select(func.count()).select_from(invalidation_outbox)
+    if cache_prefix is not None:
+        query = query.where(invalidation_outbox.c.cache_prefix == cache_prefix)
+    return int(await conn.scalar(query) or 0)
+
+
+# -- the caches that follow the database ----------------------------------------------------
+
+# The transaction setting that tells the triggers which cache the writer invalidates
+# itself (``triggers.sql``: they record no row for it).
+OWN_PREFIX_SETTING = "atomic_cache.own_prefix"
+
+
+async def writing_for(conn: AsyncConnection, cache_prefix: str) -> None:
+    """At the start of a write of this package: the triggers record no row for its own
+    cache, which it invalidates (and records) itself."""
+    await conn.execute(
+        text(f"SELECT set_config('{OWN_PREFIX_SETTING}', :prefix, true)"),  # transaction-local
+        {"prefix": cache_prefix},
+    )
+
+
+async def register(conn: AsyncConnection, cache_prefix: str) -> bool:
+    """Register a cache so the triggers record rows for it (or mark it seen); True when
+    it was not registered: it may have missed any number of changes."""
+    inserted = await conn.scalar(
+        text(
+            "INSERT INTO app_config_cache_prefixes (prefix) VALUES (:prefix)"
+            " ON CONFLICT (prefix) DO UPDATE SET seen_at = now()"
+            " RETURNING xmax = 0"
+        ),
+        {"prefix": cache_prefix},
+    )
+    return bool(inserted)
+
+
+async def unregister(conn: AsyncConnection, cache_prefix: str) -> None:
+    """Forget a cache and its rows: the triggers record nothing for it until it registers
+    again, which starts a new life of its index (a tool's clean slate)."""
+    await conn.execute(delete(cache_prefixes).where(cache_prefixes.c.prefix == cache_prefix))
+    await conn.execute(
+        delete(invalidation_outbox).where(invalidation_outbox.c.cache_prefix == cache_prefix)
+    )
+
+
+async def heartbeat(conn: AsyncConnection, cache_prefix: str) -> bool:
+    """Mark a registered cache seen; False if it is not registered any more (expired)."""
+    seen = await conn.execute(
+        update(cache_prefixes)
+        .where(cache_prefixes.c.prefix == cache_prefix)
+        .values(seen_at=func.now())
+    )
+    return bool(seen.rowcount)
+
+
+async def expire(conn: AsyncConnection, unseen_for_s: float) -> list[str]:
+    """Remove the caches not seen for ``unseen_for_s``, and their rows: a cache gone for
+    good holds nothing forever. One that comes back registers anew (``register`` says it
+    was not registered) and starts a new life of its index."""
+    rows = await conn.execute(
+        text(
+            "WITH gone AS (DELETE FROM app_config_cache_prefixes"
+            " WHERE seen_at < now() - make_interval(secs => :unseen) RETURNING prefix),"
+            " dropped AS (DELETE FROM app_config_invalidation_outbox"
+            " WHERE cache_prefix IN (SELECT prefix FROM gone))"
+            " SELECT prefix FROM gone"
+        ),
+        {"unseen": unseen_for_s},
+    )
+    return [row.prefix for row in rows]
+
+
+async def snapshot_xmax(conn: AsyncConnection) -> int:
+    """The first transaction id not yet started now: once every transaction below it has
+    ended (``settled_before``), every write whose triggers ran before now has committed
+    or rolled back."""
+    return int(
+        await conn.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")) or 0
+    )
+
+
+async def settled_before(conn: AsyncConnection, xmax: int) -> bool:
+    """Whether every transaction with an id below ``xmax`` has ended."""
+    oldest = await conn.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    return int(oldest or 0) >= xmax

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from importlib.resources import files
 
 from sqlalchemy import (
     BigInteger,
@@ -21,9 +22,10 @@ from sqlalchemy import (
     Uuid,
     false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..models import ScopeType
 
@@ -102,11 +104,48 @@ invalidation_outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # True for a row this package's write recorded for its own cache: that write
+    # invalidates and deletes it itself, so replayers leave it alone for replay_after_s.
+    # False for the rows the triggers record (no one else will send those): replayed at
+    # once. (Last: revision 0002 adds it to tables revision 0001 made.)
+    Column("deferred", Boolean, nullable=False, server_default=false()),
     Index("ix_outbox_prefix_due", "cache_prefix", "next_attempt_at"),
 )
 
+# The caches that follow this database: one row per key prefix, registered by a cache's
+# first use and kept by its replayers' heartbeat. The triggers record one outbox row per
+# registered prefix; a prefix whose heartbeat stopped longer than its expiry is removed,
+# with its rows (``outbox.expire``).
+cache_prefixes = Table(
+    "app_config_cache_prefixes",
+    metadata,
+    Column("prefix", String(256), primary_key=True),
+    Column("registered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+TRIGGERS_SQL = files(__package__) / "triggers.sql"
+
+
+async def install_triggers(conn: AsyncConnection) -> None:
+    """Create or replace the trigger functions and the triggers (``triggers.sql``), in the
+    caller's transaction; a lock keeps two processes from doing it at once."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('atomic_cache.triggers'))"))
+    raw = await conn.get_raw_connection()
+    # Several statements in one: asyncpg's execute without arguments takes a script.
+    await raw.driver_connection.execute(TRIGGERS_SQL.read_text())  # type: ignore[union-attr]
+
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create the tables that do not exist yet; safe to call any number of times."""
+    """Create the tables that do not exist yet, the outbox's ``deferred`` column where a
+    table of an earlier release lacks it, and the triggers; safe to call any number of
+    times (what Alembic's revisions 0001 and 0002 build)."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all, checkfirst=True)
+        await conn.execute(
+            text(
+                "ALTER TABLE app_config_invalidation_outbox"
+                " ADD COLUMN IF NOT EXISTS deferred boolean NOT NULL DEFAULT false"
+            )
+        )
+        await install_triggers(conn)

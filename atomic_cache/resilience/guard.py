@@ -301,7 +301,11 @@ class GuardedCache:
         return None
 
     async def invalidate(
-        self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool = False
+        self,
+        targets: Sequence[InvalidationTarget],
+        *,
+        drop_catalogue: bool = False,
+        counted: bool = True,
     ) -> int | None:
         """Invalidate after a commit: entries dropped, or None if it could not be done
         (then the slices wait in ``pending``). Pending ones ride along. Never raises: the
@@ -311,19 +315,19 @@ class GuardedCache:
             return None
         # shield: a caller cancelled now (a deadline, a disconnect) must not cancel the
         # round trip or the queueing of its failure, or the change would be forgotten.
-        return await asyncio.shield(self._invalidate_after_commit(targets, drop_catalogue))
+        return await asyncio.shield(self._invalidate_after_commit(targets, drop_catalogue, counted))
 
     async def _invalidate_after_commit(
-        self, targets: Sequence[InvalidationTarget], drop_catalogue: bool
+        self, targets: Sequence[InvalidationTarget], drop_catalogue: bool, counted: bool
     ) -> int | None:
-        outcome = await self._send(targets, drop_catalogue=drop_catalogue)
+        outcome = await self._send(targets, drop_catalogue=drop_catalogue, counted=counted)
         if isinstance(outcome, BaseException):
             self._log_missed(targets, drop_catalogue, outcome)
             return None
         return outcome
 
     async def _send(
-        self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool
+        self, targets: Sequence[InvalidationTarget], *, drop_catalogue: bool, counted: bool = True
     ) -> int | BaseException:
         """One invalidation round trip for ``targets`` and everything pending: the entries
         dropped, or the error met (then all of it is pending)."""
@@ -345,8 +349,9 @@ class GuardedCache:
             self.metrics.fall_throughs[cause_of(error)] += 1
             return error
         self.breaker.record_success()
-        self.metrics.invalidations += 1
-        self.metrics.entries_dropped += dropped
+        if counted:  # (not a registration's: see following.py and ``new_registrations``)
+            self.metrics.invalidations += 1
+            self.metrics.entries_dropped += dropped
         if queued or queued_catalogue:
             self.pending.replayed(version)
             self.metrics.replayed_invalidations += 1

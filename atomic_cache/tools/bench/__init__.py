@@ -25,8 +25,8 @@ The modules: ``kit`` (rows, context, interleaved timing), ``sizes``, ``server`` 
 the server says of itself), ``legacy`` (the one-script design), ``data`` (configs, fills,
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
-``index_churn`` i, ``cluster`` j, ``local`` k); ``report`` (markdown, JSON) and ``plot``
-(PNG).
+``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l); ``report`` (markdown,
+JSON) and ``plot`` (PNG).
 Scenarios import the kit, never each other; this module puts them together.
 """
 
@@ -44,6 +44,7 @@ from pathlib import Path
 from ..doctor import server_identity
 from .cluster import scenario_cluster
 from .fanout import scenario_fanout
+from .following import scenario_following
 from .index_churn import scenario_index_churn
 from .kit import (
     BENCH_REQUEST_TIMEOUT_MS,
@@ -117,6 +118,12 @@ SCENARIOS: list[Scenario] = [
         scenario_cluster,
     ),
     Scenario("k", "local cache: hits vs Valkey and cashews, cross-process window", scenario_local),
+    Scenario(
+        "l",
+        "the cache follows the database: plain-SQL COMMIT to served, trigger cost, checker",
+        scenario_following,
+        needs_database=True,
+    ),
 ]
 
 

@@ -97,7 +97,9 @@ async def _open_outage(
     # With glide's breaker in charge, ours must never trip: an unreachable threshold.
     breaker = CircuitBreaker(failure_threshold=10**9) if glide_breaker else None
     cache = AppConfigFragmentCacheSource(client, registry, keys=ctx.keys("g"), breaker=breaker)
-    return _Outage(name, server, cache, AppConfigFragmentRepository(engine, cache=cache))
+    repo = AppConfigFragmentRepository(engine, cache=cache)
+    stack.push_async_callback(repo.close)  # runs before the client closes
+    return _Outage(name, server, cache, repo)
 
 
 def _resume(server: EmbeddedValkey) -> None:

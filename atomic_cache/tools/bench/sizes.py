@@ -19,6 +19,7 @@ class BenchSizes:
     race_wave: int  # races running at the same time
     fanout_users: tuple[int, ...]  # users of the invalidated domain (all of the prefix's)
     fanout_names: int  # cached names per user
+    follow_writes: int  # plain-SQL writes timed from COMMIT to served (scenario l)
     memory_users: int  # users x len(CONFIG_NAMES) entries for the memory figures
     server_cost_calls: int  # calls per script for INFO commandstats
     refusal_fills: int  # fills per variant while other scopes are invalidated (h)
@@ -45,6 +46,7 @@ FULL = BenchSizes(
     race_wave=20,
     fanout_users=(1_000, 10_000, 100_000),
     fanout_names=5,
+    follow_writes=1_000,
     memory_users=10_000,
     server_cost_calls=5_000,
     refusal_fills=1_000,
@@ -69,6 +71,7 @@ QUICK = BenchSizes(
     race_wave=20,
     fanout_users=(1_000, 10_000),
     fanout_names=5,
+    follow_writes=200,
     memory_users=2_000,
     server_cost_calls=1_000,
     refusal_fills=400,
@@ -94,6 +97,7 @@ TINY = BenchSizes(
     race_wave=10,
     fanout_users=(50, 200),
     fanout_names=5,
+    follow_writes=10,
     memory_users=50,
     server_cost_calls=50,
     refusal_fills=40,

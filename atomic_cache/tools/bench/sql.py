@@ -89,4 +89,6 @@ async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
                 for row, _ in compared:
                     row.extra["users"] = len(users)
                     rows.append(row)
+        for repo in (cached, sql, best_effort):  # before the run removes its keys
+            await repo.close()
         return rows
