@@ -199,8 +199,14 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k"):
+    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k", "l"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
+    # Scenario l: every plain-SQL write was timed until served, idle and under load.
+    served = [row for row in rows if row["scenario"].startswith("l. plain-SQL COMMIT")]
+    assert [(row["samples"], row["extra"]["reader_tasks"]) for row in served] == [
+        (TINY.follow_writes, 0),
+        (TINY.follow_writes, 50),
+    ]
     assert {"a. cached read, 1 task", "a. cached read, 50 tasks"} <= scenarios
     assert report["skipped"] == []
 
@@ -304,7 +310,7 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
     assert [scenario.key for scenario in SCENARIOS] == [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k",
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l",
     ]  # fmt: skip
 
 

@@ -29,6 +29,9 @@ class OutboxRow:
     # Why the row's targets could not be read (written by hand, or by another version of
     # this package), else None. Retrying cannot fix it: the replayer covers it otherwise.
     unreadable: str | None = None
+    # Recorded by a write of this package for its own cache (left behind: that write's
+    # invalidation failed), rather than by the triggers for every cache.
+    deferred: bool = False
 
 
 def _parse_targets(stored: object) -> list[InvalidationTarget]:
@@ -46,12 +49,14 @@ def _parse_targets(stored: object) -> list[InvalidationTarget]:
     return targets
 
 
-def _row(id: int, stored: object, drop_catalogue: bool, attempts: int) -> OutboxRow:
+def _row(
+    id: int, stored: object, drop_catalogue: bool, attempts: int, deferred: bool
+) -> OutboxRow:
     try:
         targets = _parse_targets(stored)
     except (ValueError, TypeError) as error:
-        return OutboxRow(id, [], True, attempts, unreadable=str(error))
-    return OutboxRow(id, targets, drop_catalogue, attempts)
+        return OutboxRow(id, [], True, attempts, unreadable=str(error), deferred=deferred)
+    return OutboxRow(id, targets, drop_catalogue, attempts, deferred=deferred)
 
 
 def _as_json(targets: Sequence[InvalidationTarget]) -> list[list[Any]]:
@@ -100,6 +105,7 @@ async def claim_due(
             invalidation_outbox.c.targets,
             invalidation_outbox.c.drop_catalogue,
             invalidation_outbox.c.attempts,
+            invalidation_outbox.c.deferred,
         )
         .where(
             invalidation_outbox.c.cache_prefix == cache_prefix,
@@ -114,7 +120,7 @@ async def claim_due(
         .with_for_update(skip_locked=True)
     )
     return [
-        _row(row.id, row.targets, row.drop_catalogue, row.attempts)
+        _row(row.id, row.targets, row.drop_catalogue, row.attempts, row.deferred)
         for row in (await conn.execute(due)).all()
     ]
 

@@ -142,7 +142,7 @@ async def _trigger_cost(ctx: BenchContext, engine: AsyncEngine, user: uuid.UUID)
         compared = await compare_rows(
             ctx,
             f"{FOLLOW_PREFIX}plain-SQL UPDATE of one fragment (its own transaction), 1 task",
-            [("triggers disabled (baseline)", update(False)), ("triggers on", update(True))],
+            [("triggers disabled", update(False)), ("triggers on", update(True))],
             rounds=max(2, ctx.sizes.rounds // 2),
             ops=max(20, ctx.sizes.ops_per_round // 4),
             tasks=1,
