@@ -8,14 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import glide
 import pytest
-from glide import (
-    CircuitBreakerError,
-    ClientCircuitBreakerConfiguration,
-    ClosingError,
-    GlideClient,
-    RequestError,
-)
+from glide import ClosingError, GlideClient, RequestError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +23,7 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
+from atomic_cache.glide_compat import HAS_CLIENT_CIRCUIT_BREAKER, CircuitBreakerError
 from atomic_cache.resilience.breaker import BreakerState, CircuitBreaker
 from atomic_cache.resilience.errors import (
     FALL_THROUGH_CAUSES,
@@ -230,9 +226,13 @@ async def test_dead_valkey_is_bypassed_then_used_again(
 async def test_glide_client_breaker_rejections_fall_through(clean_db: AsyncEngine) -> None:
     """With glide's own breaker on the client (counting timeouts), its fast rejections
     are served from PostgreSQL like any other open circuit."""
+    if not HAS_CLIENT_CIRCUIT_BREAKER:  # glide before 2.6 has none: asking for it says so
+        with pytest.raises(ValueError, match=r"valkey-glide 2\.6"):
+            await create_valkey_client("valkey://127.0.0.1:1/0", client_circuit_breaker=object())
+        return
     with EmbeddedValkey() as server:
         rig = await open_rig(clean_db, server)
-        glide_breaker = ClientCircuitBreakerConfiguration(
+        glide_breaker = glide.ClientCircuitBreakerConfiguration(
             min_errors=3, count_timeouts=True, open_timeout_ms=60_000
         )
         client = await create_valkey_client(

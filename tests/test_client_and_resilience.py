@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import pytest
 from glide import GlideError
@@ -89,3 +90,26 @@ def test_suppress_with_log_defaults(caplog: pytest.LogCaptureFixture) -> None:
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "OSError: down")
     ]
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [[KeyError, TypeError], {KeyError}, (KeyError,), frozenset([KeyError, OSError])],
+    ids=["list", "set", "tuple", "frozenset"],
+)
+def test_suppress_with_log_takes_any_iterable_of_types(
+    kinds: Iterable[type[BaseException]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Backend.AI's callers pass a list: ``suppress_with_log([Exception], message=...)``."""
+    with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+        with suppress_with_log(kinds, message="ignored"):
+            raise KeyError("k")
+        with pytest.raises(ValueError, match="boom"), suppress_with_log(kinds):
+            raise ValueError("boom")
+    assert [r.getMessage() for r in caplog.records] == ["ignored: 'k'"]
+
+
+@pytest.mark.parametrize("wrong", [[], ["KeyError"], [KeyError, 3], "KeyError"])
+def test_suppress_with_log_refuses_what_is_not_exception_types(wrong: object) -> None:
+    with pytest.raises(TypeError, match="exception types"), suppress_with_log(wrong):  # type: ignore[arg-type]
+        pass

@@ -4,13 +4,12 @@ standalone server or (``cluster=True``) a Valkey Cluster."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from glide import (
     AdvancedGlideClientConfiguration,
     AdvancedGlideClusterClientConfiguration,
-    ClientCircuitBreakerConfiguration,
     GlideClient,
     GlideClientConfiguration,
     GlideClusterClient,
@@ -19,6 +18,11 @@ from glide import (
     ReadFrom,
     ServerCredentials,
 )
+
+from ..glide_compat import breaker_option
+
+if TYPE_CHECKING:  # glide 2.6+; older releases have no client-wide breaker
+    from glide import ClientCircuitBreakerConfiguration
 
 DEFAULT_REQUEST_TIMEOUT_MS = 250
 DEFAULT_CONNECT_TIMEOUT_MS = 500
@@ -124,7 +128,7 @@ class ValkeyURL:
             advanced_config=AdvancedGlideClusterClientConfiguration(
                 connection_timeout=connect_timeout_ms
             ),
-            client_circuit_breaker=client_circuit_breaker,
+            **breaker_option(client_circuit_breaker),
         )
 
     def configuration(
@@ -145,7 +149,7 @@ class ValkeyURL:
             # A dead server must never block start-up: connect on the first command.
             lazy_connect=True,
             advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_timeout_ms),
-            client_circuit_breaker=client_circuit_breaker,
+            **breaker_option(client_circuit_breaker),
         )
 
 

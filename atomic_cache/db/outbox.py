@@ -49,9 +49,7 @@ def _parse_targets(stored: object) -> list[InvalidationTarget]:
     return targets
 
 
-def _row(
-    id: int, stored: object, drop_catalogue: bool, attempts: int, deferred: bool
-) -> OutboxRow:
+def _row(id: int, stored: object, drop_catalogue: bool, attempts: int, deferred: bool) -> OutboxRow:
     try:
         targets = _parse_targets(stored)
     except (ValueError, TypeError) as error:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 
-from glide import CircuitBreakerError, ClosingError, GlideError
+from glide import ClosingError, GlideError
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
+
+from ..glide_compat import CircuitBreakerError
 
 
 class CacheError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("atomic_cache")
@@ -12,14 +12,19 @@ log = logging.getLogger("atomic_cache")
 
 @contextmanager
 def suppress_with_log(
-    exceptions: type[BaseException] | tuple[type[BaseException], ...],
+    exceptions: type[BaseException] | Iterable[type[BaseException]],
     message: str | None = None,
     log_level: int = logging.WARNING,
 ) -> Iterator[None]:
-    """Swallow only ``exceptions``, logging ``"{message}: {exc}"``; anything else propagates."""
+    """Swallow only ``exceptions`` (one type, or any iterable of them: a tuple, a list as
+    Backend.AI's callers pass, a set), logging ``"{message}: {exc}"``; anything else
+    propagates. TypeError at once for anything that is not exception types."""
+    kinds = (exceptions,) if isinstance(exceptions, type) else tuple(exceptions)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+        raise TypeError(f"suppress_with_log takes exception types, not {exceptions!r}")
     try:
         yield
-    except exceptions as exc:
+    except kinds as exc:
         log.log(log_level, "%s: %s", message or type(exc).__name__, exc)
 
 

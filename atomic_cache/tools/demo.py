@@ -227,6 +227,7 @@ async def _demo(
         async with engine.begin() as conn:
             await outbox.unregister(conn, keys.prefix)
         await repo.start()  # registers it now, not inside the timed passes
+        await cache.reclaiming()  # and the clean-up of what it dropped ends before them
 
         users = list(data.users)
         console.print(
