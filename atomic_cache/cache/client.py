@@ -3,7 +3,9 @@ standalone server or (``cluster=True``) a Valkey Cluster."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -17,6 +19,7 @@ from glide import (
     NodeAddress,
     ReadFrom,
     ServerCredentials,
+    TlsAdvancedConfiguration,
 )
 
 from ..glide_compat import breaker_option
@@ -54,6 +57,31 @@ def _port(url: str) -> int:
             f"bad port {raw!r} in Valkey URL {redact_url(url)!r}: a number from 1 to 65535"
         )
     return port
+
+
+def tls_config(
+    url: ValkeyURL, ca_file: str | os.PathLike[str] | None = None, insecure: bool = False
+) -> TlsAdvancedConfiguration | None:
+    """glide's TLS settings for ``valkeys://`` / ``rediss://``: the CA bundle to trust
+    (``ca_file``, PEM) instead of the system's, or no verification at all (``insecure``,
+    Backend.AI's ``tls_skip_verify``). None: the system's trust store. ValueError, before
+    any connection, for a plain URL, both at once, or a file that holds no certificate."""
+    if ca_file is None and not insecure:
+        return None
+    if not url.use_tls:
+        raise ValueError("tls_ca_file and tls_insecure need a TLS URL: valkeys:// or rediss://")
+    if ca_file is not None and insecure:
+        raise ValueError("tls_insecure skips verification: pass it or tls_ca_file, not both")
+    if insecure:
+        return TlsAdvancedConfiguration(use_insecure_tls=True)
+    assert ca_file is not None
+    try:
+        pem = Path(ca_file).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read tls_ca_file {str(ca_file)!r}: {error.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError(f"tls_ca_file {str(ca_file)!r} holds no PEM certificate")
+    return TlsAdvancedConfiguration(root_pem_cacerts=pem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +139,7 @@ class ValkeyURL:
         client_name: str | None = None,
         read_from_replica: bool = False,
         client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
+        tls: TlsAdvancedConfiguration | None = None,
     ) -> GlideClusterClientConfiguration:
         """The URL's node is a seed: glide discovers the rest of the cluster from it."""
         if self.database:
@@ -126,7 +155,7 @@ class ValkeyURL:
             client_name=client_name,
             lazy_connect=True,
             advanced_config=AdvancedGlideClusterClientConfiguration(
-                connection_timeout=connect_timeout_ms
+                connection_timeout=connect_timeout_ms, tls_config=tls
             ),
             **breaker_option(client_circuit_breaker),
         )
@@ -138,6 +167,7 @@ class ValkeyURL:
         connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
         client_name: str | None = None,
         client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
+        tls: TlsAdvancedConfiguration | None = None,
     ) -> GlideClientConfiguration:
         return GlideClientConfiguration(
             [NodeAddress(self.host, self.port)],
@@ -148,7 +178,9 @@ class ValkeyURL:
             client_name=client_name,
             # A dead server must never block start-up: connect on the first command.
             lazy_connect=True,
-            advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_timeout_ms),
+            advanced_config=AdvancedGlideClientConfiguration(
+                connection_timeout=connect_timeout_ms, tls_config=tls
+            ),
             **breaker_option(client_circuit_breaker),
         )
 
@@ -163,6 +195,8 @@ async def create_valkey_client(
     client_circuit_breaker: ClientCircuitBreakerConfiguration | None = ...,
     cluster: Literal[False] = ...,
     read_from_replica: Literal[False] = ...,
+    tls_ca_file: str | os.PathLike[str] | None = ...,
+    tls_insecure: bool = ...,
 ) -> GlideClient: ...
 
 
@@ -176,6 +210,8 @@ async def create_valkey_client(
     client_circuit_breaker: ClientCircuitBreakerConfiguration | None = ...,
     cluster: Literal[True],
     read_from_replica: bool = ...,
+    tls_ca_file: str | os.PathLike[str] | None = ...,
+    tls_insecure: bool = ...,
 ) -> GlideClusterClient: ...
 
 
@@ -188,6 +224,8 @@ async def create_valkey_client(
     client_circuit_breaker: ClientCircuitBreakerConfiguration | None = None,
     cluster: bool = False,
     read_from_replica: bool = False,
+    tls_ca_file: str | os.PathLike[str] | None = None,
+    tls_insecure: bool = False,
 ) -> GlideClient | GlideClusterClient:
     """Create a glide client; it connects lazily, on its first command.
 
@@ -204,25 +242,34 @@ async def create_valkey_client(
     application that shares this client with other work; the repositories do not need it
     (their breaker also counts BUSY and LOADING) and treat its rejections as an open
     circuit. With glide's defaults it ignores timeouts: pass ``count_timeouts=True``.
+
+    TLS (``valkeys://``, ``rediss://``) verifies the server against the system's trust
+    store, or against ``tls_ca_file`` (PEM); ``tls_insecure=True`` verifies nothing. A
+    server that fails verification looks like an unreachable one: the first command fails
+    after the connect timeout (and reads fall through to the database).
     """
     if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
         raise ValueError("request_timeout_ms and connect_timeout_ms must be positive")
+    parsed = ValkeyURL.parse(url)
+    tls = tls_config(parsed, tls_ca_file, tls_insecure)
     if cluster:
         return await GlideClusterClient.create(
-            ValkeyURL.parse(url).cluster_configuration(
+            parsed.cluster_configuration(
                 request_timeout_ms=request_timeout_ms,
                 connect_timeout_ms=connect_timeout_ms,
                 client_name=client_name,
                 read_from_replica=read_from_replica,
                 client_circuit_breaker=client_circuit_breaker,
+                tls=tls,
             )
         )
     if read_from_replica:
         raise ValueError("read_from_replica needs cluster=True")
-    config = ValkeyURL.parse(url).configuration(
+    config = parsed.configuration(
         request_timeout_ms=request_timeout_ms,
         connect_timeout_ms=connect_timeout_ms,
         client_name=client_name,
         client_circuit_breaker=client_circuit_breaker,
+        tls=tls,
     )
     return await GlideClient.create(config)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -69,7 +70,7 @@ from ..keys import (
 from ..metrics import LocalCacheCounters
 from ..models import AppConfigData, AppConfigFragment
 from ..resilience.logs import LogThrottle
-from .client import DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, ValkeyURL
+from .client import DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, ValkeyURL, tls_config
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,8 @@ class LocalCache:
         request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
         connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
         client_name: str | None = "atomic_cache_local",
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_insecure: bool = False,
     ) -> Self:
         """A local cache subscribed to the announcements of ``keys``' prefix (by default
         the cache source's default for the client kind). Returns at once, even with the
@@ -297,12 +300,14 @@ class LocalCache:
             poll_s=poll_s,
         )
         parsed = ValkeyURL.parse(url)
+        tls = tls_config(parsed, tls_ca_file, tls_insecure)  # as create_valkey_client's
         client: GlideClient | GlideClusterClient
         if cluster:
             cluster_config = parsed.cluster_configuration(
                 request_timeout_ms=request_timeout_ms,
                 connect_timeout_ms=connect_timeout_ms,
                 client_name=client_name,
+                tls=tls,
             )
             modes = GlideClusterClientConfiguration.PubSubChannelModes
             cluster_config.pubsub_subscriptions = (
@@ -318,6 +323,7 @@ class LocalCache:
                 request_timeout_ms=request_timeout_ms,
                 connect_timeout_ms=connect_timeout_ms,
                 client_name=client_name,
+                tls=tls,
             )
             config.pubsub_subscriptions = GlideClientConfiguration.PubSubSubscriptions(
                 channels_and_patterns={

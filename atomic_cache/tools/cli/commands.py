@@ -1,4 +1,5 @@
-"""The ``atomic-cache`` command: ``scripts list|load``, ``doctor``, ``demo``, ``bench``.
+"""The ``atomic-cache`` command: ``scripts list|load``, ``doctor``, ``demo``, ``bench``,
+``acl``.
 
 Servers: ``--valkey-url`` / ``--database-url`` work on the group (``atomic-cache
 --valkey-url URL doctor``, where ``VALKEY_URL`` / ``DATABASE_URL`` are read too; an empty
@@ -43,6 +44,7 @@ from ...cache.client import ValkeyURL
 from ...cache.scripts import ScriptRegistry
 from ...keys import CLUSTER_DEFAULT_PREFIX, DEFAULT_PREFIX, KeySchema
 from .. import bench as bench_module
+from ..acl import acl_setuser
 from ..doctor import (
     Check,
     ClusterFacts,
@@ -369,6 +371,21 @@ def _report_table(report: bench_module.BenchReport) -> Table:
             table.add_row(f"[bold]{scenario}[/]", *([""] * (len(columns) - 1)))
         table.add_row(*cells[1:])
     return table
+
+
+@main.command()
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="The cache's key prefix.")
+@click.option("--user", "user", required=True, help="The ACL user to create or change.")
+@click.option("--password", default=None, help="Add >PASSWORD to the line (else add it yourself).")
+@click.option("--cluster", is_flag=True, help="A Valkey Cluster (WAIT, sharded pub/sub, ...).")
+def acl(prefix: str, user: str, password: str | None, cluster: bool) -> None:
+    """Print the least-privilege ACL SETUSER line for a cache: the commands the scripts
+    and the package send, the keys under PREFIX and its announcement channel."""
+    try:
+        line = acl_setuser(user, prefix, cluster=cluster, password=password)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(line)
 
 
 @main.command()
