@@ -122,15 +122,17 @@ async def world(clean_db: AsyncEngine) -> World:
     return world
 
 
-LOCAL = pytest.mark.parametrize("local", [False, True], ids=["valkey", "local-cache"])
+@pytest.fixture(params=[False, True], ids=["valkey", "local-cache"])
+async def reader(
+    request: pytest.FixtureRequest, start: Callable[..., Awaitable[Process]], keys: KeySchema
+) -> Process:
+    """Another process reading through a cache, with or without a local cache."""
+    return await start(keys, local=request.param)
 
 
-@LOCAL
 async def test_a_domain_fragment_updated_with_sql(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["alpha"][0]
     assert await warm(reader, user) == {"v": 0}
     await sql(clean_db, "UPDATE app_config_fragments SET extra_config = '{\"v\": 1}'"
@@ -138,12 +140,9 @@ async def test_a_domain_fragment_updated_with_sql(
     await serves(reader, user, "webui", {"v": 1})
 
 
-@LOCAL
 async def test_a_user_fragment_inserted_with_sql(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["alpha"][0]
     assert await warm(reader, user) == {"v": 0}
     await fragment(clean_db, "user", str(user), "webui", '{"mine": true}')
@@ -152,14 +151,11 @@ async def test_a_user_fragment_inserted_with_sql(
     assert await warm(reader, other) == {"v": 0}
 
 
-@LOCAL
 async def test_a_fragment_moved_to_another_user_with_sql(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     """One UPDATE changes a fragment's slice: both the slice it left and the one it
     joined are invalidated."""
-    reader = await start(keys, local=local)
     giver, taker = world.domains["alpha"]
     await fragment(clean_db, "user", str(giver), "webui", '{"gift": 1}')
     assert await warm(reader, giver) == {"v": 0, "gift": 1}
@@ -171,24 +167,18 @@ async def test_a_fragment_moved_to_another_user_with_sql(
     await serves(reader, giver, "webui", {"v": 0})
 
 
-@LOCAL
 async def test_a_user_moved_to_another_domain_with_sql(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["alpha"][0]
     assert await warm(reader, user) == {"v": 0}
     await sql(clean_db, "UPDATE users SET domain_name = 'beta' WHERE uuid = :user", user=user)
     await serves(reader, user, "webui", {"v": 100})
 
 
-@LOCAL
 async def test_a_policy_inserted_and_deleted_with_sql(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["alpha"][0]
 
     async def names() -> list[str]:
@@ -211,12 +201,9 @@ async def test_a_policy_inserted_and_deleted_with_sql(
     await eventually(no_zeta, "the deleted policy gone from my_app_configs")
 
 
-@LOCAL
 async def test_one_update_over_every_fragment_of_a_name(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     for user in world.users:
         await warm(reader, user)
     await sql(
@@ -230,12 +217,9 @@ async def test_one_update_over_every_fragment_of_a_name(
         await serves(reader, user, "webui", {"v": base, "all": 1})
 
 
-@LOCAL
 async def test_a_user_deleted_with_sql_answers_as_without_a_cache(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["alpha"][1]
     assert await warm(reader, user) == {"v": 0}
     await sql(clean_db, "DELETE FROM users WHERE uuid = :user", user=user)
@@ -252,12 +236,9 @@ async def test_a_user_deleted_with_sql_answers_as_without_a_cache(
     await eventually(unknown, "the deleted user unknown to the cached repository")
 
 
-@LOCAL
 async def test_a_truncate_drops_everything(
-    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
-    world: World, local: bool,
-) -> None:  # fmt: skip
-    reader = await start(keys, local=local)
+    reader: Process, clean_db: AsyncEngine, world: World
+) -> None:
     user = world.domains["beta"][0]
     assert await warm(reader, user) == {"v": 100}
     await sql(clean_db, "TRUNCATE app_config_fragments")
