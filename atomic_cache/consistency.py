@@ -41,6 +41,8 @@ DEFAULT_VERIFY_SAMPLE = 0.001
 DEFAULT_CONCURRENCY = 2
 DEFAULT_RECHECK_AFTER_S = 1.0
 DEFAULT_SETTLE_TIMEOUT_S = 10.0
+# The comment its SQL carries (``SELECT /* atomic_cache consistency check */ ...``).
+CHECK_LABEL = "atomic_cache consistency check"
 
 
 class ConsistencyChecker:
@@ -64,7 +66,7 @@ class ConsistencyChecker:
         self.recheck_after_s = recheck_after_s
         self.settle_timeout_s = settle_timeout_s
         self._engine = engine
-        self._db = AppConfigDBSource(engine)
+        self._db = AppConfigDBSource(engine, label=CHECK_LABEL)
         self._cache = cache
         self._chance = chance
         self._running: set[asyncio.Task[None]] = set()  # held, so they are not collected

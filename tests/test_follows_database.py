@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from glide import GlideClient
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import (
@@ -26,6 +26,7 @@ from atomic_cache import (
     ScriptRegistry,
     UnknownUserError,
 )
+from atomic_cache.consistency import CHECK_LABEL
 from atomic_cache.db import invalidation_outbox, outbox
 from atomic_cache.db.listener import ChangeListener
 from atomic_cache.following import Following
@@ -468,3 +469,29 @@ async def test_the_checker_reports_no_mismatch_for_a_write_in_flight(
     assert (await reader.app_config(user, "webui")).config == {"v": 5}
     await reader.close()
     await writer.close()
+
+
+async def test_the_checkers_sql_says_what_it_is(
+    clean_db: AsyncEngine, valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema,
+    world: World,
+) -> None:  # fmt: skip
+    """Its reads carry a comment: pg_stat_statements tells them apart, and counters of
+    the read path leave them out."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    reader = await checked_reader(clean_db, valkey, registry, keys)
+    user = world.domains["alpha"][0]
+    await reader.app_config(user, "webui")
+    event.listen(clean_db.sync_engine, "before_cursor_execute", record)
+    try:
+        await reader.app_config(user, "webui")  # a hit, checked
+        await reader.checker.idle()
+    finally:
+        event.remove(clean_db.sync_engine, "before_cursor_execute", record)
+    checks = [statement for statement in seen if CHECK_LABEL in statement]
+    assert len(checks) == 1 and checks[0].startswith(f"SELECT /* {CHECK_LABEL} */")
+    assert reader.stats().consistency_checks == 1
+    await reader.close()

@@ -96,8 +96,11 @@ def _merged_view_statement(user_id: uuid.UUID, names: Sequence[str] | None) -> A
 class AppConfigDBSource:
     """Reads and writes of the BEP-1052 tables; the repository owns the transactions."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, label: str | None = None) -> None:
         self.engine = engine
+        # A comment in the merged view's SQL (``SELECT /* label */ ...``): who reads,
+        # for pg_stat_statements, and for counters that leave background reads out.
+        self._prefix = f"/* {label} */" if label else None
 
     # -- the merged view -----------------------------------------------------------------
 
@@ -106,8 +109,11 @@ class AppConfigDBSource:
     ) -> list[AppConfigData]:
         """The merged view of ``names`` (every policy name when None) for one user, in one
         SQL statement; a name without a policy is left out. UnknownUserError if no user."""
+        statement = _merged_view_statement(user_id, names)
+        if self._prefix is not None:
+            statement = statement.prefix_with(self._prefix)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(_merged_view_statement(user_id, names))).all()
+            rows = (await conn.execute(statement)).all()
             if not rows and not await self._user_exists(conn, user_id):
                 raise UnknownUserError(f"no user {user_id}")
         grouped: dict[str, tuple[str, list[AppConfigFragment]]] = {}
@@ -127,8 +133,10 @@ class AppConfigDBSource:
         ]
 
     async def _user_exists(self, conn: AsyncConnection, user_id: uuid.UUID) -> bool:
-        found = await conn.scalar(select(users.c.uuid).where(users.c.uuid == user_id))
-        return found is not None
+        query = select(users.c.uuid).where(users.c.uuid == user_id)
+        if self._prefix is not None:
+            query = query.prefix_with(self._prefix)
+        return await conn.scalar(query) is not None
 
     # -- lookups inside a write transaction ----------------------------------------------
 
