@@ -29,8 +29,9 @@ import asyncio
 import logging
 import time
 import weakref
+from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import outbox
 from .models import PUBLIC_SCOPE_ID, ScopeType
@@ -119,25 +120,26 @@ class Following:
         every entry is made unservable. If a write in flight outlasts ``settle_s``, the
         cache is used at once and every entry is made unservable again once it ended."""
         async with self._engine.connect() as conn:
-            xmax = await outbox.snapshot_xmax(conn)
-            settled = await self._settled(conn, xmax, self.settle_s)
+            since = await outbox.clock(conn)
+            settled = await self._settled(conn, since, self.settle_s)
         if new:
             await self._drop_everything()
         if not settled:
-            self._late = asyncio.create_task(self._new_life_once_settled(xmax))
+            self._late = asyncio.create_task(self._new_life_once_settled(since))
 
-    async def _settled(self, conn: object, xmax: int, within_s: float) -> bool:
+    async def _settled(self, conn: AsyncConnection, since: datetime, within_s: float) -> bool:
         deadline = time.monotonic() + within_s
-        while not await outbox.settled_before(conn, xmax):  # type: ignore[arg-type]
+        while await outbox.writers_started_before(conn, since):
+            await conn.rollback()  # a fresh look at the activity next time
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
 
-    async def _new_life_once_settled(self, xmax: int) -> None:
+    async def _new_life_once_settled(self, since: datetime) -> None:
         try:
             async with self._engine.connect() as conn:
-                while not await self._settled(conn, xmax, 60.0):
+                while not await self._settled(conn, since, 60.0):
                     pass
             await self._drop_everything()
         except Exception as error:

@@ -495,3 +495,26 @@ async def test_the_checkers_sql_says_what_it_is(
     assert len(checks) == 1 and checks[0].startswith(f"SELECT /* {CHECK_LABEL} */")
     assert reader.stats().consistency_checks == 1
     await reader.close()
+
+
+async def test_a_write_in_flight_across_the_registration_is_waited_for(
+    start: Callable[..., Awaitable[Process]], keys: KeySchema, clean_db: AsyncEngine,
+    world: World,
+) -> None:  # fmt: skip
+    """A write whose trigger ran before the cache registered recorded no row for it. The
+    first read waits for it to end: had it read (and filled) the old value meanwhile, that
+    would be served for good."""
+    reader = await start(keys)
+    user = world.domains["alpha"][0]
+    async with clean_db.connect() as writer:
+        await writer.execute(
+            text("UPDATE app_config_fragments SET extra_config = CAST(:v AS jsonb)"
+                 " WHERE scope_id = 'alpha'"), {"v": '{"v": 7}'}
+        )  # fmt: skip
+        # The trigger has run: no cache was registered, no row recorded.
+        first = asyncio.create_task(reader.repo.app_config(user, "webui"))
+        await asyncio.sleep(0.3)
+        assert not first.done()  # the registration waits for the open write
+        await writer.commit()
+    assert (await first).config == {"v": 7}
+    assert (await reader.repo.app_config(user, "webui")).config == {"v": 7}

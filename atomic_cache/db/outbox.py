@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, text, update
@@ -208,16 +208,23 @@ async def expire(conn: AsyncConnection, unseen_for_s: float) -> list[str]:
     return [row.prefix for row in rows]
 
 
-async def snapshot_xmax(conn: AsyncConnection) -> int:
-    """The first transaction id not yet started now: once every transaction below it has
-    ended (``settled_before``), every write whose triggers ran before now has committed
-    or rolled back."""
-    return int(
-        await conn.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")) or 0
+async def clock(conn: AsyncConnection) -> datetime:
+    """The server's clock now (not the transaction's start)."""
+    now = await conn.scalar(text("SELECT clock_timestamp()"))
+    assert isinstance(now, datetime)
+    return now
+
+
+async def writers_started_before(conn: AsyncConnection, since: datetime) -> int:
+    """How many transactions of this database that have written (they hold a
+    transaction id) began before ``since`` and are still running: a write whose triggers
+    ran before a cache registered is one of them until it commits or rolls back. (Where
+    the role may not see other sessions' activity, they count as none.)"""
+    count = await conn.scalar(
+        text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL AND xact_start < :since"
+        ),
+        {"since": since},
     )
-
-
-async def settled_before(conn: AsyncConnection, xmax: int) -> bool:
-    """Whether every transaction with an id below ``xmax`` has ended."""
-    oldest = await conn.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
-    return int(oldest or 0) >= xmax
+    return int(count or 0)
