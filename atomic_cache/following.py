@@ -13,8 +13,9 @@ its prefix is registered, so that no change can slip past it:
 - **Writes in flight across the registration.** A write whose trigger ran just before
   the prefix was registered recorded no row for it. Every process's registration
   therefore waits (up to ``settle_s``) until every transaction of this database that has
-  written and began before it has ended. If one runs longer, the cache is used at once and every entry is made
-  unservable again in the background once that transaction has ended.
+  written and began before it has ended. If one runs longer, the cache is used at once
+  and every entry is made unservable again in the background once that transaction has
+  ended.
 - **Heartbeat and expiry.** Every replayer marks its prefix seen, at most every
   ``heartbeat_s``, and removes the prefixes (and their rows) not seen for
   ``expire_after_s``: a cache gone for good holds no rows forever. A heartbeat that

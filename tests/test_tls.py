@@ -11,10 +11,10 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
-from glide import GlideClient
 
 from atomic_cache import (
     CACHE_ERRORS,
@@ -76,29 +76,28 @@ def value(user: uuid.UUID) -> AppConfigData:
     return AppConfigData(user_id=user, domain_name="d", name="webui", config={"tls": True})
 
 
-async def round_trip(client: GlideClient, keys: KeySchema) -> AppConfigData | None:
-    """A fill and a hit through ``client``: the scripts load and run over TLS."""
-    registry = ScriptRegistry()
-    await registry.load(client, required=True)
-    cache = AppConfigFragmentCacheSource(client, registry, keys=keys)
-    user = uuid.uuid4()
-    await cache.invalidate_for_scope("user", str(user))  # the prefix's first life
-    token = (await cache.lookup(user, "webui")).fill_token
-    assert await cache.set_merged_config(user, "webui", value(user), token)
-    return (await cache.lookup(user, "webui")).value
+async def round_trip(url: str, keys: KeySchema, **tls: Any) -> AppConfigData | None:
+    """A client on ``url`` with ``tls`` options; a fill and a hit through it: the scripts
+    load and run over TLS."""
+    client = await create_valkey_client(url, request_timeout_ms=5000, **tls)
+    try:
+        registry = ScriptRegistry()
+        await registry.load(client, required=True)
+        cache = AppConfigFragmentCacheSource(client, registry, keys=keys)
+        user = uuid.uuid4()
+        await cache.invalidate_for_scope("user", str(user))  # the prefix's first life
+        token = (await cache.lookup(user, "webui")).fill_token
+        assert await cache.set_merged_config(user, "webui", value(user), token)
+        return (await cache.lookup(user, "webui")).value
+    finally:
+        await client.close()
 
 
 async def test_tls_with_a_ca_file(
     valkey_url: str, authority: trustme.CA, ca_file: Path, keys: KeySchema
 ) -> None:
     async with tls_proxy(valkey_url, authority.issue_cert("127.0.0.1")) as port:
-        client = await create_valkey_client(
-            f"valkeys://127.0.0.1:{port}/0", tls_ca_file=ca_file, request_timeout_ms=5000
-        )
-        try:
-            found = await round_trip(client, keys)
-        finally:
-            await client.close()
+        found = await round_trip(f"valkeys://127.0.0.1:{port}/0", keys, tls_ca_file=ca_file)
     assert found is not None and found.config == {"tls": True}
 
 
@@ -107,13 +106,7 @@ async def test_tls_insecure_accepts_a_certificate_no_one_trusts(
 ) -> None:
     stranger = trustme.CA().issue_cert("127.0.0.1")
     async with tls_proxy(valkey_url, stranger) as port:
-        client = await create_valkey_client(
-            f"rediss://127.0.0.1:{port}/0", tls_insecure=True, request_timeout_ms=5000
-        )
-        try:
-            found = await round_trip(client, keys)
-        finally:
-            await client.close()
+        found = await round_trip(f"rediss://127.0.0.1:{port}/0", keys, tls_insecure=True)
     assert found is not None and found.config == {"tls": True}
 
 
