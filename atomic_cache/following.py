@@ -48,7 +48,8 @@ DEFAULT_SETTLE_S = 2.0
 _EVERYTHING = [InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID)]
 
 # By engine and guard (one per cache source): two sources with one prefix on two servers
-# must each make their own index unservable.
+# must each make their own index unservable. An id cannot be reused while its entry
+# lives: the Following holds the engine and the guard.
 _FOLLOWINGS: weakref.WeakValueDictionary[tuple[int, int], Following] = weakref.WeakValueDictionary()
 
 
@@ -74,14 +75,13 @@ class Following:
         self._next_beat = 0.0
         self._late: asyncio.Task[None] | None = None  # held, so it is not collected
         self._log_throttle = LogThrottle()
-        self.new_lives = 0  # new lives started because the prefix was not registered
 
     @classmethod
     def of(cls, engine: AsyncEngine, cache: GuardedCache) -> Following:
         """The one of this engine and cache source in the process."""
         key = (id(engine), id(cache))
         following = _FOLLOWINGS.get(key)
-        if following is None or following._engine is not engine or following._cache is not cache:
+        if following is None:
             following = _FOLLOWINGS[key] = cls(engine, cache)
         return following
 
@@ -147,7 +147,6 @@ class Following:
             log.warning("could not finish the new life of cache prefix %r: %s", self.prefix, error)
 
     async def _drop_everything(self) -> None:
-        self.new_lives += 1
         self._cache.metrics.new_registrations += 1
         log.info(
             "cache prefix %r was not registered with the database: every cached entry is"

@@ -64,6 +64,12 @@ class InvalidationTarget:
                 encode_component(name, what="name")
         return cls(scope, scope_id, normalised)
 
+    @property
+    def script_scope(self) -> str:
+        """The scope word of invalidate.lua (and of the announcements): user, domain (both
+        domain scopes), public."""
+        return _SCRIPT_SCOPE[self.scope_type]
+
     def script_args(self) -> list[ScriptArg]:
         if self.scope_type is ScopeType.USER:
             script_id = self.scope_id
@@ -72,9 +78,9 @@ class InvalidationTarget:
         else:
             script_id = encode_component(self.scope_id, what="domain")
         if self.names is None:
-            return [_SCRIPT_SCOPE[self.scope_type], script_id, -1]
+            return [self.script_scope, script_id, -1]
         encoded = [encode_component(name, what="name") for name in self.names]
-        return [_SCRIPT_SCOPE[self.scope_type], script_id, len(encoded), *encoded]
+        return [self.script_scope, script_id, len(encoded), *encoded]
 
 
 # The most targets, and argument values, one invalidate.lua call carries. Lua's stack

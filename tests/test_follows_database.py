@@ -29,7 +29,6 @@ from atomic_cache import (
 from atomic_cache.consistency import CHECK_LABEL
 from atomic_cache.db import invalidation_outbox, outbox
 from atomic_cache.db.listener import ChangeListener
-from atomic_cache.following import Following
 
 from .repo_tools import World, make_world
 
@@ -357,7 +356,7 @@ async def test_a_new_cache_starts_a_new_life_of_its_index(
     assert await cache.set_merged_config(user, "webui", stale)
     repo = AppConfigFragmentRepository(clean_db, cache=cache)
     assert (await repo.app_config(user, "webui")).config == {"v": 0}
-    assert Following.of(clean_db, repo._cache).new_lives == 1
+    assert repo.stats().new_registrations == 1
     await repo.close()
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from atomic_cache import AppConfigData, InvalidationTarget, ScopeType
-from atomic_cache.resilience.pending import PendingInvalidations, covers
+from atomic_cache.resilience.pending import PendingInvalidations
 
 USER = uuid.uuid4()
 VALUE = AppConfigData(user_id=USER, domain_name="alpha", name="webui", config={"v": 1})
@@ -32,7 +32,6 @@ VALUE = AppConfigData(user_id=USER, domain_name="alpha", name="webui", config={"
     ],
 )
 def test_covers_each_scope_exactly(target: InvalidationTarget, expected: bool) -> None:
-    assert covers(target, VALUE) is expected
     pending = PendingInvalidations()
     pending.add([target], drop_catalogue=False)
     assert pending.covers(VALUE) is expected

@@ -2,8 +2,8 @@
 replay lands (pure: no I/O).
 
 The queue is bounded; past its bound it collapses into "drop every entry", which covers
-whatever it held. ``covers`` tells which cached values a pending target would drop, so
-that they are not served meanwhile.
+whatever it held. ``PendingInvalidations.covers`` tells which cached values a pending
+target would drop, so that they are not served meanwhile.
 """
 
 from __future__ import annotations
@@ -44,22 +44,10 @@ def merge_targets(targets: Sequence[InvalidationTarget]) -> list[InvalidationTar
     ]
 
 
-def covers(target: InvalidationTarget, value: AppConfigData) -> bool:
-    """Whether an invalidation of ``target`` would drop the cached ``value``."""
-    if target.names is not None and value.name not in target.names:
-        return False
-    if target.scope_type is ScopeType.USER:
-        return target.scope_id == str(value.user_id)
-    if target.scope_type is ScopeType.PUBLIC:
-        return True
-    return target.scope_id == value.domain_name
-
-
 # Targets kept before the queue collapses: a bulk write of a few thousand users missed in
 # an outage is replayed as it was, not as "drop everything". ``covers`` looks targets up
 # by scope and id, so a long queue costs a read no more than a short one.
 DEFAULT_MAX_PENDING = 10_000
-_SLICE_SCOPE = {ScopeType.USER: "user", ScopeType.PUBLIC: "public"}  # else a domain's
 _EVERYTHING = InvalidationTarget.of(ScopeType.PUBLIC, "public")
 
 
@@ -103,8 +91,7 @@ class PendingInvalidations:
     def _index(self) -> None:
         self._by_slice = {}
         for target in self.targets:
-            scope = _SLICE_SCOPE.get(target.scope_type, "domain")
-            key = (scope, target.scope_id)
+            key = (target.script_scope, target.scope_id)
             names = None if target.names is None else frozenset(target.names)
             if key in self._by_slice:  # DOMAIN and DOMAIN_USER_DEFAULTS of one domain
                 held = self._by_slice[key]
@@ -122,7 +109,8 @@ class PendingInvalidations:
             self._by_slice = {}
 
     def covers(self, value: AppConfigData) -> bool:
-        """Whether a pending target would drop ``value`` (as ``covers`` says, by lookup)."""
+        """Whether a pending target would drop ``value``: its user's names, its domain's
+        (the domain it was filled under), or everyone's."""
         if not self._by_slice:
             return False
         for key in (
