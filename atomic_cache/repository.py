@@ -175,7 +175,7 @@ class AppConfigFragmentRepository:
         Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
         """
         self._replayer.ensure_running()
-        cache = await self._reading()
+        cache = self._following_cache or await self._reading()
         found = await cache.read(lambda source: source.lookup(user_id, name))
         if found is not None and found.value is not None:
             if self._cache.servable(found.value):
@@ -197,6 +197,13 @@ class AppConfigFragmentRepository:
             (user_id, name, token_sequence(token), self._cache.generation),
             lambda: self._load_and_fill(user_id, name, token),
         )
+
+    @property
+    def _following_cache(self) -> GuardedCache | None:
+        """The cache once it follows the database, without a coroutine: the hot path."""
+        if self._following is None or self._following.registered:
+            return self._cache
+        return None
 
     async def _reading(self) -> GuardedCache:
         """The cache, once its prefix follows the database (``following.py``: registered,
@@ -246,7 +253,7 @@ class AppConfigFragmentRepository:
         SQL statement and are filled in one round trip.
         """
         self._replayer.ensure_running()
-        cache = await self._reading()
+        cache = self._following_cache or await self._reading()
         found = await cache.read(lambda source: source.lookup_all(user_id))
         if found is None:
             return _by_name(await self._db.merged_configs(user_id))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
+from glide import GlideClient
 
 from atomic_cache import (
     CACHE_ERRORS,
@@ -111,7 +112,7 @@ async def test_tls_insecure_accepts_a_certificate_no_one_trusts(
 
 
 async def test_a_certificate_from_another_ca_is_refused(
-    valkey_url: str, ca_file: Path, keys: KeySchema
+    valkey: GlideClient, valkey_url: str, ca_file: Path, keys: KeySchema
 ) -> None:
     """Verification fails like an unreachable server: the first command fails with one of
     the errors the repositories fall through on, and no command reaches Valkey."""
@@ -128,11 +129,7 @@ async def test_a_certificate_from_another_ca_is_refused(
                 await client.custom_command(["SET", f"{keys.prefix}:tls", "x"])
         finally:
             await client.close()
-    plain = await create_valkey_client(valkey_url, request_timeout_ms=5000)
-    try:
-        assert await plain.get(f"{keys.prefix}:tls") is None
-    finally:
-        await plain.close()
+    assert await valkey.get(f"{keys.prefix}:tls") is None
 
 
 async def test_a_local_cache_subscribes_over_tls(
