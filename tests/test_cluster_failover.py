@@ -183,7 +183,7 @@ async def test_a_lagging_replica_promoted_serves_nothing_stale_once_replayed(
     world = await make_world(clean_db, here.cache)
     user = world.users[0]
     await here.repo.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
-    replicated = ReplicaBarrier(here.client, f"{prefix}:seq", timeout_ms=5000)
+    replicated = ReplicaBarrier.of_shard(here.client, f"{prefix}:seq", timeout_ms=5000)
     await replicated.wait()  # without it, a token read on the replica could be refused
     assert await here.version(user) == 1  # filled
     await replicated.wait()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self, TypedDict
 
 import pytest
-from glide import GlideClient, GlideClusterClient, PubSubMsg
+from glide import GlideClient, PubSubMsg
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +36,7 @@ from atomic_cache import (
     create_valkey_client,
     register_prometheus,
 )
+from atomic_cache.cache.scripts import ValkeyClient
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 from atomic_cache.tools.embedded_cluster import EmbeddedCluster
 
@@ -53,7 +54,7 @@ class Watch(TypedDict):
 
 BOUND_S = 15.0  # how long a poll waits for what must happen (never a timing assertion)
 FAST = Watch(check_interval_s=0.2, poll_s=0.02)  # a watcher that reacts within tenths
-Client = GlideClient | GlideClusterClient
+Client = ValkeyClient
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:

