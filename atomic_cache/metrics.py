@@ -21,7 +21,15 @@ from .resilience.errors import FALL_THROUGH_CAUSES
 # the index started a new life, the server's sequence went back (restart, failover) or
 # was found ahead of the messages (one was lost), the subscription was lost, or a
 # message could not be read.
-LOCAL_FLUSH_REASONS = ("gap", "new_life", "went_back", "missed", "subscription_lost", "unreadable")
+LOCAL_FLUSH_REASONS = (
+    "gap",
+    "new_life",
+    "went_back",
+    "missed",
+    "subscription_lost",
+    "unreadable",
+    "failover",
+)
 
 
 class CacheStats(BaseModel):

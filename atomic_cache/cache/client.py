@@ -306,7 +306,7 @@ async def create_valkey_client(
     if sentinel_service is not None:
         if cluster or read_from_replica:
             raise ValueError("sentinel_service is for a primary and its replicas, not a cluster")
-        return await _sentinel_client(
+        return await sentinel_client(
             url,
             sentinel_service,
             sentinel_password,
@@ -353,7 +353,7 @@ async def create_valkey_client(
     return await GlideClient.create(config)
 
 
-async def _sentinel_client(
+async def sentinel_client(
     url: str,
     service: str,
     sentinel_password: str | None,

@@ -70,7 +70,14 @@ from ..keys import (
 from ..metrics import LocalCacheCounters
 from ..models import AppConfigData, AppConfigFragment
 from ..resilience.logs import LogThrottle
-from .client import DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, ValkeyURL, tls_config
+from .client import (
+    DEFAULT_CONNECT_TIMEOUT_MS,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+    ValkeyURL,
+    sentinel_client,
+    tls_config,
+)
+from .scripts import ValkeyClient
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +272,7 @@ class LocalCache:
         self._advanced = asyncio.Event()  # set whenever ``_last`` moves
         self._checked = asyncio.Event()  # set by each check that renewed the lease
         self._request_timeout_ms = DEFAULT_REQUEST_TIMEOUT_MS
-        self._client: GlideClient | GlideClusterClient | None = None
+        self._client: ValkeyClient | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
         self._log_throttle = LogThrottle()
@@ -286,11 +293,18 @@ class LocalCache:
         client_name: str | None = "atomic_cache_local",
         tls_ca_file: str | os.PathLike[str] | None = None,
         tls_insecure: bool = False,
+        sentinel_service: str | None = None,
+        sentinel_password: str | None = None,
     ) -> Self:
         """A local cache subscribed to the announcements of ``keys``' prefix (by default
         the cache source's default for the client kind). Returns at once, even with the
         server down: it serves nothing until it has subscribed and read the server's
-        sequence (``ready()`` waits for that)."""
+        sequence (``ready()`` waits for that).
+
+        The connection options are ``create_valkey_client``'s. Under Sentinel
+        (``sentinel_service``) it subscribes on the primary the Sentinels name; when they
+        name another, it empties itself and serves again once subscribed there and in
+        step with that node's sequence."""
         cache = cls(
             keys,
             cluster=cluster,
@@ -299,15 +313,34 @@ class LocalCache:
             check_interval_s=check_interval_s,
             poll_s=poll_s,
         )
-        parsed = ValkeyURL.parse(url)
-        tls = tls_config(parsed, tls_ca_file, tls_insecure)  # as create_valkey_client's
-        client: GlideClient | GlideClusterClient
-        if cluster:
+        client: ValkeyClient
+        if sentinel_service is not None:
+            if cluster:
+                raise ValueError("sentinel_service is for a primary with replicas, not a cluster")
+            client = await sentinel_client(
+                url,
+                sentinel_service,
+                sentinel_password,
+                lambda node, node_tls: cache._subscribing(
+                    node.configuration(
+                        request_timeout_ms=request_timeout_ms,
+                        connect_timeout_ms=connect_timeout_ms,
+                        client_name=client_name,
+                        tls=node_tls,
+                    )
+                ),
+                connect_timeout_ms=connect_timeout_ms,
+                tls_ca_file=tls_ca_file,
+                tls_insecure=tls_insecure,
+            )
+            client.on_failover(cache._primary_changed)
+        elif cluster:
+            parsed = ValkeyURL.parse(url)
             cluster_config = parsed.cluster_configuration(
                 request_timeout_ms=request_timeout_ms,
                 connect_timeout_ms=connect_timeout_ms,
                 client_name=client_name,
-                tls=tls,
+                tls=tls_config(parsed, tls_ca_file, tls_insecure),
             )
             modes = GlideClusterClientConfiguration.PubSubChannelModes
             cluster_config.pubsub_subscriptions = (
@@ -319,24 +352,40 @@ class LocalCache:
             )
             client = await GlideClusterClient.create(cluster_config)
         else:
+            parsed = ValkeyURL.parse(url)
             config = parsed.configuration(
                 request_timeout_ms=request_timeout_ms,
                 connect_timeout_ms=connect_timeout_ms,
                 client_name=client_name,
-                tls=tls,
+                tls=tls_config(parsed, tls_ca_file, tls_insecure),
             )
-            config.pubsub_subscriptions = GlideClientConfiguration.PubSubSubscriptions(
-                channels_and_patterns={
-                    GlideClientConfiguration.PubSubChannelModes.Exact: {cache.channel}
-                },
-                callback=cache._on_message,
-                context=None,
-            )
-            client = await GlideClient.create(config)
+            client = await GlideClient.create(cache._subscribing(config))
         cache._client = client
         cache._request_timeout_ms = request_timeout_ms
         cache._watcher = asyncio.create_task(cache._watch())
         return cache
+
+    def _subscribing(self, config: GlideClientConfiguration) -> GlideClientConfiguration:
+        """``config`` with this cache's subscription (standalone: exact channel)."""
+        config.pubsub_subscriptions = GlideClientConfiguration.PubSubSubscriptions(
+            channels_and_patterns={
+                GlideClientConfiguration.PubSubChannelModes.Exact: {self.channel}
+            },
+            callback=self._on_message,
+            context=None,
+        )
+        return config
+
+    async def _primary_changed(self, client: GlideClient) -> None:
+        """Run by a ``SentinelClient`` before it swaps to a new primary: serve nothing
+        and store nothing until subscribed there and in step with its sequence (the
+        watcher's next check). No await here: nothing can resync on the old node between
+        this and the swap."""
+        del client
+        if self._synced:
+            self._synced = False
+            self._valid_until = 0.0
+            self.flush("failover")
 
     async def ready(self, timeout_s: float = 5.0) -> bool:
         """Wait until it serves (at most ``timeout_s``); whether it does."""
@@ -624,11 +673,11 @@ class LocalCache:
             if self._log_throttle.due("check") is not None:
                 log.warning("local cache could not check the server's sequence: %s", error)
 
-    async def _subscribed(self, client: GlideClient | GlideClusterClient) -> bool:
+    async def _subscribed(self, client: ValkeyClient) -> bool:
         state = await client.get_subscriptions()
         return any(self.channel in channels for channels in state.actual_subscriptions.values())
 
-    async def _resubscribe(self, client: GlideClient | GlideClusterClient) -> None:
+    async def _resubscribe(self, client: ValkeyClient) -> None:
         """Ask glide to subscribe again now, rather than at its next periodic sync."""
         timeout_ms = self._request_timeout_ms
         if isinstance(client, GlideClusterClient):
@@ -636,11 +685,11 @@ class LocalCache:
         else:
             await client.subscribe({self.channel}, timeout_ms=timeout_ms)
 
-    async def _read_sequence(self, client: GlideClient | GlideClusterClient) -> int:
+    async def _read_sequence(self, client: ValkeyClient) -> int:
         reply = await client.hget(self.keys.seq, "n")
         return int(reply) if reply is not None else 0
 
-    async def _check_sequence(self, client: GlideClient | GlideClusterClient) -> None:
+    async def _check_sequence(self, client: ValkeyClient) -> None:
         began = self._clock()
         self._next_check = began + self.check_interval_s
         known = self._last  # every announcement up to it ran before the read below

@@ -100,12 +100,18 @@ class ReplicaBarrier:
 
     @classmethod
     def of_primary(
-        cls, send: Send, *, timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS
+        cls,
+        send: Send,
+        replicas: Callable[[], Awaitable[int]],
+        *,
+        timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
     ) -> ReplicaBarrier:
-        """For a standalone primary (the one Sentinels name), through ``send``."""
+        """For a standalone primary (the one Sentinels name), through ``send``; how many
+        replicas it has, ``replicas`` tells."""
 
         async def count(send: Send) -> int:
-            return replicas_in_role(await send(["ROLE"]))
+            del send
+            return await replicas()
 
         return cls(send, count, timeout_ms=timeout_ms)
 

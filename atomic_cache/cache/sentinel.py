@@ -16,7 +16,8 @@ Before the new client is used, the hooks of whoever holds this client run agains
 invalidation sequence with the highest it knows (lower: the failover lost acknowledged
 invalidations, and it starts a new life of the index before any read reaches the node);
 a local cache empties itself and resynchronises on the new node. Only then does the swap
-happen; the old client is closed once calls still in flight on it have had their time.
+happen; the old client is closed, and a call that was waiting on it goes once to the new
+primary instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from glide import GlideClient, GlideError
 
 from ..resilience.errors import cause_of
 from ..resilience.logs import LogThrottle
+from .replicas import replicas_in_role
 from .resp import RespConnection, RespError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,16 @@ FailoverHook = Callable[[GlideClient], Awaitable[None]]
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _promotable(replica: object) -> bool:
+    """Whether one entry of ``SENTINEL REPLICAS`` (a flat list of names and values) is a
+    replica the Sentinels may promote."""
+    if not isinstance(replica, list):
+        return False
+    fields = {_text(k): _text(v) for k, v in zip(replica[::2], replica[1::2], strict=False)}
+    flags = set(fields.get("flags", "").split(","))
+    return not flags & {"s_down", "o_down", "disconnected"} and fields.get("slave-priority") != "0"
 
 
 class Sentinels:
@@ -115,6 +127,27 @@ class Sentinels:
             f"no Sentinel named the primary of {self.service!r}: " + "; ".join(failures)
         )
 
+    async def promotable_replicas(self) -> int:
+        """How many replicas the first Sentinel that answers could promote: those it
+        sees up (not ``s_down``, ``o_down`` or ``disconnected``) with a priority other
+        than 0. A replica cut off from the primary counts: it may still be promoted."""
+        failures = []
+        for address in list(self.addresses):
+            try:
+                connection = await self._connect(address)
+                try:
+                    reply = await asyncio.wait_for(
+                        connection.command("SENTINEL", "REPLICAS", self.service), self.timeout_s
+                    )
+                finally:
+                    await connection.close()
+            except (OSError, TimeoutError, RespError, ConnectionError) as error:
+                failures.append(f"{address[0]}:{address[1]}: {error or type(error).__name__}")
+                continue
+            replicas = reply if isinstance(reply, list) else []
+            return sum(1 for replica in replicas if _promotable(replica))
+        raise ConnectionError("no Sentinel listed the replicas: " + "; ".join(failures))
+
     async def listen(self, on_switch: Callable[[], None]) -> None:
         """Call ``on_switch`` whenever a Sentinel announces that this service's primary
         moved, and each time a subscription (re)starts (a move may have been missed
@@ -159,22 +192,18 @@ class SentinelClient:
         connect: Callable[[str, int], Awaitable[GlideClient]],
         *,
         poll_s: float = DEFAULT_POLL_S,
-        close_after_s: float = 2.0,
     ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be positive")
         self.sentinels = sentinels
         self._connect = connect
         self.poll_s = poll_s
-        self._close_after_s = close_after_s
         self._current: GlideClient | None = None
         self.primary: Address | None = None
         self.failovers = 0
         self._hooks: list[FailoverHook] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._retired: list[GlideClient] = []  # replaced, closed soon after
-        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._log_throttle = LogThrottle()
 
@@ -185,12 +214,11 @@ class SentinelClient:
         connect: Callable[[str, int], Awaitable[GlideClient]],
         *,
         poll_s: float = DEFAULT_POLL_S,
-        close_after_s: float = 2.0,
     ) -> SentinelClient:
         """Ask the Sentinels once, then follow them. Returns even when none answers
         (calls fail as against a dead server until one does): a dead Sentinel must not
         block a service's start-up, as a dead Valkey does not."""
-        client = cls(sentinels, connect, poll_s=poll_s, close_after_s=close_after_s)
+        client = cls(sentinels, connect, poll_s=poll_s)
         await client.follow_now()
         client._tasks = [
             asyncio.create_task(client._follow()),
@@ -214,12 +242,27 @@ class SentinelClient:
         return self._current
 
     async def custom_command(self, command_args: list[Any], *args: Any, **kwargs: Any) -> Any:
+        client = self.current
         try:
-            return await self.current.custom_command(command_args, *args, **kwargs)
+            return await client.custom_command(command_args, *args, **kwargs)
         except GlideError as error:
+            if client is not self._current:
+                # The node it went to was replaced meanwhile: the call is no verdict on
+                # the new primary, so it goes there once. (The cache's commands are safe
+                # to repeat: reads, fills whose token the new node must hold, and
+                # invalidations.)
+                return await self.current.custom_command(command_args, *args, **kwargs)
             if cause_of(error) in ("readonly", "connection", "timeout"):
                 self._wake.set()  # a demoted or dead node: ask the Sentinels now
             raise
+
+    async def replicas(self) -> int:
+        """The replicas an invalidation waits for: those the Sentinels could promote;
+        if no Sentinel answers, those connected to the primary (``ROLE``)."""
+        try:
+            return await self.sentinels.promotable_replicas()
+        except ConnectionError:
+            return replicas_in_role(await self.custom_command(["ROLE"]))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.current, name)
@@ -270,27 +313,16 @@ class SentinelClient:
                 *address,
                 self.failovers,
             )
-            self._close_later(old)
-
-    def _close_later(self, client: GlideClient) -> None:
-        self._retired.append(client)
-
-        async def close() -> None:
-            await asyncio.sleep(self._close_after_s)  # calls in flight finish or time out
-            self._retired.remove(client)
-            await client.close()
-
-        task = asyncio.create_task(close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+            # Calls still waiting on the old node fail now, and go to the new one,
+            # instead of waiting out their timeout against a dead or demoted node.
+            await old.close("the Sentinels named another primary")
 
     async def close(self, err_message: str | None = None) -> None:
         self._closed = True
-        for task in [*self._tasks, *self._closing]:
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._closing]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for client in [*self._retired, *([self._current] if self._current else [])]:
-            await client.close(err_message)
-        self._retired.clear()
+        if self._current is not None:
+            await self._current.close(err_message)

@@ -129,7 +129,7 @@ class AppConfigFragmentCacheSource:
             )
         elif wait_for_replicas and isinstance(client, SentinelClient):
             self._replicas = ReplicaBarrier.of_primary(
-                client.custom_command, timeout_ms=replica_ack_timeout_ms
+                client.custom_command, client.replicas, timeout_ms=replica_ack_timeout_ms
             )
         if isinstance(client, SentinelClient):
             client.on_failover(self._primary_changed)

@@ -104,6 +104,7 @@ class EmbeddedSentinelGroup:
             for _ in range(self.sentinels):
                 self.watchers.append(EmbeddedSentinel(primary.port).start())
             self.wait_until(lambda: self.replicas_known() == self.replicas, "replicas known")
+            self.wait_until(self.replicas_in_sync, "replicas in sync")
         except BaseException:
             self.cleanup()
             raise
@@ -133,6 +134,14 @@ class EmbeddedSentinelGroup:
             reply = command(watcher.port, "SENTINEL", "REPLICAS", SERVICE)
             counts.append(int(reply[1 : reply.index(b"\r\n")]))
         return min(counts)
+
+    def replicas_in_sync(self) -> bool:
+        """Whether every replica's link to the primary is up."""
+        return all(
+            b"master_link_status:up" in command(node.port, "INFO", "replication")
+            for node in self.nodes
+            if node is not self.primary()
+        )
 
     def kill_primary(self) -> EmbeddedValkey:
         """SIGKILL the primary, as a crash would; returns it (it can ``start()`` again)."""
