@@ -74,6 +74,9 @@ class OutboxReplayer:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
             _RUNNING.add(self)
+            source = self._cache.source
+            if source is not None and self.replay_everything not in source.failover_hooks:
+                source.failover_hooks.append(self.replay_everything)
             if self.listen:
                 ChangeListener.of(self._engine).subscribe(self._wake.set)
 
@@ -82,6 +85,9 @@ class OutboxReplayer:
         self._closed = True
         _RUNNING.discard(self)
         ChangeListener.of(self._engine).unsubscribe(self._wake.set)
+        source = self._cache.source
+        if source is not None and self.replay_everything in source.failover_hooks:
+            source.failover_hooks.remove(self.replay_everything)
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
@@ -103,13 +109,26 @@ class OutboxReplayer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.every_s)
 
-    async def replay_once(self) -> int:
+    async def replay_everything(self) -> None:
+        """Replay every row of this cache now, whatever its age or back-off: run when
+        the Sentinels named a new primary, before calls go there (the writes whose
+        invalidation failed while there was none are covered before anyone reads it).
+        Never raises: with PostgreSQL unreachable, the rows wait for the loop."""
+        try:
+            while await self.replay_once(everything=True) == REPLAY_BATCH:
+                pass
+        except Exception as error:
+            log.warning("could not replay the invalidation outbox at a failover: %s", error)
+
+    async def replay_once(self, *, everything: bool = False) -> int:
         """One round: rows replayed (0 when none was due, or the invalidation failed)."""
         if self._cache.source is None:
             return 0
         prefix = self._cache.source.keys.prefix
         async with self._engine.begin() as conn:
-            rows = await outbox.claim_due(conn, prefix, self.after_s, REPLAY_BATCH)
+            rows = await outbox.claim_due(
+                conn, prefix, self.after_s, REPLAY_BATCH, everything=everything
+            )
             if not rows:
                 return 0
             metrics = self._cache.metrics

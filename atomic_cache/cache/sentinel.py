@@ -12,10 +12,13 @@ find the new primary late or never: a task listens for the Sentinels' ``+switch-
 ``poll_s``, and a call answered ``READONLY`` (a demoted node) asks at once.
 
 Before the new client is used, the hooks of whoever holds this client run against it
-(``on_failover``): the cache source loads its scripts there and compares the node's
-invalidation sequence with the highest it knows (lower: the failover lost acknowledged
-invalidations, and it starts a new life of the index before any read reaches the node);
-a local cache empties itself and resynchronises on the new node. Only then does the swap
+(``on_failover``; the calls a hook makes through this client go to the new node): the
+cache source loads its scripts there and compares the node's invalidation sequence with
+the highest it knows (lower: the failover lost acknowledged invalidations, and it starts
+a new life of the index before any read reaches the node); the repositories replay
+every invalidation their outbox holds (writes whose invalidation failed while there was
+no primary); a local cache empties itself and resynchronises on the new node. Only then
+does the swap
 happen; the old client is closed, and a call that was waiting on it goes once to the new
 primary instead.
 """
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from glide import ConnectionError as GlideConnectionError
@@ -45,6 +49,9 @@ DEFAULT_POLL_S = 1.0
 RETRY_S = 0.1
 Address = tuple[str, int]
 FailoverHook = Callable[[GlideClient], Awaitable[None]]
+# While the hooks run, the new primary's client: their calls through the SentinelClient
+# go there (the swap has not happened yet for anyone else).
+_switching_to: ContextVar[GlideClient | None] = ContextVar("switching_to", default=None)
 
 
 def _text(value: object) -> str:
@@ -234,6 +241,9 @@ class SentinelClient:
     @property
     def current(self) -> GlideClient:
         """The client of the primary the calls go to now."""
+        switching_to = _switching_to.get()
+        if switching_to is not None:
+            return switching_to
         if self._current is None:
             # As against a server that cannot be reached: the repositories fall through.
             raise GlideConnectionError(
@@ -246,7 +256,7 @@ class SentinelClient:
         try:
             return await client.custom_command(command_args, *args, **kwargs)
         except GlideError as error:
-            if client is not self._current:
+            if client is not self._current and _switching_to.get() is None:
                 # The node it went to was replaced meanwhile: the call is no verdict on
                 # the new primary, so it goes there once. (The cache's commands are safe
                 # to repeat: reads, fills whose token the new node must hold, and
@@ -297,8 +307,12 @@ class SentinelClient:
                 raise ConnectionError(
                     f"{address[0]}:{address[1]} is not a primary yet (ROLE: {role!r:.60})"
                 )
-            for hook in self._hooks:
-                await hook(client)
+            token = _switching_to.set(client)
+            try:
+                for hook in self._hooks:
+                    await hook(client)
+            finally:
+                _switching_to.reset(token)
         except BaseException:
             await client.close()
             raise

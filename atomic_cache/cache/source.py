@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from glide import GlideClient, GlideClusterClient
@@ -131,6 +131,9 @@ class AppConfigFragmentCacheSource:
             self._replicas = ReplicaBarrier.of_primary(
                 client.custom_command, client.replicas, timeout_ms=replica_ack_timeout_ms
             )
+        # Run when the Sentinels named another primary, before calls go there (the
+        # repositories replay their outbox: see ``_primary_changed``).
+        self.failover_hooks: list[Callable[[], Awaitable[None]]] = []
         if isinstance(client, SentinelClient):
             client.on_failover(self._primary_changed)
         # The highest invalidation sequence a primary returned to this source: it only
@@ -564,7 +567,8 @@ class AppConfigFragmentCacheSource:
         scripts there, and if its invalidation sequence is behind the highest this
         process knows (its own invalidations', or what its local cache heard), the
         failover lost acknowledged invalidations: start a new life of the index there,
-        before any read reaches it. Then let the breaker try the cache again at once (its
+        before any read reaches it. Then the ``failover_hooks`` of its holders run (their
+        calls through this source go to the new node too), and the breaker closes (its
         failures were the old primary's). Raises if the node cannot be reached: the
         switch is tried again."""
         await self._registry.load(client, required=True)
@@ -576,7 +580,9 @@ class AppConfigFragmentCacheSource:
         self._highest_sequence = max(server, self._highest_sequence)
         if self._replicas is not None:
             self._replicas.forget()
-        self.breaker.try_now()
+        for hook in list(self.failover_hooks):
+            await hook()
+        self.breaker.reset("a new primary answered")
 
     async def _call_invalidate(
         self,

@@ -91,12 +91,18 @@ async def forget(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
 
 
 async def claim_due(
-    conn: AsyncConnection, cache_prefix: str, older_than_s: float, limit: int
+    conn: AsyncConnection,
+    cache_prefix: str,
+    older_than_s: float,
+    limit: int,
+    *,
+    everything: bool = False,
 ) -> list[OutboxRow]:
     """Lock the rows of one cache whose next attempt is due: those the triggers recorded
     at once, those a write of this package recorded (``deferred``: it invalidates them
-    itself) once older than ``older_than_s``. Rows another process holds are skipped
-    (FOR UPDATE SKIP LOCKED): none is replayed twice."""
+    itself) once older than ``older_than_s``; with ``everything``, every row, whatever
+    its age or back-off (a failover: the new primary has seen none of them). Rows
+    another process holds are skipped (FOR UPDATE SKIP LOCKED): none is replayed twice."""
     due = (
         select(
             invalidation_outbox.c.id,
@@ -105,18 +111,19 @@ async def claim_due(
             invalidation_outbox.c.attempts,
             invalidation_outbox.c.deferred,
         )
-        .where(
-            invalidation_outbox.c.cache_prefix == cache_prefix,
+        .where(invalidation_outbox.c.cache_prefix == cache_prefix)
+        .order_by(invalidation_outbox.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if not everything:
+        due = due.where(
             or_(
                 invalidation_outbox.c.deferred.is_(False),
                 invalidation_outbox.c.created_at <= func.now() - timedelta(seconds=older_than_s),
             ),
             invalidation_outbox.c.next_attempt_at <= func.now(),
         )
-        .order_by(invalidation_outbox.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     return [
         _row(row.id, row.targets, row.drop_catalogue, row.attempts, row.deferred)
         for row in (await conn.execute(due)).all()

@@ -71,10 +71,12 @@ class CircuitBreaker:
         # else half-open with the probe never reported (its task was cancelled): another
         return True
 
-    def try_now(self) -> None:
-        """End the cool-down now (the server behind the cache changed: a failover): the
-        next call lets the probe out. Nothing changes while closed."""
-        self._opened_at = self._clock() - self.cooldown_s
+    def reset(self, why: str) -> None:
+        """Close now: the server behind the cache changed (a failover) and has just
+        answered; the failures counted were the old one's."""
+        self._failures = 0
+        if self.state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED, why)
 
     def record_success(self) -> None:
         self._failures = 0

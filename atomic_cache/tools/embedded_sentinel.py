@@ -15,25 +15,38 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from .embedded import STARTUP_TIMEOUT_S, EmbeddedValkey, _ping, free_port, valkey_server_binary
 
 SERVICE = "mymaster"
 
 
-def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
-    """One command to a local server, its raw reply (for set-up and checks, not speed)."""
-    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+def _encode(*args: str) -> bytes:
+    return (f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)).encode()
+
+
+def _reply(sock: socket.socket) -> bytes:
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def command(port: int, *args: str, password: str | None = None, timeout: float = 1.0) -> bytes:
+    """One command to a local server, its raw reply (for set-up and checks, not speed);
+    after ``AUTH password`` when one is given."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(payload.encode())
-        reply = b""
         sock.settimeout(timeout)
-        while not reply.endswith(b"\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
+        if password is not None:
+            sock.sendall(_encode("AUTH", password))
+            if not _reply(sock).startswith(b"+OK"):
+                raise RuntimeError(f"AUTH refused on port {port}")
+        sock.sendall(_encode(*args))
+        return _reply(sock)
 
 
 @dataclass
@@ -41,6 +54,8 @@ class EmbeddedSentinel:
     """One Sentinel process; its configuration file is its own (Sentinels rewrite it)."""
 
     monitor_port: int
+    auth_pass: str | None = None  # the data nodes' password
+    password: str | None = None  # this Sentinel's own
     quorum: int = 2
     down_after_ms: int = 1000
     port: int = field(default_factory=free_port)
@@ -57,6 +72,8 @@ class EmbeddedSentinel:
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.monitor_port} {self.quorum}\n"
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} 4000\n"
+            + (f"sentinel auth-pass {SERVICE} {self.auth_pass}\n" if self.auth_pass else "")
+            + (f"requirepass {self.password}\n" if self.password else "")
         )
         self.process = subprocess.Popen(
             [str(valkey_server_binary()), str(config), "--sentinel"],
@@ -73,9 +90,12 @@ class EmbeddedSentinel:
         return self
 
     def primary_port(self) -> int | None:
-        reply = command(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         lines = reply.split(b"\r\n")
         return int(lines[4]) if reply.startswith(b"*2") else None
+
+    def command(self, *args: str) -> bytes:
+        return command(self.port, *args, password=self.password)
 
     def cleanup(self) -> None:
         if self.process and self.process.poll() is None:
@@ -91,18 +111,29 @@ class EmbeddedSentinelGroup:
 
     replicas: int = 1
     sentinels: int = 3
+    password: str | None = None  # the data nodes' (requirepass, masterauth)
+    sentinel_password: str | None = None  # the Sentinels' (requirepass)
     nodes: list[EmbeddedValkey] = field(default_factory=list)
     watchers: list[EmbeddedSentinel] = field(default_factory=list)
 
     def start(self) -> EmbeddedSentinelGroup:
         try:
-            primary = EmbeddedValkey().start()
+            auth = (
+                ["--requirepass", self.password, "--masterauth", self.password]
+                if self.password
+                else []
+            )
+            primary = EmbeddedValkey(extra_args=auth).start()
             self.nodes.append(primary)
             for _ in range(self.replicas):
-                replica = EmbeddedValkey(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+                follow = ["--replicaof", "127.0.0.1", str(primary.port)]
+                replica = EmbeddedValkey(extra_args=follow + auth)
                 self.nodes.append(replica.start())
             for _ in range(self.sentinels):
-                self.watchers.append(EmbeddedSentinel(primary.port).start())
+                watcher = EmbeddedSentinel(
+                    primary.port, auth_pass=self.password, password=self.sentinel_password
+                )
+                self.watchers.append(watcher.start())
             self.wait_until(lambda: self.replicas_known() == self.replicas, "replicas known")
             self.wait_until(self.replicas_in_sync, "replicas in sync")
         except BaseException:
@@ -110,10 +141,15 @@ class EmbeddedSentinelGroup:
             raise
         return self
 
-    def url(self, *, password: str | None = None) -> str:
-        """The URL of the Sentinels (for ``create_valkey_client(sentinel_service=...)``)."""
+    def url(self) -> str:
+        """The URL of the Sentinels (for ``create_valkey_client(sentinel_service=...)``),
+        with the data nodes' password."""
         hosts = ",".join(f"127.0.0.1:{watcher.port}" for watcher in self.watchers)
-        return f"valkey://{f':{password}@' if password else ''}{hosts}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"valkey://{auth}{hosts}/0"
+
+    def node_command(self, port: int, *args: str) -> bytes:
+        return command(port, *args, password=self.password)
 
     def node(self, port: int) -> EmbeddedValkey:
         return next(node for node in self.nodes if node.port == port)
@@ -131,14 +167,14 @@ class EmbeddedSentinelGroup:
         """How many replicas every Sentinel knows of (the fewest any one knows)."""
         counts = []
         for watcher in self.watchers:
-            reply = command(watcher.port, "SENTINEL", "REPLICAS", SERVICE)
+            reply = watcher.command("SENTINEL", "REPLICAS", SERVICE)
             counts.append(int(reply[1 : reply.index(b"\r\n")]))
         return min(counts)
 
     def replicas_in_sync(self) -> bool:
         """Whether every replica's link to the primary is up."""
         return all(
-            b"master_link_status:up" in command(node.port, "INFO", "replication")
+            b"master_link_status:up" in self.node_command(node.port, "INFO", "replication")
             for node in self.nodes
             if node is not self.primary()
         )
@@ -159,7 +195,7 @@ class EmbeddedSentinelGroup:
                 return False
             port = ports.pop()
             assert port is not None
-            return command(port, "ROLE").startswith(b"*3\r\n$6\r\nmaster")
+            return self.node_command(port, "ROLE").startswith(b"*3\r\n$6\r\nmaster")
 
         self.wait_until(promoted, "a new primary", timeout_s)
         return self.primary()
