@@ -242,6 +242,8 @@ async def test_a_user_from_the_printed_line_passes(
 ) -> None:
     user, password = a_user()
     line = acl_setuser(user, keys.prefix, password=password)
+    # The key every probe names, holding a value of the wrong type for most of them.
+    assert await valkey.set(keys.seq, "witness") == "OK"
     async with acl_user(valkey, valkey_url, line) as client:
         gathered = await gather_facts(client, ScriptRegistry(), prefix=keys.prefix, user=user)
         assert gathered.permissions is not None
@@ -256,7 +258,9 @@ async def test_a_user_from_the_printed_line_passes(
             " script (redis.acl_check_cmd))",
         )
     # The probes ran nothing on the cache's keys.
-    assert await valkey.custom_command(["EXISTS", keys.seq]) == 0
+    assert await valkey.get(keys.seq) == b"witness"
+    assert await valkey.custom_command(["PTTL", keys.seq]) == -1
+    await valkey.delete([keys.seq])
 
 
 @pytest.mark.parametrize("dryrun", [False, True], ids=["probe script", "ACL DRYRUN"])
@@ -308,30 +312,49 @@ async def test_a_read_only_key_pattern_refuses_the_commands_that_write(
     user, password = a_user()
     line = acl_setuser(user, keys.prefix, password=password)
     line = line.replace(f"~{keys.prefix}:*", f"%R~{keys.prefix}:*")
+    assert await valkey.set(keys.seq, "witness") == "OK"
     async with acl_user(valkey, valkey_url, line) as client:
         found = await permissions_of(client, keys, user)
     expected = verdicts()
     expected.update(dict.fromkeys(WRITING, Verdict.NO_KEY))
     assert found.verdicts == expected
-    assert await valkey.custom_command(["EXISTS", keys.seq]) == 0
+    assert await valkey.get(keys.seq) == b"witness"
+    await valkey.delete([keys.seq])
 
 
+@pytest.mark.parametrize(
+    ("removed", "refused", "allowed"),
+    [
+        ("-evalsha -evalsha_ro", ["evalsha", "evalsha_ro"], ["ping", "script|exists"]),
+        # EVALSHA allowed but nothing to run with it: an unknown SHA answers NOSCRIPT.
+        (
+            "-script|load -evalsha_ro",
+            ["evalsha_ro", "script|load"],
+            ["evalsha", "ping", "script|exists"],
+        ),
+    ],
+)
 async def test_a_user_who_may_run_no_script_gets_what_harmless_probes_tell(
-    valkey: GlideClient, valkey_url: str, keys: KeySchema
+    valkey: GlideClient,
+    valkey_url: str,
+    keys: KeySchema,
+    removed: str,
+    refused: list[str],
+    allowed: list[str],
 ) -> None:
     user, password = a_user()
-    line = acl_setuser(user, keys.prefix, password=password) + " -evalsha -evalsha_ro"
+    line = f"{acl_setuser(user, keys.prefix, password=password)} {removed}"
     async with acl_user(valkey, valkey_url, line) as client:
         found = await permissions_of(client, keys, user)
     assert found.method == BY_PROBES
     expected = dict.fromkeys(COMMANDS, Verdict.UNCHECKED)
-    expected |= {"evalsha": Verdict.NO_COMMAND, "evalsha_ro": Verdict.NO_COMMAND}
-    expected |= {"ping": Verdict.ALLOWED, "script|exists": Verdict.ALLOWED}
+    expected |= dict.fromkeys(refused, Verdict.NO_COMMAND)
+    expected |= dict.fromkeys(allowed, Verdict.ALLOWED)
     assert found.verdicts == expected
     check = check_permissions(found)
     assert check.status is Status.FAIL
     assert check.detail.startswith(
-        f"user {user!r} lacks commands evalsha, evalsha_ro; not checked:"
+        f"user {user!r} lacks commands {', '.join(refused)}; not checked: client|setname, del,"
     )
 
 
