@@ -125,6 +125,10 @@ def test_sentinels_and_their_password() -> None:
         "request_timeout_ms": 1000,
         "sentinel_service": "mymaster",
     }
+    # Backend.AI's RedisConfig holds HostPortPair objects, and "host:port,host:port" too.
+    for sentinels in ([HostPortPair("s1", 26379), HostPortPair("s2", 26380)], "s1:26379,s2:26380"):
+        config = ValkeyTarget(sentinel=sentinels, service_name="m")  # type: ignore[arg-type]
+        assert valkey_client_options(config).url == "valkey://s1:26379,s2:26380/0"
     # Sentinel wins over addr, as in Backend.AI; TLS and the database apply to it too.
     both = ValkeyTarget(
         addr="10.0.0.9:6379",
