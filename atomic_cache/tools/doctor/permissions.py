@@ -250,9 +250,9 @@ async def _by_dryrun(
     for command in commands:
         try:
             reply = await send(["ACL", "DRYRUN", user, *probe_words(command, prefix)])
-        except RequestError as error:
-            if not verdicts and denied(error):
-                return None
+        except RequestError:
+            if not verdicts:
+                return None  # this user may not ask, or the server has no ACL DRYRUN
             verdicts[command] = Verdict.UNCHECKED  # the server knows no such command
             continue
         text = _text(reply)
