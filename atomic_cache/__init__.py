@@ -5,6 +5,7 @@ from .cache.client import create_valkey_client
 from .cache.local import LocalCache
 from .cache.scripts import ScriptLoadError, ScriptRegistry
 from .cache.source import AllLookup, AppConfigFragmentCacheSource
+from .cache.valkey_target import ValkeyClientOptions, valkey_client_options
 from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
 from .metrics import CacheStats, register_prometheus
@@ -62,7 +63,9 @@ __all__ = [
     "ScriptRegistry",
     "UnknownPolicyError",
     "UnknownUserError",
+    "ValkeyClientOptions",
     "create_valkey_client",
     "register_prometheus",
     "suppress_with_log",
+    "valkey_client_options",
 ]

@@ -214,8 +214,10 @@ def scripts_load(options: ServerOptions) -> None:
 
 
 async def _diagnose(url: str, prefix: str) -> list[Check]:
+    # A URL without a user name authenticates as the default user.
+    user = ValkeyURL.parse(url).username or "default"
     async with connected(url) as client:
-        return await diagnose(client, prefix=prefix)
+        return await diagnose(client, prefix=prefix, user=user)
 
 
 async def _diagnose_cluster(url: str, prefix: str) -> tuple[ClusterFacts, list[Check]]:
@@ -296,14 +298,17 @@ def doctor(ctx: click.Context, options: ServerOptions, prefix: str | None, stric
     """Check that a server, or a Valkey Cluster, is fit for the cache.
 
     Reports the server and version, required commands (Redis >= 7.0 or any Valkey),
-    whether the scripts are loaded, the eviction policy (allkeys-* and volatile-* can
-    evict an invalidation stamp before the entries it covers: stale reads), persistence and
-    replication. With --cluster: cluster_state, slot coverage, the prefix's hash tag, its
-    slot, primary and replicas, each primary's replicas (missing, failed, link down or
-    lagging), the scripts on every node, and the one-server checks on every primary (the
-    worst shown, naming the node); then a table of the nodes. Read-only. Exit status: 1 if
-    any check FAILs (or WARNs, with --strict), else 0; a server that does not answer is one
-    error line and exit status 1.
+    whether the URL's user may run every command the cache sends on the prefix's keys and
+    channel (naming what it lacks, and the `atomic-cache acl` line that grants it; one
+    server only, not yet with --cluster), whether the scripts are loaded, the eviction
+    policy (allkeys-* and volatile-* can evict an invalidation stamp before the entries it
+    covers: stale reads), persistence and replication. With --cluster: cluster_state, slot
+    coverage, the prefix's hash tag, its slot, primary and replicas, each primary's
+    replicas (missing, failed, link down or lagging), the scripts on every node, and the
+    one-server checks on every primary (the worst shown, naming the node); then a table of
+    the nodes. Read-only, but for the ACL check of a user who may not run ACL DRYRUN: it
+    loads one read-only probe script. Exit status: 1 if any check FAILs (or WARNs, with
+    --strict), else 0; a server that does not answer is one error line and exit status 1.
     """
     _check_cluster_url(options)
     facts: ClusterFacts | None = None

@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...keys import CLUSTER_DEFAULT_PREFIX, has_hash_tag
+
+if TYPE_CHECKING:  # permissions.py imports this module
+    from .permissions import PermissionFacts
 
 # What the Lua scripts call (redis.call / redis.pcall in lua/*.lua; a test reads the
 # sources, so this list cannot drift from them). invalidate.lua announces with PUBLISH, or
@@ -82,12 +86,14 @@ class ServerFacts:
     disclose (CONFIG disabled or renamed, as on some managed services) is absent.
     ``commands``: lower-case names of the commands the server knows, None if unknown.
     ``scripts_loaded``: SCRIPT EXISTS of each packaged script, None if unknown.
+    ``permissions``: what ACL allows the connected user, None if not asked.
     """
 
     info: Mapping[str, str]
     config: Mapping[str, str] = field(default_factory=dict)
     commands: frozenset[str] | None = None
     scripts_loaded: Mapping[str, bool] | None = None
+    permissions: PermissionFacts | None = None
 
 
 def parse_info(text: str | bytes) -> dict[str, str]:
@@ -302,9 +308,12 @@ def check_cluster(info: Mapping[str, str], prefix: str | None = None) -> Check |
 def run_checks(facts: ServerFacts, *, prefix: str | None = None) -> list[Check]:
     """Every check of one server, in display order. ``prefix``: the cache's key prefix,
     named when the server turns out to be a cluster node."""
-    checks = [
-        check_server(facts.info),
-        check_commands(facts.commands),
+    checks = [check_server(facts.info), check_commands(facts.commands)]
+    if facts.permissions is not None:
+        from .permissions import check_permissions  # it imports this module
+
+        checks.append(check_permissions(facts.permissions))
+    checks += [
         check_scripts(facts.scripts_loaded),
         check_eviction(facts.info, facts.config),
         check_persistence(facts.info, facts.config),

@@ -1,5 +1,6 @@
 """The thin part of the doctor that asks live servers, read-only (INFO, CONFIG GET,
-COMMAND LIST, SCRIPT EXISTS, CLUSTER INFO|NODES)."""
+COMMAND LIST, SCRIPT EXISTS, CLUSTER INFO|NODES; for the user's permissions ACL DRYRUN,
+or else one read-only probe script, see permissions.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TypeAlias
 from glide import ByAddressRoute, GlideClusterClient, GlideError, RandomNode, RequestError
 
 from ...cache.scripts import ScriptRegistry, ValkeyClient
-from ...keys import CLUSTER_DEFAULT_PREFIX
+from ...keys import CLUSTER_DEFAULT_PREFIX, DEFAULT_PREFIX
 from ...resilience.errors import UNWELL_CAUSES, cause_of
 from .checks import (
     CLUSTER_REQUIRED_COMMANDS,
@@ -30,6 +31,7 @@ from .cluster import (
     parse_cluster_nodes,
     run_cluster_checks,
 )
+from .permissions import gather_permissions
 
 # -- asking live servers -----------------------------------------------------------------
 
@@ -102,8 +104,16 @@ async def _config(send: Send) -> dict[str, str]:
     return answers
 
 
-async def gather_facts(client: ValkeyClient, registry: ScriptRegistry) -> ServerFacts:
-    """Ask the server what the checks need; read-only. Connection errors propagate."""
+async def gather_facts(
+    client: ValkeyClient,
+    registry: ScriptRegistry,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    user: str | None = None,
+) -> ServerFacts:
+    """Ask the server what the checks need; read-only but for the permission probe (see
+    permissions.py). ``prefix``: the cache's, whose keys and channel the connected user
+    (``user``, when the caller knows it) must reach. Connection errors propagate."""
     send = _sender(client)
     info = parse_info(_text(await send(["INFO"])))
     try:
@@ -115,14 +125,22 @@ async def gather_facts(client: ValkeyClient, registry: ScriptRegistry) -> Server
         config=await _config(send),
         commands=await _known_commands(send),
         scripts_loaded=loaded,
+        permissions=await gather_permissions(send, prefix, user=user),
     )
 
 
 async def diagnose(
-    client: ValkeyClient, registry: ScriptRegistry | None = None, *, prefix: str | None = None
+    client: ValkeyClient,
+    registry: ScriptRegistry | None = None,
+    *,
+    prefix: str | None = None,
+    user: str | None = None,
 ) -> list[Check]:
     """Gather the facts from a live server and run every check."""
-    return run_checks(await gather_facts(client, registry or ScriptRegistry()), prefix=prefix)
+    facts = await gather_facts(
+        client, registry or ScriptRegistry(), prefix=prefix or DEFAULT_PREFIX, user=user
+    )
+    return run_checks(facts, prefix=prefix)
 
 
 async def _scripts_on(
