@@ -28,6 +28,7 @@ from atomic_cache import (
 )
 from atomic_cache.cache.client import split_hosts
 from atomic_cache.cache.sentinel import SentinelClient, Sentinels
+from atomic_cache.cache.valkey_target import valkey_client_options
 from atomic_cache.tools.embedded import free_port
 from atomic_cache.tools.embedded_sentinel import SERVICE, EmbeddedSentinelGroup, command
 
@@ -494,3 +495,27 @@ async def test_passwords_on_the_data_nodes_and_on_the_sentinels(clean_db: AsyncE
                 await refused.custom_command(["PING"])
         finally:
             await refused.close()
+
+
+async def test_a_backend_ai_valkey_target_with_sentinels_connects_and_follows() -> None:
+    """valkey_client_options on a ValkeyTarget as Backend.AI writes it: Sentinels as
+    "host:port" strings, a service name, a data-node password and an empty Sentinel
+    password (none)."""
+    with EmbeddedSentinelGroup(password="pw") as group:
+        target = {
+            "sentinel": [f"127.0.0.1:{watcher.port}" for watcher in group.watchers],
+            "service_name": SERVICE,
+            "password": "pw",
+            "sentinel_password": "",
+            "request_timeout": 1000,
+        }
+        client = await valkey_client_options(target).connect()
+        try:
+            assert isinstance(client, SentinelClient)
+            assert client.primary == ("127.0.0.1", group.primary().port)
+            assert await client.custom_command(["SET", "k", "v"]) == "OK"
+            group.watchers[1].command("SENTINEL", "FAILOVER", SERVICE)
+            await until(followed(client), "the client to follow the handover")
+            assert await client.custom_command(["GET", "k"]) == b"v"
+        finally:
+            await client.close()

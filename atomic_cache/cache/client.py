@@ -298,7 +298,8 @@ async def create_valkey_client(
     Sentinels, and the client talks to the primary they name for that service, following
     every failover with no call from the application (see :class:`SentinelClient`). The
     URL's user and password are the data nodes'; ``sentinel_password`` is the Sentinels'
-    (by default the URL's; Sentinels without a password accept any). The Sentinels are
+    (by default the URL's, ``""`` for none; Sentinels without a password accept any).
+    The Sentinels are
     reached over plain TCP, the data nodes over TLS if the URL says so.
     """
     if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
@@ -370,7 +371,8 @@ async def sentinel_client(
     sentinels = Sentinels(
         addresses,
         service,
-        password=sentinel_password if sentinel_password is not None else parsed.password,
+        # None: the data nodes' password; "": none (Backend.AI's spelling of "no AUTH").
+        password=parsed.password if sentinel_password is None else sentinel_password or None,
         timeout_s=connect_timeout_ms / 1000,
     )
 

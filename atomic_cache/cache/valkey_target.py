@@ -21,6 +21,7 @@ from urllib.parse import quote
 from glide import GlideClient
 
 from .client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client, redact_url
+from .sentinel import SentinelClient
 
 _FIELDS = (
     "addr",
@@ -61,9 +62,10 @@ class ValkeyClientOptions:
                 options["sentinel_password"] = self.sentinel_password
         return options
 
-    async def connect(self) -> GlideClient:
-        """``create_valkey_client(self.url, **self.kwargs)``: a client, connected lazily."""
-        client: GlideClient = await create_valkey_client(self.url, **self.kwargs)
+    async def connect(self) -> GlideClient | SentinelClient:
+        """``create_valkey_client(self.url, **self.kwargs)``: a client, connected lazily
+        (a ``SentinelClient`` for a target with Sentinels)."""
+        client: GlideClient | SentinelClient = await create_valkey_client(self.url, **self.kwargs)
         return client
 
     def __repr__(self) -> str:
