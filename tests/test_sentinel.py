@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from glide import ConnectionError as GlideConnectionError
+from glide import RequestError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import (
@@ -29,6 +30,8 @@ from atomic_cache import (
 from atomic_cache.cache.client import split_hosts
 from atomic_cache.cache.sentinel import SentinelClient, Sentinels
 from atomic_cache.cache.valkey_target import valkey_client_options
+from atomic_cache.keys import DEFAULT_PREFIX
+from atomic_cache.tools.acl import acl_setuser
 from atomic_cache.tools.embedded import free_port
 from atomic_cache.tools.embedded_sentinel import SERVICE, EmbeddedSentinelGroup, command
 
@@ -63,10 +66,11 @@ class Process:
         engine: AsyncEngine,
         *,
         local: LocalCache | None = None,
+        request_timeout_ms: int = 1000,
         **options: Any,
     ) -> Process:
         client = await create_valkey_client(
-            group.url(), sentinel_service=SERVICE, request_timeout_ms=1000
+            group.url(), sentinel_service=SERVICE, request_timeout_ms=request_timeout_ms
         )
         registry = ScriptRegistry()
         await registry.load(client, required=True)
@@ -97,6 +101,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: floa
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def in_sync(group: EmbeddedSentinelGroup) -> None:
+    """Until every replica's link is up: before that, a replica the Sentinels could
+    promote lacks what it has not synced, and invalidations fail their replica wait."""
+    await asyncio.to_thread(group.wait_until, group.replicas_in_sync, "replicas in sync")
 
 
 def followed(*clients: SentinelClient, failovers: int = 1) -> Callable[[], Awaitable[bool]]:
@@ -231,6 +241,7 @@ async def test_a_primary_handed_over_by_the_sentinels_is_followed(
     old = group.primary()
     assert command(group.watchers[0].port, "SENTINEL", "FAILOVER", SERVICE) == b"+OK\r\n"
     await until(followed(here.client), "the client to follow the handover")
+    await in_sync(group)  # the old primary, now a replica, has synced
     assert here.client.primary != ("127.0.0.1", old.port)
     await here.write(user, 2)
     assert await here.version(user) == 2
@@ -247,8 +258,9 @@ async def test_writes_left_uninvalidated_without_a_primary_are_covered_before_th
     writer then goes away. Before another process reads the promoted node (which holds
     the old entry), it replays every row of the outbox there (its own loop would wait
     10 minutes)."""
-    here = await Process.start(group, clean_db)
-    there = await Process.start(group, clean_db)
+    # Short timeouts: what happens without a primary is over well before the promotion.
+    here = await Process.start(group, clean_db, request_timeout_ms=100)
+    there = await Process.start(group, clean_db, request_timeout_ms=100)
     there.repo = AppConfigFragmentRepository(clean_db, cache=there.cache, replay_after_s=600)
     world = await make_world(clean_db, here.cache)
     user = world.users[0]
@@ -258,6 +270,9 @@ async def test_writes_left_uninvalidated_without_a_primary_are_covered_before_th
     old = await asyncio.to_thread(group.kill_primary)
     await here.write(user, 2)  # committed; its invalidation failed (no primary)
     await here.close()
+    for _ in range(5):  # meanwhile, from the database; the breaker opens
+        assert await there.version(user) == 2
+    assert there.cache.breaker.state != "closed" and there.client.failovers == 0
     await asyncio.to_thread(group.wait_for_new_primary, old)
     await until(followed(there.client), "the other process to follow the failover")
     assert there.repo.stats().outbox_replayed >= 1
@@ -410,6 +425,7 @@ async def test_a_local_cache_subscribed_to_a_primary_handed_over_resyncs_on_the_
     assert command(group.watchers[0].port, "SENTINEL", "FAILOVER", SERVICE) == b"+OK\r\n"
     assert isinstance(local._client, SentinelClient)
     await until(followed(local._client, here.client), "the clients to follow the handover")
+    await in_sync(group)  # the old primary, now a replica, has synced
     assert local.counters.flushes["failover"] == 1
     assert await local.ready()
     assert local._client.primary == here.client.primary
@@ -480,6 +496,7 @@ async def test_passwords_on_the_data_nodes_and_on_the_sentinels(clean_db: AsyncE
         assert repo.stats().hits == 1
         group.watchers[0].command("SENTINEL", "FAILOVER", SERVICE)
         await until(followed(client), "the client to follow the handover")
+        await in_sync(group)  # the old primary, now a replica, has synced
         for _ in range(2):
             assert (await repo.app_config(user, "webui")).config == {"v": 1}
         assert repo.stats().hits == 3  # the promoted replica had the entry
@@ -516,6 +533,40 @@ async def test_a_backend_ai_valkey_target_with_sentinels_connects_and_follows() 
             assert await client.custom_command(["SET", "k", "v"]) == "OK"
             group.watchers[1].command("SENTINEL", "FAILOVER", SERVICE)
             await until(followed(client), "the client to follow the handover")
+            await in_sync(group)  # the old primary, now a replica, has synced
             assert await client.custom_command(["GET", "k"]) == b"v"
         finally:
             await client.close()
+
+
+async def test_a_least_privilege_user_from_the_sentinel_acl_line_runs_the_cache(
+    clean_db: AsyncEngine,
+) -> None:
+    """``atomic-cache acl --sentinel``'s line, set on every data node: reads, fills,
+    invalidations with their replica wait, and a handover, with no fall-through."""
+    with EmbeddedSentinelGroup() as group:
+        line = acl_setuser("cache", DEFAULT_PREFIX, sentinel=True, password="pw")
+        for node in group.nodes:
+            assert group.node_command(node.port, *line.split()) == b"+OK\r\n"
+        url = group.url().replace("valkey://", "valkey://cache:pw@")
+        client = await create_valkey_client(url, sentinel_service=SERVICE, sentinel_password="")
+        registry = ScriptRegistry()
+        assert await registry.load(client, required=True)
+        cache = AppConfigFragmentCacheSource(client, registry)
+        repo = AppConfigFragmentRepository(clean_db, cache=cache)
+        world = await make_world(clean_db, cache)
+        user = world.users[0]
+        await repo.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
+        assert (await repo.app_config(user, "webui")).config == {"v": 1}
+        group.watchers[0].command("SENTINEL", "FAILOVER", SERVICE)
+        await until(followed(client), "the client to follow the handover")
+        await in_sync(group)  # the old primary, now a replica, has synced
+        await repo.bulk_update_my(user, [MyFragmentInput(name="webui", extra_config={"v": 2})])
+        for _ in range(2):
+            assert (await repo.app_config(user, "webui")).config == {"v": 2}
+        stats = repo.stats()
+        assert stats.fall_throughs == {} and stats.hits == 1 and stats.invalidations >= 2
+        with pytest.raises(RequestError, match="No permissions to access a key"):
+            await client.custom_command(["GET", "elsewhere"])
+        await repo.close()
+        await client.close()

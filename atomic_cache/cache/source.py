@@ -567,9 +567,9 @@ class AppConfigFragmentCacheSource:
         scripts there, and if its invalidation sequence is behind the highest this
         process knows (its own invalidations', or what its local cache heard), the
         failover lost acknowledged invalidations: start a new life of the index there,
-        before any read reaches it. Then the ``failover_hooks`` of its holders run (their
-        calls through this source go to the new node too), and the breaker closes (its
-        failures were the old primary's). Raises if the node cannot be reached: the
+        before any read reaches it. Then the breaker closes (its failures were the old
+        primary's) and the ``failover_hooks`` of its holders run (their calls through
+        this source go to the new node too). Raises if the node cannot be reached: the
         switch is tried again."""
         await self._registry.load(client, required=True)
         known = max(self._highest_sequence, self._local.sequence if self._local else 0)
@@ -580,9 +580,11 @@ class AppConfigFragmentCacheSource:
         self._highest_sequence = max(server, self._highest_sequence)
         if self._replicas is not None:
             self._replicas.forget()
+        # Before the hooks: their invalidations must not be refused as if the old primary's
+        # failures were the new one's.
+        self.breaker.reset("a new primary answered")
         for hook in list(self.failover_hooks):
             await hook()
-        self.breaker.reset("a new primary answered")
 
     async def _call_invalidate(
         self,

@@ -42,11 +42,21 @@ CLUSTER_COMMANDS: tuple[str, ...] = (
 )
 
 
-def acl_commands(*, cluster: bool = False) -> list[str]:
+# Under Sentinel also: the check that a node named by the Sentinels is a primary, and the
+# wait for the replicas they could promote. (The Sentinels themselves are asked with their
+# own password, as the default user: they need no ACL of this package.)
+SENTINEL_COMMANDS: tuple[str, ...] = ("ROLE", "WAIT")
+
+
+def acl_commands(*, cluster: bool = False, sentinel: bool = False) -> list[str]:
     """Every command a cache and its local cache send, sorted, in ACL's spelling."""
+    if cluster and sentinel:
+        raise ValueError("a cluster has no Sentinels: cluster or sentinel, not both")
     commands = {*SCRIPT_COMMANDS, *CLIENT_COMMANDS, *CONNECTION_COMMANDS}
     if cluster:
         commands |= set(CLUSTER_COMMANDS)
+    if sentinel:
+        commands |= set(SENTINEL_COMMANDS)
     return sorted(command.lower() for command in commands)
 
 
@@ -56,7 +66,12 @@ def _glob(text: str) -> str:
 
 
 def acl_setuser(
-    user: str, prefix: str, *, cluster: bool = False, password: str | None = None
+    user: str,
+    prefix: str,
+    *,
+    cluster: bool = False,
+    sentinel: bool = False,
+    password: str | None = None,
 ) -> str:
     """``ACL SETUSER`` for a user that can do everything the cache does under ``prefix``
     and nothing else (``-@all`` first). Without ``password``, add ``>secret`` yourself."""
@@ -70,5 +85,5 @@ def acl_setuser(
             raise ValueError("a password for the ACL line has no spaces and is not empty")
         parts.append(f">{password}")
     parts += [f"~{_glob(prefix)}:*", f"&{_glob(prefix)}:invalidations", "-@all"]
-    parts += [f"+{command}" for command in acl_commands(cluster=cluster)]
+    parts += [f"+{command}" for command in acl_commands(cluster=cluster, sentinel=sentinel)]
     return " ".join(parts)

@@ -383,11 +383,13 @@ def _report_table(report: bench_module.BenchReport) -> Table:
 @click.option("--user", "user", required=True, help="The ACL user to create or change.")
 @click.option("--password", default=None, help="Add >PASSWORD to the line (else add it yourself).")
 @click.option("--cluster", is_flag=True, help="A Valkey Cluster (WAIT, sharded pub/sub, ...).")
-def acl(prefix: str, user: str, password: str | None, cluster: bool) -> None:
+@click.option("--sentinel", is_flag=True, help="Data nodes behind Sentinels (ROLE, WAIT).")
+def acl(prefix: str, user: str, password: str | None, cluster: bool, sentinel: bool) -> None:
     """Print the least-privilege ACL SETUSER line for a cache: the commands the scripts
-    and the package send, the keys under PREFIX and its announcement channel."""
+    and the package send, the keys under PREFIX and its announcement channel. Under
+    Sentinel, run it on every data node (ACLs are not replicated)."""
     try:
-        line = acl_setuser(user, prefix, cluster=cluster, password=password)
+        line = acl_setuser(user, prefix, cluster=cluster, sentinel=sentinel, password=password)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     click.echo(line)
