@@ -200,7 +200,7 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k", "l"):
+    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k", "l", "m"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
     # Scenario l: every plain-SQL write was timed until served, idle and under load.
     served = [row for row in rows if row["scenario"].startswith("l. plain-SQL COMMIT")]
@@ -418,6 +418,28 @@ async def test_bench_sql_scenario_compares_cache_and_sql(
         "SQL merged view (no cache)", "cached app_config", "cached, warm",
     }  # fmt: skip
     assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows)
+
+
+async def test_bench_sentinel_scenario_times_a_failover_and_tls(
+    valkey_url: str, database_url: str, tmp_path: Path
+) -> None:
+    result = await invoke(
+        "bench", "--tiny", "-s", "m", "--out", str(tmp_path),
+        "--valkey-url", valkey_url, "--database-url", database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    failover, plain, tls = rows
+    assert failover["samples"] == TINY.failovers == 1
+    extra = failover["extra"]
+    # No caller failed; the database answered while there was no primary.
+    assert extra["errors meanwhile"] == 0 and extra["served by PostgreSQL meanwhile"] > 0
+    assert {"kill -> promotion p50 ms", "promotion -> first hit max ms"} <= set(extra)
+    assert [(row["variant"], row["baseline"]) for row in (plain, tls)] == [
+        ("plain TCP", True),
+        ("TLS", False),
+    ]
+    assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in (plain, tls))
 
 
 async def test_bench_outage_scenario_compares_dead_and_paused_valkey_with_sql(

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -115,6 +116,7 @@ class EmbeddedSentinelGroup:
     sentinel_password: str | None = None  # the Sentinels' (requirepass)
     nodes: list[EmbeddedValkey] = field(default_factory=list)
     watchers: list[EmbeddedSentinel] = field(default_factory=list)
+    promoted_at: float = 0.0  # perf_counter() when wait_for_new_primary saw the promotion
 
     def start(self) -> EmbeddedSentinelGroup:
         try:
@@ -197,21 +199,24 @@ class EmbeddedSentinelGroup:
             assert port is not None
             return self.node_command(port, "ROLE").startswith(b"*3\r\n$6\r\nmaster")
 
-        self.wait_until(promoted, "a new primary", timeout_s)
+        self.wait_until(promoted, "a new primary", timeout_s, poll_s=0.01)
+        self.promoted_at = time.perf_counter()
         return self.primary()
 
     @staticmethod
-    def wait_until(condition: object, what: str, timeout_s: float = 30.0) -> None:
+    def wait_until(
+        condition: Callable[[], bool], what: str, timeout_s: float = 30.0, poll_s: float = 0.05
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if callable(condition) and condition():
+                if condition():
                     return
             except OSError:
                 pass  # a node between lives: ask again
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}")
-            time.sleep(0.05)
+            time.sleep(poll_s)
 
     def cleanup(self) -> None:
         for watcher in self.watchers:

@@ -25,8 +25,8 @@ The modules: ``kit`` (rows, context, interleaved timing), ``sizes``, ``server`` 
 the server says of itself), ``legacy`` (the one-script design), ``data`` (configs, fills,
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
-``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l); ``report`` (markdown,
-JSON) and ``plot`` (PNG).
+``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l, ``sentinel`` m);
+``report`` (markdown, JSON) and ``plot`` (PNG).
 Scenarios import the kit, never each other; this module puts them together.
 """
 
@@ -62,6 +62,7 @@ from .plot import plot
 from .reads import scenario_reads
 from .refusals import scenario_refusals
 from .report import COLUMNS, table_cells, to_json, to_markdown
+from .sentinel import scenario_sentinel
 from .server import drop_prefix, info_fields
 from .server_cost import scenario_server_cost
 from .sizes import FULL, QUICK, SIZES, TINY, BenchSizes
@@ -122,6 +123,12 @@ SCENARIOS: list[Scenario] = [
         "l",
         "the cache follows the database: plain-SQL COMMIT to served, trigger cost, checker",
         scenario_following,
+        needs_database=True,
+    ),
+    Scenario(
+        "m",
+        "Sentinel: a killed primary to the first hit on the new one; TLS vs plain hits",
+        scenario_sentinel,
         needs_database=True,
     ),
 ]

@@ -33,6 +33,7 @@ class BenchSizes:
     cluster_domain_users: int  # users of the domain invalidated per variant per round (j)
     local_users: int  # users whose config every cache of scenario k holds
     local_window_writes: int  # writes whose cross-process window is measured (k)
+    failovers: int  # primaries killed under Sentinel (m)
     fill_concurrency: int = 64
 
 
@@ -60,6 +61,7 @@ FULL = BenchSizes(
     cluster_domain_users=2_000,
     local_users=2_000,
     local_window_writes=5_000,
+    failovers=5,
 )
 QUICK = BenchSizes(
     name="quick",
@@ -85,6 +87,7 @@ QUICK = BenchSizes(
     cluster_domain_users=1_000,
     local_users=2_000,
     local_window_writes=1_000,
+    failovers=2,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
@@ -111,5 +114,6 @@ TINY = BenchSizes(
     cluster_domain_users=150,  # past one call's clean-up budget: the background steps run
     local_users=50,
     local_window_writes=20,
+    failovers=1,
 )
 SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
