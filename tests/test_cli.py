@@ -311,7 +311,7 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
     assert [scenario.key for scenario in SCENARIOS] == [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l",
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m",
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from glide import GlideClient
 
 import atomic_cache.cache
 from atomic_cache import ScriptRegistry
+from atomic_cache.tools.acl import SENTINEL_COMMANDS
 from atomic_cache.tools.doctor import (
     CLUSTER_REQUIRED_COMMANDS,
     REQUIRED_COMMANDS,
@@ -167,7 +168,9 @@ def test_cluster_commands_add_what_the_cache_package_sends_on_a_cluster() -> Non
     for path in Path(atomic_cache.cache.__file__).parent.glob("*.py"):
         sent |= set(_names(SENT_COMMAND, path.read_text()))
     assert {"EVALSHA", "EVALSHA_RO", "EVAL", "EVAL_RO", "SCRIPT", "WAIT", "CLUSTER"} <= sent
-    assert sent <= set(CLUSTER_REQUIRED_COMMANDS)
+    # Under Sentinel also ROLE (and WAIT) on the data nodes, and AUTH to the Sentinels.
+    assert {"ROLE", "AUTH"} <= sent
+    assert sent <= {*CLUSTER_REQUIRED_COMMANDS, *SENTINEL_COMMANDS, "AUTH"}
     extra = set(CLUSTER_REQUIRED_COMMANDS) - set(REQUIRED_COMMANDS)
     assert extra == {"WAIT", "CLUSTER", "EVAL", "EVAL_RO", "SPUBLISH"}
 

@@ -38,7 +38,7 @@ from glide import GlideClient, GlideError
 from ..resilience.errors import cause_of
 from ..resilience.logs import LogThrottle
 from .replicas import replicas_in_role
-from .resp import RespConnection, RespError
+from .resp import RespConnection, RespError, RespReply
 
 log = logging.getLogger(__name__)
 
@@ -108,52 +108,45 @@ class Sentinels:
                 raise
         return connection
 
-    async def primary(self) -> Address:
-        """The primary's address, from the first Sentinel that knows it (which is asked
-        first next time). ``ConnectionError`` naming each Sentinel's answer if none does."""
+    async def _ask(self, what: str, *command: str) -> tuple[Address, RespReply]:
+        """``command`` to the Sentinels in order; the first answer (and who gave it).
+        ``ConnectionError`` naming each Sentinel's failure if none answers."""
         failures = []
         for address in list(self.addresses):
             try:
                 connection = await self._connect(address)
                 try:
-                    reply = await asyncio.wait_for(
-                        connection.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service),
-                        self.timeout_s,
-                    )
+                    reply = await asyncio.wait_for(connection.command(*command), self.timeout_s)
                 finally:
                     await connection.close()
             except (OSError, TimeoutError, RespError, ConnectionError) as error:
                 failures.append(f"{address[0]}:{address[1]}: {error or type(error).__name__}")
                 continue
-            if isinstance(reply, list) and len(reply) == 2:
-                self.addresses.remove(address)
-                self.addresses.insert(0, address)
-                return _text(reply[0]), int(_text(reply[1]))
-            failures.append(f"{address[0]}:{address[1]}: does not monitor {self.service!r}")
-        raise ConnectionError(
-            f"no Sentinel named the primary of {self.service!r}: " + "; ".join(failures)
+            if reply is None:  # this Sentinel does not monitor the service
+                failures.append(f"{address[0]}:{address[1]}: does not monitor {self.service!r}")
+                continue
+            return address, reply
+        raise ConnectionError(f"no Sentinel {what} of {self.service!r}: " + "; ".join(failures))
+
+    async def primary(self) -> Address:
+        """The primary's address, from the first Sentinel that knows it (which is asked
+        first next time). ``ConnectionError`` naming each Sentinel's answer if none does."""
+        address, reply = await self._ask(
+            "named the primary", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
         )
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise ConnectionError(f"{address[0]}:{address[1]} answered {reply!r:.80}")
+        self.addresses.remove(address)
+        self.addresses.insert(0, address)
+        return _text(reply[0]), int(_text(reply[1]))
 
     async def promotable_replicas(self) -> int:
         """How many replicas the first Sentinel that answers could promote: those it
         sees up (not ``s_down``, ``o_down`` or ``disconnected``) with a priority other
         than 0. A replica cut off from the primary counts: it may still be promoted."""
-        failures = []
-        for address in list(self.addresses):
-            try:
-                connection = await self._connect(address)
-                try:
-                    reply = await asyncio.wait_for(
-                        connection.command("SENTINEL", "REPLICAS", self.service), self.timeout_s
-                    )
-                finally:
-                    await connection.close()
-            except (OSError, TimeoutError, RespError, ConnectionError) as error:
-                failures.append(f"{address[0]}:{address[1]}: {error or type(error).__name__}")
-                continue
-            replicas = reply if isinstance(reply, list) else []
-            return sum(1 for replica in replicas if _promotable(replica))
-        raise ConnectionError("no Sentinel listed the replicas: " + "; ".join(failures))
+        _, reply = await self._ask("listed the replicas", "SENTINEL", "REPLICAS", self.service)
+        replicas = reply if isinstance(reply, list) else []
+        return sum(1 for replica in replicas if _promotable(replica))
 
     async def listen(self, on_switch: Callable[[], None]) -> None:
         """Call ``on_switch`` whenever a Sentinel announces that this service's primary

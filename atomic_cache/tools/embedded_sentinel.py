@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..cache.resp import encode
 from .embedded import STARTUP_TIMEOUT_S, EmbeddedValkey, _ping, free_port, valkey_server_binary
 
 SERVICE = "mymaster"
-
-
-def _encode(*args: str) -> bytes:
-    return (f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)).encode()
 
 
 def _reply(sock: socket.socket) -> bytes:
@@ -43,10 +40,10 @@ def command(port: int, *args: str, password: str | None = None, timeout: float =
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         if password is not None:
-            sock.sendall(_encode("AUTH", password))
+            sock.sendall(encode("AUTH", password))
             if not _reply(sock).startswith(b"+OK"):
                 raise RuntimeError(f"AUTH refused on port {port}")
-        sock.sendall(_encode(*args))
+        sock.sendall(encode(*args))
         return _reply(sock)
 
 
