@@ -136,16 +136,29 @@ async def install_triggers(conn: AsyncConnection) -> None:
     await raw.driver_connection.execute(TRIGGERS_SQL.read_text())  # type: ignore[union-attr]
 
 
+# The package's own tables, whichever model the database holds: the outbox and the
+# registry of the caches that follow the database.
+OWN_TABLES = (invalidation_outbox, cache_prefixes)
+
+
+async def create_own_tables(conn: AsyncConnection) -> None:
+    """Create the package's own tables (``OWN_TABLES``) where missing, and the outbox's
+    ``deferred`` column where a table of an earlier release lacks it, in the caller's
+    transaction; touches no model's tables. Safe to call any number of times."""
+    await conn.run_sync(metadata.create_all, tables=list(OWN_TABLES), checkfirst=True)
+    await conn.execute(
+        text(
+            "ALTER TABLE app_config_invalidation_outbox"
+            " ADD COLUMN IF NOT EXISTS deferred boolean NOT NULL DEFAULT false"
+        )
+    )
+
+
 async def create_schema(engine: AsyncEngine) -> None:
     """Create the tables that do not exist yet, the outbox's ``deferred`` column where a
     table of an earlier release lacks it, and the triggers; safe to call any number of
     times (what Alembic's revisions 0001 and 0002 build)."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all, checkfirst=True)
-        await conn.execute(
-            text(
-                "ALTER TABLE app_config_invalidation_outbox"
-                " ADD COLUMN IF NOT EXISTS deferred boolean NOT NULL DEFAULT false"
-            )
-        )
+        await create_own_tables(conn)
         await install_triggers(conn)
