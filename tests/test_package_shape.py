@@ -92,6 +92,12 @@ def layer_of(module: str) -> int:
     top = parts[0]
     if top == "tools":
         return 4
+    if top == "ranked":
+        # The ranked model beside the core: its values pure, its SQL a source, the rest
+        # (the package's API, the repositories) orchestration.
+        if parts[1:2] == ["models"]:
+            return 0
+        return 1 if parts[1:2] in (["schema"], ["db_source"]) else 3
     if top in {"repository", "replayer", "single_flight", "following", "consistency"}:
         return 3
     if top == "resilience":
@@ -101,7 +107,7 @@ def layer_of(module: str) -> int:
     return 0  # keys, models, merge, targets, validation
 
 
-PURE = ("keys.py", "models.py", "merge.py", "targets.py", "validation.py")
+PURE = ("keys.py", "models.py", "merge.py", "targets.py", "validation.py", "ranked/models.py")
 
 
 @pytest.mark.parametrize("name", PURE)
@@ -143,3 +149,27 @@ def test_imports_point_one_way() -> None:
 def _is_module(dotted: str) -> bool:
     relative = Path(*dotted.split(".")[1:])
     return (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative).is_dir()
+
+
+def test_the_core_never_imports_the_ranked_model() -> None:
+    """The ranked model uses the core (the merge, the outbox tables); nothing but the model
+    itself and the tools imports it, so the core and the policy model work without it."""
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        inside = path.relative_to(PACKAGE).parts[0]
+        if inside in {"ranked", "tools"}:
+            continue
+        importers += [
+            f"{path.relative_to(PACKAGE)} -> {imported}"
+            for imported in imports_of(path)
+            if imported == "atomic_cache.ranked" or imported.startswith("atomic_cache.ranked.")
+        ]
+    assert importers == []
+    probe = (
+        "import atomic_cache, atomic_cache.db, atomic_cache.cache, atomic_cache.repository, sys\n"
+        "print(sorted(m for m in sys.modules if m.startswith('atomic_cache.ranked')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "[]"
