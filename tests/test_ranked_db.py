@@ -35,6 +35,7 @@ from atomic_cache.ranked import (
     Scope,
     WriteNotAllowedError,
 )
+from atomic_cache.ranked.db_source import _gate_violation
 from atomic_cache.ranked.schema import BUILT_IN_UUID_DEFAULT, TABLE_NAMES, UUID_OSSP_DEFAULT
 
 UPSTREAM_DDL = Path(__file__).with_name("ranked_upstream_ddl.sql")
@@ -539,6 +540,22 @@ async def test_a_write_not_allowed_names_every_pair_and_writes_nothing(
     ]
     assert "'unregistered'" in str(refused.value) and "nothing was written" in str(refused.value)
     assert await fragment_rows(db) == before
+
+
+async def test_the_gates_own_error_names_its_pair(db: RankedDBSource) -> None:
+    """What bulk_upsert maps the foreign key's violation from, should one ever get past
+    the locked check: PostgreSQL's error names the constraint and the pair."""
+    await register(db, "a, b", {Scope.PUBLIC: None})
+    with pytest.raises(IntegrityError) as violation:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO app_config_fragments (config_name, scope_type, scope_id, config)"
+                    " VALUES ('a, b', 'user', :u, '{}')"
+                ),
+                {"u": U1},
+            )
+    assert _gate_violation(violation.value) == ("a, b", Scope.USER)
 
 
 async def test_upsert_replaces_the_config_and_keeps_the_id(db: RankedDBSource) -> None:

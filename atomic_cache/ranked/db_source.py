@@ -111,13 +111,14 @@ def _read_names(names: Sequence[str]) -> list[str]:
 
 
 def _gate_violation(error: IntegrityError) -> tuple[str, Scope] | None:
-    """The (name, scope) an FK violation of the write gate names, when it is one."""
+    """The (name, scope) an FK violation of the write gate names (from PostgreSQL's
+    detail), when it is one."""
     cause = error.orig.__cause__ if error.orig is not None else None
     if getattr(cause, "constraint_name", None) != FRAGMENT_GATE:
         return None
     detail = str(getattr(cause, "detail", "") or "")
     found = re.search(r"=\((.*), (public|domain|user)\)", detail)
-    return (found[1], Scope(found[2])) if found else ("?", Scope.PUBLIC)
+    return (found[1], Scope(found[2])) if found else None
 
 
 class RankedDBSource:
