@@ -25,7 +25,7 @@ from glide import (
 from ..glide_compat import breaker_option
 
 if TYPE_CHECKING:  # glide 2.6+; older releases have no client-wide breaker
-    from glide import ClientCircuitBreakerConfiguration
+    from ..glide_compat import ClientCircuitBreakerConfiguration
 
 DEFAULT_REQUEST_TIMEOUT_MS = 250
 DEFAULT_CONNECT_TIMEOUT_MS = 500
