@@ -9,6 +9,13 @@ Backend.AI pins, and later): features of later releases are used when present.
   ``HAS_CLIENT_CIRCUIT_BREAKER``).
 - Type differences between releases are settled here too: the names above come from
   glide for a type checker, and are Any when it checks against a glide without them.
+- After a lost connection, glide 2.3 reconnects and subscribes again at once (within a
+  millisecond or so, on a server that takes the connection), where 2.6 subscribes again
+  only at its next periodic sync, seconds later. Announcements published in between are
+  lost either way, but on 2.3 glide's own state (``get_subscriptions``) may never be seen
+  without the subscription. So ``LocalCache`` does not rely on it alone: each check also
+  asks the server (``CLIENT INFO``) which connection carries the subscription, and a new
+  connection id empties the cache, on every glide release.
 """
 
 from __future__ import annotations
