@@ -14,8 +14,8 @@ Backend.AI pins, and later): features of later releases are used when present.
   only at its next periodic sync, seconds later. Announcements published in between are
   lost either way, but on 2.3 glide's own state (``get_subscriptions``) may never be seen
   without the subscription. So ``LocalCache`` does not rely on it alone: each check also
-  asks the server (``CLIENT INFO``) which connection carries the subscription, and a new
-  connection id empties the cache, on every glide release.
+  asks the server (``CLIENT INFO``) which connection carries the subscription, and one
+  other than at its last sync empties the cache, on every glide release.
 """
 
 from __future__ import annotations

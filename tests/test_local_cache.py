@@ -36,7 +36,7 @@ from atomic_cache import (
     create_valkey_client,
     register_prometheus,
 )
-from atomic_cache.cache.local import subscribed_connection_id
+from atomic_cache.cache.local import subscribed_connection
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 from atomic_cache.tools.embedded_cluster import EmbeddedCluster
 
@@ -477,18 +477,20 @@ async def subscription_kept_away(client: Client, local: LocalCache) -> AsyncIter
 async def test_the_watcher_finds_the_subscribed_connection(
     valkey: GlideClient, on_shared: OnShared
 ) -> None:
-    """What the watcher reads from ``CLIENT INFO``: the id of the subscriber's connection,
-    which the server lists as subscribed; none for a connection without a subscription."""
+    """What the watcher reads from ``CLIENT INFO``: the subscriber's connection (its id
+    and both ends' addresses), which the server lists as subscribed; nothing for a
+    connection without a subscription."""
     s = await on_shared()
     subscriber = s.local._client
     assert subscriber is not None
-    found = subscribed_connection_id(await subscriber.custom_command(["CLIENT", "INFO"]))
-    listed = text(await valkey.custom_command(["CLIENT", "LIST", "TYPE", "pubsub"]))
+    found = subscribed_connection(await subscriber.custom_command(["CLIENT", "INFO"]))
     assert found is not None
-    assert f"id={found}" in listed.split()
-    assert subscribed_connection_id(await valkey.custom_command(["CLIENT", "INFO"])) is None
+    assert [part.split("=")[0] for part in found.split()] == ["id", "addr", "laddr"]
+    listed = text(await valkey.custom_command(["CLIENT", "LIST", "TYPE", "pubsub"]))
+    assert any(set(found.split()) <= set(line.split()) for line in listed.splitlines())
+    assert subscribed_connection(await valkey.custom_command(["CLIENT", "INFO"])) is None
     with pytest.raises(ValueError, match="not a CLIENT INFO reply"):
-        subscribed_connection_id(b"OK")
+        subscribed_connection(b"OK")
 
 
 async def test_killed_subscription_flushes_and_misses_nothing(on_own_server: OnOwnServer) -> None:

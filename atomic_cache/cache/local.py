@@ -116,9 +116,11 @@ def announce_command(cluster: bool) -> str:
     return "SPUBLISH" if cluster else "PUBLISH"
 
 
-def subscribed_connection_id(client_info: object) -> int | None:
-    """The connection's id from a ``CLIENT INFO`` reply, if the server counts a
-    subscription on it (``sub``, or ``ssub`` for sharded channels); else None."""
+def subscribed_connection(client_info: object) -> str | None:
+    """Which connection a ``CLIENT INFO`` reply describes (its id and both ends'
+    addresses: ids start again at a server's restart and are counted per node, while a
+    new connection has a new client port), if the server counts a subscription on it
+    (``sub``, or ``ssub`` for sharded channels); else None."""
     if isinstance(client_info, bytes):
         client_info = client_info.decode()
     if not isinstance(client_info, str):
@@ -128,7 +130,7 @@ def subscribed_connection_id(client_info: object) -> int | None:
         raise ValueError(f"not a CLIENT INFO reply: {client_info[:100]!r}")
     if int(fields.get("sub", 0)) + int(fields.get("ssub", 0)) <= 0:
         return None
-    return int(fields["id"])
+    return " ".join(f"{name}={fields[name]}" for name in ("id", "addr", "laddr") if name in fields)
 
 
 def _user_key(user_id: uuid.UUID | str) -> int:
@@ -282,9 +284,9 @@ class LocalCache:
         self._generation = 0
         self._last = 0  # the last sequence number announced (or read at a resync)
         self._synced = False  # subscribed, and ``_last`` is known to be complete
-        # The server's id of the connection the subscription was on at the last sync: a
-        # subscription on another connection may have missed announcements in between.
-        self._connection: int | None = None
+        # The connection the subscription was on at the last sync (``subscribed_connection``):
+        # a subscription on another connection may have missed announcements in between.
+        self._connection: str | None = None
         self._valid_until = 0.0  # the lease: nothing is served at or after it
         self._next_check = 0.0  # when the watcher reads the server's sequence next
         self._advanced = asyncio.Event()  # set whenever ``_last`` moves
@@ -662,9 +664,10 @@ class LocalCache:
             self._valid_until = 0.0
             self.flush("subscription_lost")
 
-    async def _subscribed_connection(self, client: GlideClient | GlideClusterClient) -> int | None:
-        """The server's id of the connection that carries the subscription, or None when
-        glide has no subscription or the server counts none on that connection."""
+    async def _subscribed_connection(self, client: GlideClient | GlideClusterClient) -> str | None:
+        """The connection that carries the subscription, as the server describes it
+        (``subscribed_connection``), or None when glide has no subscription or the server
+        counts none on that connection."""
         state = await client.get_subscriptions()  # glide's own state: no server call
         if not any(self.channel in channels for channels in state.actual_subscriptions.values()):
             return None
@@ -674,7 +677,7 @@ class LocalCache:
             reply = await client.custom_command(["CLIENT", "INFO"], route)
         else:
             reply = await client.custom_command(["CLIENT", "INFO"])
-        return subscribed_connection_id(reply)
+        return subscribed_connection(reply)
 
     async def _resubscribe(self, client: GlideClient | GlideClusterClient) -> None:
         """Ask glide to subscribe again now, rather than at its next periodic sync."""
