@@ -4,12 +4,18 @@
 # and, when wanted:
 #   make bench          - the full benchmark (minutes): bench-results/bench.{md,json,png}
 #   make bench QUICK=1  - a reduced run, well under a minute (what CI runs)
+#   make test-lowest    - mypy and the suite with the lowest supported dependencies
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second venv: the dependencies whose releases differ in behaviour or types, each at
+# the lower bound pyproject.toml gives it (">=X" installed as "==X").
+LOWEST_VENV ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
+LOWEST_PINS = $(shell $(PYTHON) -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(re.sub(r">=([^,]+).*", r"==\1", d) for d in deps if re.match(r"(valkey-glide|sqlalchemy|asyncpg|pydantic)\b", d)))')
 
-.PHONY: install test test-heavy lint demo bench doctor clean
+.PHONY: install test test-heavy test-lowest lint demo bench doctor clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -27,6 +33,20 @@ test: $(STAMP)
 test-heavy: $(STAMP)
 	$(BIN)/pytest --heavy -m heavy $(PYTEST_ARGS)
 
+$(LOWEST_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]' $(foreach pin,$(LOWEST_PINS),'$(pin)')
+	touch $(LOWEST_STAMP)
+
+# The type check and the suite (as make test runs it) with the lowest supported
+# valkey-glide, SQLAlchemy, asyncpg and pydantic; .ci/run runs it too.
+test-lowest: $(LOWEST_STAMP)
+	@$(LOWEST_VENV)/bin/python -c 'from importlib.metadata import version as v; print("lowest:", *(f"{p} {v(p)}" for p in ("valkey-glide", "sqlalchemy", "asyncpg", "pydantic")))'
+	$(LOWEST_VENV)/bin/mypy
+	$(LOWEST_VENV)/bin/pytest $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,4 +62,4 @@ doctor: $(STAMP)
 	$(BIN)/atomic-cache doctor
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench-results
+	rm -rf $(VENV) $(LOWEST_VENV) .mypy_cache .ruff_cache .pytest_cache bench-results

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import glide
 import pytest
 from glide import ClosingError, GlideClient, RequestError
 from glide import ConnectionError as GlideConnectionError
@@ -23,7 +22,11 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.glide_compat import HAS_CLIENT_CIRCUIT_BREAKER, CircuitBreakerError
+from atomic_cache.glide_compat import (
+    HAS_CLIENT_CIRCUIT_BREAKER,
+    CircuitBreakerError,
+    ClientCircuitBreakerConfiguration,
+)
 from atomic_cache.resilience.breaker import BreakerState, CircuitBreaker
 from atomic_cache.resilience.errors import (
     FALL_THROUGH_CAUSES,
@@ -232,7 +235,7 @@ async def test_glide_client_breaker_rejections_fall_through(clean_db: AsyncEngin
         return
     with EmbeddedValkey() as server:
         rig = await open_rig(clean_db, server)
-        glide_breaker = glide.ClientCircuitBreakerConfiguration(
+        glide_breaker = ClientCircuitBreakerConfiguration(
             min_errors=3, count_timeouts=True, open_timeout_ms=60_000
         )
         client = await create_valkey_client(

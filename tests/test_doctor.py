@@ -158,7 +158,12 @@ def test_required_commands_are_what_the_scripts_call() -> None:
     assert {"TIME", "ZSCAN", "HMGET"} <= called
     # SPUBLISH only on a cluster.
     assert sorted(SCRIPT_COMMANDS) == sorted(called - {"SPUBLISH"})
-    assert set(REQUIRED_COMMANDS) == set(SCRIPT_COMMANDS) | {"EVALSHA", "EVALSHA_RO", "SCRIPT"}
+    assert set(REQUIRED_COMMANDS) == set(SCRIPT_COMMANDS) | {
+        "EVALSHA",
+        "EVALSHA_RO",
+        "SCRIPT",
+        "CLIENT",
+    }
     assert len(REQUIRED_COMMANDS) == len(set(REQUIRED_COMMANDS))
     assert called <= set(CLUSTER_REQUIRED_COMMANDS)
 

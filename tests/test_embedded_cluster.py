@@ -33,6 +33,8 @@ from atomic_cache.tools.embedded_cluster import (
     slot_ranges,
 )
 
+from .valkey_tools import text
+
 # On an embedded cluster of their own: the Redis-compatibility run need not repeat them.
 pytestmark = pytest.mark.cluster
 
@@ -176,7 +178,7 @@ async def test_cluster_client_reaches_every_shard(lagging: EmbeddedCluster) -> N
     keys = [key_on_shard(lagging, shard, "shape") for shard in range(3)]
     async with cluster_client(lagging) as client:
         for key in keys:
-            assert await client.set(key, key) == "OK"
+            assert text(await client.set(key, key)) == "OK"
     for key in keys:
         # primary_for_key names the node that holds it: read there without a redirect.
         assert lagging.primary_for_key(key).command("GET", key) == key
@@ -324,7 +326,7 @@ async def test_failover_after_a_crash(failing: EmbeddedCluster) -> None:
         assert failing.replicas_of(new) == []
         assert new.command("GET", key) == "kept"
         assert await client.get(key) == b"kept"
-        assert await client.set(key, "after") == "OK"
+        assert text(await client.set(key, "after")) == "OK"
     for node in failing.live_nodes:
         assert info_fields(str(node.command("CLUSTER", "INFO")))["cluster_state"] == "ok"
     assert new.command("GET", key) == "after"

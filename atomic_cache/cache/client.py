@@ -28,7 +28,7 @@ from ..glide_compat import breaker_option
 from .sentinel import DEFAULT_SENTINEL_PORT, Address, SentinelClient, Sentinels
 
 if TYPE_CHECKING:  # glide 2.6+; older releases have no client-wide breaker
-    from glide import ClientCircuitBreakerConfiguration
+    from ..glide_compat import ClientCircuitBreakerConfiguration
 
 DEFAULT_REQUEST_TIMEOUT_MS = 250
 DEFAULT_CONNECT_TIMEOUT_MS = 500

@@ -10,9 +10,13 @@ seen every invalidation the server has run:
 
 - a message whose number is not the next one (a gap), or that starts a new life of the
   index, empties it;
-- a watcher checks often (``poll_s``, a local call) that the subscription is live, and
-  empties the cache and stops serving while it is not (glide resubscribes after a
-  reconnect, but messages published meanwhile are lost);
+- a watcher checks often (``poll_s``) that the subscription is live, and empties the
+  cache and stops serving while it is not (glide resubscribes after a reconnect, but
+  messages published meanwhile are lost). It asks glide, and then the server which
+  connection carries the subscription (``CLIENT INFO``): a connection other than the
+  one it last synced on means glide reconnected between two checks, so it empties the
+  cache and syncs again, even when glide already resubscribed (2.3 does so at once,
+  before any check could see the subscription gone: see ``glide_compat``);
 - every ``check_interval_s`` the watcher reads the server's sequence: behind what was
   announced means the server went back (restart, failover); ahead, and still ahead after
   a grace period, means a message was lost. Either empties the cache;
@@ -56,6 +60,8 @@ from glide import (
     GlideClusterClient,
     GlideClusterClientConfiguration,
     PubSubMsg,
+    SlotKeyRoute,
+    SlotType,
 )
 from pydantic import BaseModel
 
@@ -84,7 +90,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECK_INTERVAL_S = 1.0
-# How often the watcher asks glide whether the subscription is live (no server call).
+# How often the watcher checks that the subscription is live and on the same connection
+# (glide's own state, then one CLIENT INFO on the subscriber's connection).
 DEFAULT_POLL_S = 0.1
 
 # (user, name), the user as its 128-bit number: an int hashes and compares in C, where a
@@ -114,6 +121,23 @@ def announce_command(cluster: bool) -> str:
     """What ``invalidate.lua`` publishes with: sharded pub/sub on a cluster, where a
     plain PUBLISH would travel to every node."""
     return "SPUBLISH" if cluster else "PUBLISH"
+
+
+def subscribed_connection(client_info: object) -> str | None:
+    """Which connection a ``CLIENT INFO`` reply describes (its id and both ends'
+    addresses: ids start again at a server's restart and are counted per node, while a
+    new connection has a new client port), if the server counts a subscription on it
+    (``sub``, or ``ssub`` for sharded channels); else None."""
+    if isinstance(client_info, bytes):
+        client_info = client_info.decode()
+    if not isinstance(client_info, str):
+        raise ValueError(f"not a CLIENT INFO reply: {client_info!r}")
+    fields = dict(part.split("=", 1) for part in client_info.split() if "=" in part)
+    if "id" not in fields:
+        raise ValueError(f"not a CLIENT INFO reply: {client_info[:100]!r}")
+    if int(fields.get("sub", 0)) + int(fields.get("ssub", 0)) <= 0:
+        return None
+    return " ".join(f"{name}={fields[name]}" for name in ("id", "addr", "laddr") if name in fields)
 
 
 def _user_key(user_id: uuid.UUID | str) -> int:
@@ -267,6 +291,9 @@ class LocalCache:
         self._generation = 0
         self._last = 0  # the last sequence number announced (or read at a resync)
         self._synced = False  # subscribed, and ``_last`` is known to be complete
+        # The connection the subscription was on at the last sync (``subscribed_connection``):
+        # a subscription on another connection may have missed announcements in between.
+        self._connection: str | None = None
         self._valid_until = 0.0  # the lease: nothing is served at or after it
         self._next_check = 0.0  # when the watcher reads the server's sequence next
         self._advanced = asyncio.Event()  # set whenever ``_last`` moves
@@ -660,22 +687,46 @@ class LocalCache:
         if client is None:
             return
         try:
-            if not await self._subscribed(client):
-                if self._synced:
-                    self._synced = False
-                    self._valid_until = 0.0
-                    self.flush("subscription_lost")
+            connection = await self._subscribed_connection(client)
+            if connection is None:
+                self._lose_track()
                 await self._resubscribe(client)
                 return
+            if connection != self._connection:
+                # Subscribed on a connection it has not synced on: glide reconnected (and
+                # subscribed again) since the last check, and what was announced while the
+                # old connection was gone is lost. Empty, and sync on this one.
+                self._lose_track()
+                self._connection = connection
             if not self._synced or self._clock() >= self._next_check:
                 await self._check_sequence(client)
         except Exception as error:
             if self._log_throttle.due("check") is not None:
                 log.warning("local cache could not check the server's sequence: %s", error)
 
-    async def _subscribed(self, client: ValkeyClient) -> bool:
-        state = await client.get_subscriptions()
-        return any(self.channel in channels for channels in state.actual_subscriptions.values())
+    def _lose_track(self) -> None:
+        """The subscription was lost (or may have been): stop serving, empty the cache,
+        and serve again only after the next sync."""
+        self._connection = None
+        if self._synced:
+            self._synced = False
+            self._valid_until = 0.0
+            self.flush("subscription_lost")
+
+    async def _subscribed_connection(self, client: ValkeyClient) -> str | None:
+        """The connection that carries the subscription, as the server describes it
+        (``subscribed_connection``), or None when glide has no subscription or the server
+        counts none on that connection."""
+        state = await client.get_subscriptions()  # glide's own state: no server call
+        if not any(self.channel in channels for channels in state.actual_subscriptions.values()):
+            return None
+        if isinstance(client, GlideClusterClient):
+            # Sharded: glide subscribes on the primary of the channel's slot.
+            route = SlotKeyRoute(SlotType.PRIMARY, self.channel)
+            reply = await client.custom_command(["CLIENT", "INFO"], route)
+        else:
+            reply = await client.custom_command(["CLIENT", "INFO"])
+        return subscribed_connection(reply)
 
     async def _resubscribe(self, client: ValkeyClient) -> None:
         """Ask glide to subscribe again now, rather than at its next periodic sync."""

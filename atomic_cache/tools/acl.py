@@ -15,13 +15,15 @@ from .doctor.checks import SCRIPT_COMMANDS
 
 # What the package sends itself (beside the scripts' own commands): the script calls and
 # the registry's loading; the removal of an undecodable entry (UNLINK, in SCRIPT_COMMANDS);
-# the local cache's subscription and its sequence check.
+# the local cache's subscription, the check of the connection it is on, and its sequence
+# check.
 CLIENT_COMMANDS: tuple[str, ...] = (
     "EVALSHA",
     "EVALSHA_RO",
     "SCRIPT|LOAD",
     "SCRIPT|EXISTS",
     "SUBSCRIBE",
+    "CLIENT|INFO",
     "HGET",
 )
 # glide's connection set-up. Not CLIENT SETINFO: Redis 7.0 does not know it (an ACL that

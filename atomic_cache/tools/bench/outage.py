@@ -8,13 +8,12 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from functools import partial
 
-import glide as glide_module
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...cache.client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client
 from ...cache.scripts import ScriptRegistry
 from ...cache.source import AppConfigFragmentCacheSource
-from ...glide_compat import HAS_CLIENT_CIRCUIT_BREAKER
+from ...glide_compat import HAS_CLIENT_CIRCUIT_BREAKER, ClientCircuitBreakerConfiguration
 from ...repository import AppConfigFragmentRepository
 from ...resilience.breaker import CircuitBreaker
 from ...resilience.guard import GuardedCache
@@ -89,9 +88,7 @@ async def _open_outage(
         server.url,
         client_name="atomic_cache-bench",
         client_circuit_breaker=(
-            glide_module.ClientCircuitBreakerConfiguration(**GLIDE_BREAKER)
-            if glide_breaker
-            else None
+            ClientCircuitBreakerConfiguration(**GLIDE_BREAKER) if glide_breaker else None
         ),
     )
     stack.push_async_callback(client.close)

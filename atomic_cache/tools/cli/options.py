@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import asyncpg
 import click
 from click.core import ParameterSource
 from glide import ClosingError, GlideError
@@ -33,9 +34,16 @@ CLI_CONNECT_TIMEOUT_MS = 2_000
 DATABASE_CONNECT_TIMEOUT_S = 5.0
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (GlideError, ClosingError)
 # What PostgreSQL trouble looks like through SQLAlchemy and asyncpg: a server error
-# (missing database, rejected login) arrives wrapped in DBAPIError; a refused port or an
-# unknown host as the socket's own error.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, socket.gaierror)
+# (missing database, rejected login) arrives wrapped in DBAPIError, except on a first
+# connection under SQLAlchemy 2.0, which lets asyncpg's own error through (2.1 wraps it:
+# sqlalchemy#11956); a refused port or an unknown host as the socket's own error.
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    *DRIVER_ERRORS,
+    ConnectionError,
+    socket.gaierror,
+)
 # A first connection may also time out, or choke on the URL's query parameters.
 _PROBE_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, OSError, ValueError)
 
@@ -324,6 +332,8 @@ def database_failure(error: BaseException, url: str | None) -> str:
     where = f" at {redact_url(url)}" if url else ""
     if isinstance(error, DBAPIError):  # the driver's own words, without SQLAlchemy's frame
         return f"PostgreSQL{where}: {_one_line(error.orig or error)}"
+    if isinstance(error, DRIVER_ERRORS):  # the same words, not wrapped (SQLAlchemy 2.0)
+        return f"PostgreSQL{where}: {_one_line(error)}"
     if isinstance(error, TimeoutError):
         return f"cannot reach PostgreSQL{where}: no answer in {DATABASE_CONNECT_TIMEOUT_S:g} s"
     return f"cannot reach PostgreSQL{where}: {_one_line(error)}"

@@ -210,8 +210,18 @@ def run_valkey(coroutine: Coroutine[Any, Any, T], *, url: str, cluster: bool) ->
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    del signum, frame
-    raise KeyboardInterrupt  # the Ctrl-C path: every finally runs, servers are stopped
+    """SIGTERM takes the Ctrl-C path (every finally runs, servers are stopped): it does
+    what SIGINT does now. Inside ``asyncio.run`` that cancels the main task alone, whose
+    clean-up then runs while everything else still does. A KeyboardInterrupt raised there
+    instead leaves the loop, and ``asyncio.run`` cancels every task at once: a glide 2.3
+    client's reader task among them (or it is the task the interrupt ended), so the
+    clean-up's calls to Valkey never get their replies and the process hangs."""
+    del signum
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # asyncio's (cancels the main task) or Python's (raises)
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt  # SIGINT ignored or left to the OS: interrupt here
 
 
 def _handle_sigterm(ctx: click.Context) -> None:

@@ -45,9 +45,17 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "ZREM",
     "ZSCAN",
 )
-# Every command the scripts and the cache source send, directly or from inside a script:
-# the script calls themselves, SCRIPT LOAD|EXISTS, and the clean-up's UNLINK (in the list).
-REQUIRED_COMMANDS: tuple[str, ...] = ("EVALSHA", "EVALSHA_RO", "SCRIPT", *SCRIPT_COMMANDS)
+# Every command the scripts, the cache source and the local cache send, directly or from
+# inside a script: the script calls themselves, SCRIPT LOAD|EXISTS, the clean-up's UNLINK
+# (in the list), and CLIENT INFO, with which the local cache checks its subscriber's
+# connection (a local cache without it never serves).
+REQUIRED_COMMANDS: tuple[str, ...] = (
+    "EVALSHA",
+    "EVALSHA_RO",
+    "SCRIPT",
+    "CLIENT",
+    *SCRIPT_COMMANDS,
+)
 # On a cluster also: WAIT for the replicas after an invalidation, CLUSTER NODES (the nodes to
 # load scripts on, the replicas to wait for), EVAL / EVAL_RO, which the registry sends when
 # one node lost a script, and SPUBLISH, the announcement within the prefix's slot.
