@@ -1,8 +1,9 @@
 """Following: a cache that follows its database, whoever writes it.
 
-The triggers (``db/triggers.sql``) record one outbox row per registered cache (key
-prefix) for every committed change; the replayers send them. A cache is used only once
-its prefix is registered, so that no change can slip past it:
+The triggers (``db/triggers.sql``; the ranked model's ``ranked/triggers.sql``) record one
+outbox row per registered cache (key prefix) for every committed change; the replayers
+send them. A cache is used only once its prefix is registered, so that no change can slip
+past it:
 
 - **Registration.** The first use of a repository with a cache registers its prefix
   (one row in ``app_config_cache_prefixes``). If the prefix was not registered before

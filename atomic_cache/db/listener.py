@@ -2,12 +2,13 @@
 replayers the moment a write that the triggers recorded commits.
 
 PostgreSQL delivers a NOTIFY when the notifying transaction commits, to every session
-listening on the channel; ``triggers.sql`` notifies ``app_config_invalidations`` with every
-outbox row it records. The listener holds its own asyncpg connection (not one of the
-engine's pool), checks it (a closed socket at once, a silent one by a ``SELECT 1`` every
-``probe_every_s``), and reconnects with back-off when it is lost; after a reconnect it
-wakes every replayer, since notifications sent meanwhile were lost. The replayers poll as
-well, so a lost notification delays a replay by at most one poll.
+listening on the channel; the triggers (``fan_out.sql``) notify
+``app_config_invalidations`` with every outbox row they record. The listener holds its own
+asyncpg connection (not one of the engine's pool), checks it (a closed socket at once, a
+silent one by a ``SELECT 1`` every ``probe_every_s``), and reconnects with back-off when
+it is lost; after a reconnect it wakes every replayer, since notifications sent meanwhile
+were lost. The replayers poll as well, so a lost notification delays a replay by at most
+one poll.
 """
 
 from __future__ import annotations

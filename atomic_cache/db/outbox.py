@@ -152,7 +152,7 @@ async def backlog(conn: AsyncConnection, cache_prefix: str | None = None) -> int
 # -- the caches that follow the database ----------------------------------------------------
 
 # The transaction setting that tells the triggers which cache the writer invalidates
-# itself (``triggers.sql``: they record no row for it).
+# itself (``fan_out.sql``: the triggers record no row for it).
 OWN_PREFIX_SETTING = "atomic_cache.own_prefix"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from sqlalchemy import (
     BigInteger,
@@ -124,16 +125,27 @@ cache_prefixes = Table(
     Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# The functions every model's triggers call (the outbox row per registered cache, the
+# grouping of slices into targets), then the policy model's triggers.
+FAN_OUT_SQL = files(__package__) / "fan_out.sql"
 TRIGGERS_SQL = files(__package__) / "triggers.sql"
 
 
-async def install_triggers(conn: AsyncConnection) -> None:
-    """Create or replace the trigger functions and the triggers (``triggers.sql``), in the
-    caller's transaction; a lock keeps two processes from doing it at once."""
+async def run_trigger_scripts(conn: AsyncConnection, *scripts: Traversable) -> None:
+    """Run SQL scripts of trigger functions and triggers (CREATE OR REPLACE: idempotent),
+    in order, in the caller's transaction; one lock, shared by every model's install,
+    keeps two processes from replacing the same functions at once."""
     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('atomic_cache.triggers'))"))
     raw = await conn.get_raw_connection()
-    # Several statements in one: asyncpg's execute without arguments takes a script.
-    await raw.driver_connection.execute(TRIGGERS_SQL.read_text())  # type: ignore[union-attr]
+    for script in scripts:
+        # Several statements in one: asyncpg's execute without arguments takes a script.
+        await raw.driver_connection.execute(script.read_text())  # type: ignore[union-attr]
+
+
+async def install_triggers(conn: AsyncConnection) -> None:
+    """Create or replace the shared functions (``fan_out.sql``), the policy model's trigger
+    functions and its triggers (``triggers.sql``), in the caller's transaction."""
+    await run_trigger_scripts(conn, FAN_OUT_SQL, TRIGGERS_SQL)
 
 
 # The package's own tables, whichever model the database holds: the outbox and the

@@ -9,6 +9,7 @@ DDL and a test compares the catalog of both.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Any
 
 from sqlalchemy import (
@@ -31,7 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..db.schema import create_own_tables
+from ..db.schema import FAN_OUT_SQL, create_own_tables, run_trigger_scripts
 from .models import MAX_CONFIG_NAME_LENGTH
 
 # What upstream's id columns default to (uuid-ossp), and the built-in stand-in used only
@@ -129,6 +130,9 @@ app_config_definitions, app_config_allow_list, app_config_fragments = build_tabl
     metadata, UUID_OSSP_DEFAULT
 )
 
+# The ranked model's triggers: what each write to the three tables records in the outbox.
+TRIGGERS_SQL = files(__package__) / "triggers.sql"
+
 # PostgreSQL 15 brought UNIQUE NULLS NOT DISTINCT.
 MIN_SERVER_VERSION = 150000
 
@@ -167,13 +171,13 @@ async def _uuid_default(conn: AsyncConnection) -> str:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create whichever of the three tables is missing, in upstream's exact shape, and the
-    package's own tables (the invalidation outbox and the registry of cache prefixes);
-    safe to call any number of times and from several processes at once.
+    """Create whichever of the three tables is missing, in upstream's exact shape, the
+    package's own tables (the invalidation outbox and the registry of cache prefixes) and
+    the triggers; safe to call any number of times and from several processes at once.
 
     An existing table is never altered, whatever its shape: this runs on Backend.AI's own
     database, whose tables its migrations own. With all three tables present, nothing of
-    theirs is touched (not even the extension).
+    theirs is touched (not even the extension) but the package's triggers on them.
 
     The ids default to ``uuid_generate_v4()``, as upstream's do. That function comes
     from the ``uuid-ossp`` extension: when it does not resolve, ``CREATE EXTENSION IF NOT
@@ -182,8 +186,15 @@ async def create_schema(engine: AsyncEngine) -> None:
     create it) do the tables created now default to the built-in ``gen_random_uuid()``
     instead, the one difference from upstream's shape (both give random version-4 UUIDs).
 
-    Installs no trigger. Raises SchemaError on a PostgreSQL before 15 (no NULLS NOT
-    DISTINCT) when a table is missing.
+    Then installs the triggers (``triggers.sql``, after the functions they share with the
+    policy model's, ``db/fan_out.sql``): statement-level triggers on the three tables that
+    record what each change must invalidate in the writer's transaction, for every cache
+    registered with the database. They are the package's own addition, replaced in place
+    on every call (CREATE OR REPLACE; a table's columns, constraints and indexes are never
+    touched).
+
+    Raises SchemaError on a PostgreSQL before 15 (no NULLS NOT DISTINCT) when a table is
+    missing.
     """
     async with engine.begin() as conn:
         # Two processes starting at once must not both create a table.
@@ -204,3 +215,11 @@ async def create_schema(engine: AsyncEngine) -> None:
                 checkfirst=False,
             )
         await create_own_tables(conn)
+        await install_triggers(conn)
+
+
+async def install_triggers(conn: AsyncConnection) -> None:
+    """Create or replace the shared functions (``db/fan_out.sql``), the ranked model's
+    trigger functions and its triggers (``triggers.sql``), in the caller's transaction,
+    under the lock every model's install takes."""
+    await run_trigger_scripts(conn, FAN_OUT_SQL, TRIGGERS_SQL)

@@ -6,9 +6,10 @@ Revision ID: 0002_follow_the_database
 Revises: 0001_app_config
 Create Date: 2026-12-07
 
-The trigger functions and triggers come from the package's ``db/triggers.sql`` (CREATE
-OR REPLACE, DROP ... IF EXISTS: idempotent); a release that changes them ships a revision
-that runs it again. ``tests/test_migrations.py`` checks that head matches create_schema,
+The trigger functions and triggers come from the package's ``db/fan_out.sql`` (the
+functions every model's triggers share) and ``db/triggers.sql`` (CREATE OR REPLACE, DROP
+... IF EXISTS: idempotent); a release that changes them ships a revision that runs them
+again. ``tests/test_migrations.py`` checks that head matches create_schema,
 triggers and functions included.
 """
 
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.util import await_only
 
-from atomic_cache.db.schema import TRIGGERS_SQL
+from atomic_cache.db.schema import FAN_OUT_SQL, TRIGGERS_SQL
 
 revision = "0002_follow_the_database"
 down_revision: str | None = "0001_app_config"
@@ -56,7 +57,8 @@ def upgrade() -> None:
     )
     # Several statements: the driver's own connection (asyncpg) takes them as one script.
     driver = op.get_bind().connection.driver_connection
-    await_only(driver.execute(TRIGGERS_SQL.read_text()))  # type: ignore[union-attr]
+    for script in (FAN_OUT_SQL, TRIGGERS_SQL):
+        await_only(driver.execute(script.read_text()))  # type: ignore[union-attr]
 
 
 def downgrade() -> None:
