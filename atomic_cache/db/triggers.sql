@@ -13,8 +13,9 @@
 -- TRUNCATE has no transition table: it invalidates everything and the catalogue.
 --
 -- The triggers are ENABLE ALWAYS: they fire also under session_replication_role =
--- replica (logical replication applying changes, pg_restore), since a cache over a
--- replicated or restored database must hear of those changes too.
+-- replica (pg_restore, tools that set it), since a cache over a restored database must
+-- hear of those changes too. (A logical replication subscriber's apply worker fires row
+-- triggers only, never statement triggers: its changes are not seen.)
 --
 -- The functions every model's triggers share (app_config_fan_out, app_config_slices) are
 -- in fan_out.sql, installed first.
