@@ -258,7 +258,6 @@ async def test_writes_left_uninvalidated_without_a_primary_are_covered_before_th
     writer then goes away. Before another process reads the promoted node (which holds
     the old entry), it replays every row of the outbox there (its own loop would wait
     10 minutes)."""
-    # Short timeouts: what happens without a primary is over well before the promotion.
     here = await Process.start(group, clean_db, request_timeout_ms=100)
     there = await Process.start(group, clean_db, request_timeout_ms=100)
     there.repo = AppConfigFragmentRepository(clean_db, cache=there.cache, replay_after_s=600)
@@ -267,12 +266,14 @@ async def test_writes_left_uninvalidated_without_a_primary_are_covered_before_th
     await here.repo.bulk_create_my(user, [MyFragmentInput(name="webui", extra_config={"v": 1})])
     assert await there.version(user) == 1 and await there.version(user) == 1  # cached
     assert there.repo.stats().hits == 1
+    group.set_down_after(600_000)  # no failover until the Sentinels are told again
     old = await asyncio.to_thread(group.kill_primary)
     await here.write(user, 2)  # committed; its invalidation failed (no primary)
     await here.close()
     for _ in range(5):  # meanwhile, from the database; the breaker opens
         assert await there.version(user) == 2
     assert there.cache.breaker.state != "closed" and there.client.failovers == 0
+    group.set_down_after(1000)
     await asyncio.to_thread(group.wait_for_new_primary, old)
     await until(followed(there.client), "the other process to follow the failover")
     assert there.repo.stats().outbox_replayed >= 1

@@ -178,6 +178,14 @@ class EmbeddedSentinelGroup:
             if node is not self.primary()
         )
 
+    def set_down_after(self, ms: int) -> None:
+        """How long every Sentinel waits before it thinks the primary down (a test can
+        hold a failover back, then let it happen)."""
+        for watcher in self.watchers:
+            reply = watcher.command("SENTINEL", "SET", SERVICE, "down-after-milliseconds", str(ms))
+            if not reply.startswith(b"+OK"):
+                raise RuntimeError(f"SENTINEL SET refused: {reply!r}")
+
     def kill_primary(self) -> EmbeddedValkey:
         """SIGKILL the primary, as a crash would; returns it (it can ``start()`` again)."""
         primary = self.primary()
