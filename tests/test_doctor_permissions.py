@@ -243,7 +243,7 @@ async def test_a_user_from_the_printed_line_passes(
     user, password = a_user()
     line = acl_setuser(user, keys.prefix, password=password)
     # The key every probe names, holding a value of the wrong type for most of them.
-    assert await valkey.set(keys.seq, "witness") == "OK"
+    assert await valkey.set(keys.seq, "witness") in ("OK", b"OK")  # bytes on glide 2.3
     async with acl_user(valkey, valkey_url, line) as client:
         gathered = await gather_facts(client, ScriptRegistry(), prefix=keys.prefix, user=user)
         assert gathered.permissions is not None
@@ -312,7 +312,7 @@ async def test_a_read_only_key_pattern_refuses_the_commands_that_write(
     user, password = a_user()
     line = acl_setuser(user, keys.prefix, password=password)
     line = line.replace(f"~{keys.prefix}:*", f"%R~{keys.prefix}:*")
-    assert await valkey.set(keys.seq, "witness") == "OK"
+    assert await valkey.set(keys.seq, "witness") in ("OK", b"OK")  # bytes on glide 2.3
     async with acl_user(valkey, valkey_url, line) as client:
         found = await permissions_of(client, keys, user)
     expected = verdicts()
@@ -354,7 +354,8 @@ async def test_a_user_who_may_run_no_script_gets_what_harmless_probes_tell(
     check = check_permissions(found)
     assert check.status is Status.FAIL
     assert check.detail.startswith(
-        f"user {user!r} lacks commands {', '.join(refused)}; not checked: client|info, client|setname, del,"
+        f"user {user!r} lacks commands {', '.join(refused)};"
+        " not checked: client|info, client|setname, del,"
     )
 
 

@@ -29,6 +29,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.reflection import Inspector
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -142,8 +144,8 @@ class SchemaError(RuntimeError):
 
 
 async def _missing_tables(conn: AsyncConnection) -> list[str]:
-    def missing(sync_conn: object) -> list[str]:
-        inspector = inspect(sync_conn)
+    def missing(sync_conn: Connection) -> list[str]:
+        inspector: Inspector = inspect(sync_conn)
         return [name for name in TABLE_NAMES if not inspector.has_table(name)]
 
     return await conn.run_sync(missing)
