@@ -940,6 +940,9 @@ async def test_a_fill_without_a_token_keeps_no_catalogue_locally(on_shared: OnSh
     assert local_state(s.local) == (None, 0)
     assert (await s.cache.lookup_all(user)).names == ["webui"]  # from Valkey
     await s.cache.invalidate_many([(ScopeType.USER, str(user))], drop_catalogue=True)
+    # Its announcement heard too: arriving during the fill below, it would (rightly) keep
+    # that fill from being stored.
+    await settled(s.local, s.client, s.keys)
     found = await s.cache.lookup_all(user)
     assert found.names is None and found.fill_token
     catalogue = ["webui", "limits"]  # held as lookup_all answers it: sorted
