@@ -354,7 +354,8 @@ async def test_a_user_who_may_run_no_script_gets_what_harmless_probes_tell(
     check = check_permissions(found)
     assert check.status is Status.FAIL
     assert check.detail.startswith(
-        f"user {user!r} lacks commands {', '.join(refused)}; not checked: client|info, client|setname, del,"
+        f"user {user!r} lacks commands {', '.join(refused)};"
+        " not checked: client|info, client|setname, del,"
     )
 
 
