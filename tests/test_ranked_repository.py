@@ -274,54 +274,109 @@ def theme_of(*indexes: int) -> set[tuple[int, str]]:
     return {(index, "theme") for index in indexes}
 
 
+Stamp = tuple[str, str, str]  # (scope, id, name) as the stamp keys and fields spell them
+
+
+async def stamps(valkey: GlideClient, keys: KeySchema) -> dict[Stamp, bytes]:
+    """Every stamp under the prefix: which slice of which name, and its sequence."""
+    found: dict[Stamp, bytes] = {}
+    listed = await valkey.custom_command(["KEYS", f"{keys.prefix}:stamp:*"])
+    assert isinstance(listed, list)
+    for key in listed:
+        scope, _, scope_id = key.decode()[len(keys.prefix) + len(":stamp:") :].partition(":")
+        for field, value in (await valkey.hgetall(key)).items():
+            found[scope, scope_id or "public", field.decode()] = value
+    return found
+
+
+def stamped(*slices: Stamp) -> set[Stamp]:
+    return set(slices)
+
+
+CATALOGUE = ("public", "public", "#names")  # the stamp of the catalogue of names
+
+
 EVERYONE = range(len(READERS))
-WRITES: dict[str, tuple[Write, set[tuple[int, str]]]] = {
+WRITES: dict[str, tuple[Write, set[tuple[int, str]], set[Stamp]]] = {
     "public upsert": (
         lambda r: r.configs.bulk_upsert([frag(Scope.PUBLIC, None, "theme", color="white")]),
         theme_of(*EVERYONE),
+        stamped(("public", "public", "theme")),
     ),
     "domain upsert": (
         lambda r: r.configs.bulk_upsert([frag(Scope.DOMAIN, D1, "theme", color="pink")]),
         theme_of(0, 1),
+        stamped(("domain", str(D1), "theme")),
     ),
     "domain upsert, new fragment": (
         lambda r: r.configs.bulk_upsert([frag(Scope.DOMAIN, D2, "menu", items=[])]),
         {(2, "menu")},
+        stamped(("domain", str(D2), "menu")),
     ),
     "user upsert": (
         lambda r: r.configs.bulk_upsert([frag(Scope.USER, U2, "theme", size=5)]),
         theme_of(1),
+        stamped(("user", str(U2), "theme")),
     ),
     "public purge": (
         lambda r: r.configs.purge_fragments([r.frags["menu/public"]]),
         {(index, "menu") for index in EVERYONE},
+        stamped(("public", "public", "menu")),
     ),
-    "domain purge": (lambda r: r.configs.purge_fragments([r.frags["theme/D2"]]), theme_of(2)),
-    "user purge": (lambda r: r.configs.purge_fragments([r.frags["theme/U1"]]), theme_of(0)),
+    "domain purge": (
+        lambda r: r.configs.purge_fragments([r.frags["theme/D2"]]),
+        theme_of(2),
+        stamped(("domain", str(D2), "theme")),
+    ),
+    "user purge": (
+        lambda r: r.configs.purge_fragments([r.frags["theme/U1"]]),
+        theme_of(0),
+        stamped(("user", str(U1), "theme")),
+    ),
     "rank changed": (
         lambda r: r.allow.update_rank("theme", Scope.DOMAIN, 400),
         theme_of(*EVERYONE),
+        stamped(("public", "public", "theme")),
     ),
-    "rank unchanged": (lambda r: r.allow.update_rank("theme", Scope.DOMAIN, 200), set()),
-    "grant created": (lambda r: r.allow.create("menu", Scope.USER), set()),
-    "domain grant purged": (lambda r: r.allow.purge("theme", Scope.DOMAIN), theme_of(0, 1, 2)),
-    "user grant purged": (lambda r: r.allow.purge("theme", Scope.USER), theme_of(0)),
+    "rank unchanged": (lambda r: r.allow.update_rank("theme", Scope.DOMAIN, 200), set(), stamped()),
+    "grant created": (lambda r: r.allow.create("menu", Scope.USER), set(), stamped()),
+    "domain grant purged": (
+        lambda r: r.allow.purge("theme", Scope.DOMAIN),
+        theme_of(0, 1, 2),
+        stamped(("domain", str(D1), "theme"), ("domain", str(D2), "theme")),
+    ),
+    "user grant purged": (
+        lambda r: r.allow.purge("theme", Scope.USER),
+        theme_of(0),
+        stamped(("user", str(U1), "theme")),
+    ),
     "public grant purged": (
         lambda r: r.allow.purge("menu", Scope.PUBLIC),
         {(index, "menu") for index in EVERYONE},
+        stamped(("public", "public", "menu")),
     ),
-    "definition created": (lambda r: r.defs.create("other"), set()),
-    "definition purged": (lambda r: r.defs.purge("theme"), theme_of(*EVERYONE)),
+    "definition created": (lambda r: r.defs.create("other"), set(), stamped(CATALOGUE)),
+    "definition purged": (
+        lambda r: r.defs.purge("theme"),
+        theme_of(*EVERYONE),
+        stamped(("public", "public", "theme"), CATALOGUE),
+    ),
 }
 
 
 @pytest.mark.parametrize("write", list(WRITES))
-async def test_each_write_invalidates_exactly_its_slice(rig: Rig, write: str) -> None:
-    change, covered = WRITES[write]
+async def test_each_write_invalidates_exactly_its_slice(
+    rig: Rig, write: str, valkey: GlideClient, keys: KeySchema
+) -> None:
+    change, covered, slices = WRITES[write]
     await warm(rig)
     before = rig.configs.stats().invalidations
+    stamps_before = await stamps(valkey, keys)
     await change(rig)
     assert await cached(rig) == ALL - covered
+    stamps_after = await stamps(valkey, keys)
+    moved = {slice_ for slice_, seq in stamps_after.items() if stamps_before.get(slice_) != seq}
+    assert moved == slices
     if not covered:
         # Nothing of the entries; a definition created drops the catalogue of names only.
         assert rig.configs.stats().invalidations == before + (write == "definition created")
