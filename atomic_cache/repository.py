@@ -8,19 +8,17 @@ when Valkey fails: every cache call falls through to the database.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .after_commit import AfterCommit
 from .cache.source import AppConfigFragmentCacheSource
 from .consistency import DEFAULT_VERIFY_SAMPLE, ConsistencyChecker
-from .db import outbox
 from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .following import Following
 from .keys import MAX_COMPONENT_LENGTH, token_sequence
@@ -55,8 +53,6 @@ from .validation import (
     check_policy,
 )
 
-log = logging.getLogger("atomic_cache")
-
 T = TypeVar("T")
 _NO_CACHE = GuardedCache(None)  # what reads use while the cache does not follow yet
 Operation = Literal["create", "update", "delete"]
@@ -77,47 +73,6 @@ def _by_name(configs: Sequence[AppConfigData]) -> list[AppConfigData]:
 def _target(key: FragmentKey) -> InvalidationTarget:
     """The cache slice a change of this fragment can affect."""
     return InvalidationTarget.of(key.scope_type, key.scope_id, [key.name])
-
-
-@dataclass
-class _AfterCommit:
-    """The invalidation a write owes once it commits, and its outbox row. The row is
-    recorded in the write's own transaction and deleted once the invalidation has
-    landed; if the process dies in between, or Valkey is down, the row stays and any
-    process's replayer sends it (``replayer.py``): no commit is forgotten."""
-
-    engine: AsyncEngine
-    cache: GuardedCache
-    targets: list[InvalidationTarget]
-    drop_catalogue: bool = False
-    durable: bool = True
-    row: int | None = None
-
-    async def begin(self, conn: AsyncConnection) -> None:
-        """At the start of the write's transaction: the triggers record rows for every
-        other cache; this write invalidates its own cache itself."""
-        source = self.cache.source
-        if source is not None:
-            await outbox.writing_for(conn, source.keys.prefix)
-
-    async def record(self, conn: AsyncConnection) -> None:
-        """In the write's transaction, after its change."""
-        source = self.cache.source
-        if self.durable and source is not None and (self.targets or self.drop_catalogue):
-            self.row = await outbox.record(
-                conn, source.keys.prefix, self.targets, self.drop_catalogue
-            )
-
-    async def invalidate(self) -> None:
-        """After the commit (or whatever ended the transaction). Never raises."""
-        landed = await self.cache.invalidate(self.targets, drop_catalogue=self.drop_catalogue)
-        if landed is None or self.row is None:
-            return  # not landed: the row waits for a replay
-        try:
-            async with self.engine.begin() as conn:
-                await outbox.forget(conn, [self.row])
-        except Exception as error:  # the row is replayed later: one needless invalidation
-            log.warning("could not delete outbox row %d: %s", self.row, error)
 
 
 class AppConfigFragmentRepository:
@@ -359,7 +314,7 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        after = _AfterCommit(self._engine, self._cache, touched, durable=self._durable)
+        after = AfterCommit(self._engine, self._cache, touched, durable=self._durable)
         try:
             await self._bulk(operation, items, apply, result, after)
         finally:
@@ -381,7 +336,7 @@ class AppConfigFragmentRepository:
             touched.append(_target(key))
             return None
 
-        after = _AfterCommit(self._engine, self._cache, touched, durable=self._durable)
+        after = AfterCommit(self._engine, self._cache, touched, durable=self._durable)
         try:
             await self._bulk("delete", keys, apply, result, after)
         finally:
@@ -394,7 +349,7 @@ class AppConfigFragmentRepository:
         items: Sequence[FragmentKey],
         apply: Callable[[AsyncConnection, int, FragmentKey], Awaitable[Problem | None]],
         result: BulkResult[Any],
-        after: _AfterCommit,
+        after: AfterCommit,
     ) -> None:
         """Validate every item, apply the valid ones each in its own savepoint, record
         what the cache must invalidate in the outbox, commit once."""
@@ -518,9 +473,7 @@ class AppConfigPolicyRepository:
             return await self._db.list_policies(conn)
 
     @asynccontextmanager
-    async def _invalidating(
-        self, name: str, *, drop_catalogue: bool
-    ) -> AsyncIterator[_AfterCommit]:
+    async def _invalidating(self, name: str, *, drop_catalogue: bool) -> AsyncIterator[AfterCommit]:
         """Invalidate the name's slice after the block: when it succeeded, and also when it
         was cancelled or failed in a way that may have committed. Not after the refusals
         that leave the database as it was (they would drop every user's entry for
@@ -529,7 +482,7 @@ class AppConfigPolicyRepository:
         if self._following is not None:
             await self._following.ready()  # registers the cache's prefix on a first call
         target = [InvalidationTarget.of(ScopeType.PUBLIC, "public", [name])]
-        after = _AfterCommit(self._engine, self._cache, target, drop_catalogue)
+        after = AfterCommit(self._engine, self._cache, target, drop_catalogue)
         try:
             yield after
         except (PolicyExistsError, PolicyInUseError, UnknownPolicyError):

@@ -5,21 +5,24 @@
 -- KEYS[1]    p:seq     invalidation sequence (hash; n = current)
 -- ARGV[1]    the key prefix p (entry and stamp keys are built from it)
 -- ARGV[2]    the user id
--- ARGV[3]    the encoded name
+-- ARGV[3]    the required encoded domain: an entry filled under another domain is a
+--            miss; "" serves an entry of any domain
+-- ARGV[4]    the encoded name
 --
 -- Reply: {"", json, pttl} on a hit, pttl the entry's remaining life in ms (a local copy
---        must not outlive it); {token, nil} on a miss or when the entry is no longer
---        valid; {token, 0} when the key holds something undecodable (the caller removes
+--        must not outlive it); {token, nil} on a miss, when the entry is no longer
+--        valid, or when it was filled under another domain than the required one;
+--        {token, 0} when the key holds something undecodable (the caller removes
 --        it). token = "n:ms": the sequence and the server clock, which the caller passes
 --        back to set.lua to fill the miss (n is 0 when no sequence exists; refused).
 --
--- An entry "t d\n{json}" (fill token t, encoded domain d at fill time) is valid only if
--- no stamp that covers it is newer than t: public, domain d and user, each for "*" and
--- for the name. A new life of the index stamps public "*" with its first value, which
+-- An entry "t d\n{json}" (fill token t, encoded domain d at fill time) is served only to
+-- a caller that requires d or no domain, and is valid only if no stamp that covers it is
+-- newer than t: public, domain d and user, each for "*" and for the name. A new life of the index stamps public "*" with its first value, which
 -- covers every entry of the old one (DESIGN §2); an index without that stamp was lost.
 -- Read-only (no-writes): EVALSHA_RO.
 
-local prefix, user, name = ARGV[1], ARGV[2], ARGV[3]
+local prefix, user, required, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local function miss(value)
   local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
@@ -48,6 +51,7 @@ if type(raw) ~= 'string' then return miss(0) end  -- WRONGTYPE
 local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
 t = tonumber(t)
 if t == nil then return miss(0) end
+if required ~= '' and domain ~= required then return miss(false) end
 if covered(prefix .. ':stamp:public', t) or covered(prefix .. ':stamp:domain:' .. domain, t)
     or covered(prefix .. ':stamp:user:' .. user, t) then
   return miss(false)

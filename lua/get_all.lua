@@ -6,8 +6,10 @@
 -- KEYS[2]    p:names   the catalogue: every config name that has a policy (encoded)
 -- ARGV[1]    the key prefix p (entry and stamp keys are built from it)
 -- ARGV[2]    the user id
--- ARGV[3]    c: how many encoded names follow, or -1 for every name of the catalogue
--- ARGV[4..]  c encoded names
+-- ARGV[3]    the required encoded domain: an entry filled under another domain is a
+--            miss; "" serves an entry of any domain
+-- ARGV[4]    c: how many encoded names follow, or -1 for every name of the catalogue
+-- ARGV[5..]  c encoded names
 --
 -- Reply (a miss is nil in the reply: false here, since a Lua array ends at its first nil):
 --        {token, values, pttls}, or with c = -1 {token, values, pttls, names, names_pttl},
@@ -15,18 +17,20 @@
 --   token    "n:ms": the sequence and the server clock now; a caller that fills a miss
 --            passes it back to set.lua. n is 0 when no sequence exists (set.lua refuses
 --            it). "" when every name was served: no fill follows
---   values   per name: the JSON of a valid entry; nil when absent or no longer valid;
+--   values   per name: the JSON of a valid entry; nil when absent, no longer valid or
+--            filled under another domain than the required one;
 --            0 when the key holds something undecodable (the caller removes it)
 --   pttls    per name: the served entry's remaining life in ms (a local copy must not
 --            outlive it); 0 for a value not served
 --   names    the catalogue's encoded names, in the order of values
 --   names_pttl  the catalogue's remaining life in ms (-1: it has no expiry)
 --
--- Validity as in get.lua: no stamp covering the entry is newer than its fill token, and
--- public "*" exists (every life of the index begins by writing it).
+-- Validity as in get.lua: the required domain, if any, is the entry's; no stamp covering
+-- the entry is newer than its fill token; public "*" exists (every life of the index
+-- begins by writing it).
 -- Read-only (no-writes), so EVALSHA_RO may serve it from a replica.
 
-local prefix, user = ARGV[1], ARGV[2]
+local prefix, user, required = ARGV[1], ARGV[2], ARGV[3]
 
 -- "n:ms": the sequence now and the server clock (set.lua refuses tokens that are too old).
 local function fill_token()
@@ -36,12 +40,12 @@ local function fill_token()
 end
 
 local names = {}
-local count = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
 if count < 0 then
   names = redis.pcall('SMEMBERS', KEYS[2])
   if names.err or #names == 0 then return { fill_token() } end
 else
-  for i = 1, count do names[i] = ARGV[3 + i] end
+  for i = 1, count do names[i] = ARGV[4 + i] end
 end
 
 -- A stamp's sequence; a value that is not a number covers everything.
@@ -75,6 +79,7 @@ local function valid(raw, name)
   local t, domain, body = string.match(raw, '^(%d+) ([^\n]+)\n()')
   t = tonumber(t)
   if t == nil then return 0 end
+  if required ~= '' and domain ~= required then return false end
   if newest(prefix .. ':stamp:public', name) > t
       or newest(prefix .. ':stamp:domain:' .. domain, name) > t
       or newest(prefix .. ':stamp:user:' .. user, name) > t then

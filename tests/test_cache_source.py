@@ -831,3 +831,36 @@ async def test_a_corrupt_index_key_starts_a_new_life_of_the_index(
     token = (await cache.lookup(alpha, "webui")).fill_token
     assert await cache.set_merged_config(alpha, "webui", fresh, token) is True
     assert await cache.get_merged_config(alpha, "webui") == fresh
+
+
+# -- the required domain (the ranked model's entries) ------------------------------------
+
+
+async def test_an_entry_of_another_domain_is_a_miss_with_a_token(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    user = uuid.uuid4()
+    await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # a life: tokens fill
+    await fill(cache, user, "alpha", "webui", "theme")
+    # Filled under alpha: served to a caller in alpha, and to one that requires no domain.
+    for domain in ("alpha", None):
+        found = await cache.lookup_many(user, ["webui", "theme"], domain=domain)
+        assert all(hit.value is not None for hit in found.values())
+        assert (await cache.lookup(user, "webui", domain=domain)).value is not None
+    # A caller of the same user in beta: a miss, with a token that fills over the entry.
+    found = await cache.lookup_many(user, ["webui", "theme"], domain="beta")
+    assert [hit.value for hit in found.values()] == [None, None]
+    token = found["webui"].fill_token
+    assert token
+    single = await cache.lookup(user, "webui", domain="beta")
+    assert single.value is None and single.fill_token
+    assert await cache.set_many(user, [merged(user, "beta", "webui", v=2)], fill_token=token)
+    raw = await valkey.get(keys.entry(user, "webui"))
+    assert raw is not None and raw.split(b"\n")[0].endswith(b" beta")
+    hit = (await cache.lookup_many(user, ["webui"], domain="beta"))["webui"].value
+    assert hit is not None and hit.config == {"v": 2}
+    assert (await cache.lookup_many(user, ["webui"], domain="alpha"))["webui"].value is None
+    # The required domain is encoded as the header's is: a domain with a colon, a space.
+    await fill(cache, user, "a b:c", "limits")
+    assert (await cache.lookup_many(user, ["limits"], domain="a b:c"))["limits"].value
+    assert (await cache.lookup(user, "limits", domain="a b")).value is None

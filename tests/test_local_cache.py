@@ -1280,3 +1280,25 @@ def _flatten(reply: object) -> list[object]:
     if isinstance(reply, list):
         return list(reply)
     return [reply]
+
+
+async def test_an_entry_of_another_domain_is_not_served_locally(on_shared: OnShared) -> None:
+    s = await on_shared(**FAST)
+    local, reader = s.local, s.cache
+    user = uuid.uuid4()
+    await fill(reader, value(user, 1, name="webui", domain="alpha"))
+    await fill(reader, value(user, 1, name="theme", domain="alpha"))
+    assert len(local) == 2
+    assert version_of(local.get(user, "webui", domain="alpha")) == 1
+    assert version_of(local.get(user, "webui")) == 1
+    assert local.get(user, "webui", domain="beta") is None
+    assert local.get_many(user, ["webui", "theme"], domain="alpha") is not None
+    assert local.get_many(user, ["webui", "theme"], domain="beta") is None
+    # Through the source: the local copy is not served to beta, nor is Valkey's entry;
+    # the miss hands out a token, and the fill under beta replaces both.
+    with_token = await reader.lookup_many(user, ["webui"], domain="beta")
+    assert with_token["webui"].value is None and with_token["webui"].fill_token
+    token = with_token["webui"].fill_token
+    assert await reader.set_many(user, [value(user, 2, domain="beta")], fill_token=token)
+    assert version_of(local.get(user, "webui", domain="beta")) == 2
+    assert local.get(user, "webui", domain="alpha") is None

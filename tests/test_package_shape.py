@@ -98,7 +98,14 @@ def layer_of(module: str) -> int:
         if parts[1:2] == ["models"]:
             return 0
         return 1 if parts[1:2] in (["schema"], ["db_source"]) else 3
-    if top in {"repository", "replayer", "single_flight", "following", "consistency"}:
+    if top in {
+        "repository",
+        "after_commit",
+        "replayer",
+        "single_flight",
+        "following",
+        "consistency",
+    }:
         return 3
     if top == "resilience":
         return 2 if parts[1:2] == ["guard"] else 0

@@ -459,8 +459,11 @@ class LocalCache:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def get(self, user_id: uuid.UUID | str, name: str) -> AppConfigData | None:
-        """A private copy of the held value, or None (absent, expired, or unsure)."""
+    def get(
+        self, user_id: uuid.UUID | str, name: str, *, domain: str | None = None
+    ) -> AppConfigData | None:
+        """A private copy of the held value, or None (absent, expired, or unsure; with
+        ``domain``, also when it was filled under another domain)."""
         now = self._clock()
         key = (user_id.int if type(user_id) is uuid.UUID else _user_key(user_id), name)
         entry = self._entries.get(key) if now < self._valid_until else None
@@ -469,15 +472,19 @@ class LocalCache:
                 self._remove(key)
             self.counters.misses += 1
             return None
+        if domain is not None and entry.domain != domain:
+            self.counters.misses += 1
+            return None
         self._entries.move_to_end(key)
         self.counters.hits += 1
         return entry.copier.copy()
 
     def get_many(
-        self, user_id: uuid.UUID | str, names: Sequence[str]
+        self, user_id: uuid.UUID | str, names: Sequence[str], *, domain: str | None = None
     ) -> list[AppConfigData] | None:
-        """A private copy of each name's value, in order, if every one is held (one
-        local miss otherwise: the caller asks Valkey for all of them)."""
+        """A private copy of each name's value, in order, if every one is held (with
+        ``domain``, filled under that domain); one local miss otherwise: the caller asks
+        Valkey for all of them."""
         now = self._clock()
         user = user_id.int if type(user_id) is uuid.UUID else _user_key(user_id)
         if now >= self._valid_until:
@@ -490,6 +497,9 @@ class LocalCache:
             if entry is None or entry.expires <= now:
                 if entry is not None:
                     self._remove(key)
+                self.counters.misses += 1
+                return None
+            if domain is not None and entry.domain != domain:
                 self.counters.misses += 1
                 return None
             entries.append(entry)

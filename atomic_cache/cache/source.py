@@ -76,6 +76,11 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _required(domain: str | None) -> str:
+    """The required-domain argument of get.lua and get_all.lua: "" for any domain."""
+    return "" if domain is None else encode_component(domain, what="domain")
+
+
 class AppConfigFragmentCacheSource:
     """Merged configs in Valkey, written and invalidated by atomic Lua scripts."""
 
@@ -167,16 +172,23 @@ class AppConfigFragmentCacheSource:
                 return held
         return (await self._get(user_id, name))[0]
 
-    async def lookup(self, user_id: uuid.UUID, name: str) -> CacheLookup:
-        """The cached value, or a miss with the fill token to pass to set_merged_config."""
+    async def lookup(
+        self, user_id: uuid.UUID, name: str, *, domain: str | None = None
+    ) -> CacheLookup:
+        """The cached value, or a miss with the fill token to pass to set_merged_config.
+
+        With ``domain``, an entry filled under another domain is a miss (its token lets
+        the next fill overwrite it); None serves an entry of any domain."""
         if self._local is not None:
-            held = self._local.get(user_id, name)
+            held = self._local.get(user_id, name, domain=domain)
             if held is not None:
                 return CacheLookup(value=held)
-        value, token = await self._get(user_id, name)
+        value, token = await self._get(user_id, name, domain)
         return CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
 
-    async def _get(self, user_id: uuid.UUID, name: str) -> tuple[AppConfigData | None, str]:
+    async def _get(
+        self, user_id: uuid.UUID, name: str, domain: str | None = None
+    ) -> tuple[AppConfigData | None, str]:
         """One entry from Valkey (one get.lua call), after the local cache missed; copied
         into the local cache when nothing may have overtaken it."""
         local = self._local
@@ -186,7 +198,7 @@ class AppConfigFragmentCacheSource:
             self._client,
             "get",
             [self.keys.seq],
-            [self.keys.prefix, user, encode_component(name, what="name")],
+            [self.keys.prefix, user, _required(domain), encode_component(name, what="name")],
         )
         if not isinstance(reply, list) or len(reply) not in (2, 3):
             raise CacheError(f"get.lua answered an unexpected shape: {reply!r:.200}")
@@ -204,7 +216,7 @@ class AppConfigFragmentCacheSource:
     async def ping(self) -> str:
         """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
-        reply = await self._read(["-", 0])
+        reply = await self._read(["-", "", 0])
         if len(reply) != 3 or reply[1] != [] or reply[2] != []:
             raise CacheError(f"get_all.lua answered {reply!r:.200}")
         return _text(reply[0])
@@ -238,21 +250,26 @@ class AppConfigFragmentCacheSource:
             if value is not None and isinstance(raw, bytes | str):
                 local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
 
-    async def lookup_many(self, user_id: uuid.UUID, names: Sequence[str]) -> dict[str, CacheLookup]:
-        """Look up several names of one user in one round trip; one fill token for all."""
+    async def lookup_many(
+        self, user_id: uuid.UUID, names: Sequence[str], *, domain: str | None = None
+    ) -> dict[str, CacheLookup]:
+        """Look up several names of one user in one round trip; one fill token for all.
+
+        With ``domain``, an entry filled under another domain is a miss (its token lets
+        the next fill overwrite it); None serves an entry of any domain."""
         if isinstance(names, str):
             raise ValueError("names must be a list of names, not a single string")
         names = list(dict.fromkeys(names))
         if not names:
             return {}
         if self._local is not None:
-            held = self._local.get_many(user_id, names)
+            held = self._local.get_many(user_id, names, domain=domain)
             if held is not None:
                 return {value.name: CacheLookup(value=value) for value in held}
         ticket, began = self._ticket()
         user = user_component(user_id)
         encoded = [encode_component(name, what="name") for name in names]
-        reply = await self._read([user, len(encoded), *encoded])
+        reply = await self._read([user, _required(domain), len(encoded), *encoded])
         raws, pttls = (reply[1], reply[2]) if len(reply) == 3 else (None, None)
         if (
             not isinstance(raws, list)
@@ -287,7 +304,7 @@ class AppConfigFragmentCacheSource:
                 return AllLookup(fill_token="", names=list(local_values), values=local_values)
         ticket, began = self._ticket()
         user = user_component(user_id)
-        reply = await self._read([user, -1])
+        reply = await self._read([user, "", -1])
         token = _text(reply[0])
         if len(reply) == 1:
             return AllLookup(fill_token=token, names=None, values={})

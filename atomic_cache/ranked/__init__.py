@@ -1,6 +1,7 @@
 """The ranked model: BEP-1052 as Backend.AI's main branch runs it (definitions, an
 allow-list with a rank per name and scope, fragments with UUID scope ids), on upstream's
-own tables. Uses the core (merge, the outbox tables); the core never imports it."""
+own tables. Uses the core (merge, the outbox, the cache and its guard); the core never
+imports it."""
 
 from .db_source import RankedDBSource
 from .models import (
@@ -22,16 +23,28 @@ from .models import (
     Scope,
     WriteNotAllowedError,
 )
+from .repository import (
+    ANONYMOUS_DOMAIN,
+    ANONYMOUS_USER,
+    AllowListRepository,
+    AppConfigRepository,
+    DefinitionRepository,
+)
 from .schema import SchemaError, create_schema
 
 __all__ = [
+    "ANONYMOUS_DOMAIN",
+    "ANONYMOUS_USER",
     "AllowListEntry",
+    "AllowListRepository",
     "AlreadyExistsError",
     "AppConfig",
+    "AppConfigRepository",
     "Definition",
     "DefinitionExistsError",
     "DefinitionNotFoundError",
     "DefinitionPurge",
+    "DefinitionRepository",
     "Fragment",
     "FragmentUpsert",
     "GrantExistsError",

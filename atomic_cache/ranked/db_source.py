@@ -466,6 +466,21 @@ class RankedDBSource:
             fragments=cascaded,
         )
 
+    async def registered(
+        self, names: Sequence[str], *, conn: AsyncConnection | None = None
+    ) -> set[str]:
+        """Which of ``names`` are registered definitions, in one statement."""
+        wanted = [n for n in _read_names(names) if 1 <= len(n) <= MAX_CONFIG_NAME_LENGTH]
+        if not wanted:
+            return set()
+        async with self._read(conn) as c:
+            found = await c.execute(
+                select(_definitions.c.config_name).where(
+                    _definitions.c.config_name == any_(_names_param(wanted))
+                )
+            )
+            return set(found.scalars())
+
     async def definitions(self, *, conn: AsyncConnection | None = None) -> list[str]:
         """The registered names (the catalogue), sorted by code point."""
         async with self._read(conn) as c:

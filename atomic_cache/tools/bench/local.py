@@ -407,7 +407,7 @@ async def _server_costs(
         raise RuntimeError("k. get.lua no longer ends with the PTTL field: update the bench")
     sha_without = as_text(await command(client, "SCRIPT", "LOAD", without_pttl))
     await ctx.cache(keys).set_many(users[0], [sample_config(users[0], "default", NAME)])
-    get_args = [keys.seq, keys.prefix, user_component(users[0]), NAME]
+    get_args = [keys.seq, keys.prefix, user_component(users[0]), "", NAME]
 
     async def get_shipped(i: int) -> object:
         return await registry.call(client, "get", [keys.seq], get_args[1:])

@@ -28,7 +28,7 @@ async def scenario_reads(ctx: BenchContext) -> list[BenchRow]:
     entry_key = keys.entry(user, "webui")
     client, registry = ctx.client, ctx.registry
     get_keys = [keys.seq]
-    get_args: list[ScriptArg] = [keys.prefix, user_component(user), "webui"]
+    get_args: list[ScriptArg] = [keys.prefix, user_component(user), "", "webui"]
 
     async def get_and_decode(i: int) -> AppConfigData:
         raw = await client.get(entry_key)

@@ -1,0 +1,391 @@
+"""The ranked model's repositories: merged reads around the cache core, writes to
+PostgreSQL that invalidate exactly what they changed before they return.
+
+Cache layout (the core's, unchanged): a user's merged config of a name is the core entry
+of (user, name), an ``AppConfigData`` with ``domain_name`` the caller's domain id as text,
+``fragments`` empty and ``config`` the merge; it is looked up with that domain required,
+so an entry filled under one domain is never served to a caller in another. The
+anonymous read's entry is the same under the reserved user ``ANONYMOUS_USER`` (the nil
+UUID) and the domain ``ANONYMOUS_DOMAIN`` (``"-"``, never a domain id): only public
+stamps cover it. A real user whose id is the nil UUID is not supported (its entries and
+the anonymous ones would share keys: never served across, since the domains differ, but
+each fill would displace the other).
+
+What each write invalidates (the core's targets; public ``public[n]``, a domain's
+``domain:{id}[n]``, a user's ``user:{id}[n]``):
+
+- a fragment written or purged: its own slice (public, that domain, that user; name n);
+- a rank changed: ``public[n]`` (the order of n, for everyone); unchanged: nothing;
+- a grant created: nothing (no fragment of it exists yet);
+- a grant purged: the slice of each fragment its cascade deleted;
+- a definition created: the catalogue of names only (no merge changes);
+- a definition purged: ``public[n]`` and the catalogue.
+
+A name nobody registered is answered ``{}`` from SQL each time and never cached, so no
+caller can grow the cache with made-up names; ``{}`` of a registered name is cached.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..after_commit import AfterCommit
+from ..cache.source import AppConfigFragmentCacheSource
+from ..following import Following
+from ..keys import token_sequence
+from ..metrics import CacheStats
+from ..models import PUBLIC_SCOPE_ID, AppConfigData, ScopeType
+from ..replayer import DEFAULT_REPLAY_AFTER_S, DEFAULT_REPLAY_EVERY_S, OutboxReplayer
+from ..resilience.guard import GuardedCache
+from ..single_flight import SingleFlight
+from ..targets import InvalidationTarget
+from .db_source import RankedDBSource, _read_names
+from .models import (
+    MAX_CONFIG_NAME_LENGTH,
+    AllowListEntry,
+    AppConfig,
+    Definition,
+    Fragment,
+    FragmentUpsert,
+    RankUpdate,
+    Scope,
+    check_uuid,
+)
+
+T = TypeVar("T")
+
+# The anonymous read's entries: the nil UUID as the user, "-" (never a UUID) as the domain.
+ANONYMOUS_USER = uuid.UUID(int=0)
+ANONYMOUS_DOMAIN = "-"
+
+_NO_CACHE = GuardedCache(None)  # what reads use while the cache does not follow yet
+
+
+def _public(name: str) -> InvalidationTarget:
+    return InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [name])
+
+
+def fragment_target(fragment: Fragment) -> InvalidationTarget:
+    """The cached merges a change of this fragment can affect: its scope's slice of its
+    name (public: everyone's, the anonymous entry too)."""
+    if fragment.scope_type is Scope.PUBLIC:
+        return _public(fragment.config_name)
+    scope = ScopeType.DOMAIN if fragment.scope_type is Scope.DOMAIN else ScopeType.USER
+    return InvalidationTarget.of(scope, str(fragment.scope_id), [fragment.config_name])
+
+
+def fragment_targets(fragments: Iterable[Fragment]) -> list[InvalidationTarget]:
+    """One target per distinct fragment slice, in first-seen order."""
+    return list(dict.fromkeys(fragment_target(fragment) for fragment in fragments))
+
+
+class _Repository:
+    """What every ranked repository holds: the SQL, the guarded cache, the outbox replayer
+    and the cache's registration with the database (as the policy model's do)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None,
+        *,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+        replay_every_s: float = DEFAULT_REPLAY_EVERY_S,
+        durable: bool = True,
+    ) -> None:
+        self._engine = engine
+        self._db = RankedDBSource(engine)
+        self._cache = GuardedCache.of(cache)
+        # False: no outbox row per write; a missed invalidation lives only in this
+        # process's memory until it is replayed.
+        self._durable = durable
+        self._replayer = OutboxReplayer(
+            engine, self._cache, after_s=replay_after_s, every_s=replay_every_s
+        )
+        self._following = Following.of(engine, self._cache) if self._cache.enabled else None
+
+    async def start(self) -> bool:
+        """Register the cache with the database (so that every change, whoever makes it,
+        reaches it) and start the outbox replayer: what the first call does otherwise.
+        True once the cache follows the database (always without a cache)."""
+        self._replayer.ensure_running()
+        return self._following is None or await self._following.ready()
+
+    async def close(self) -> None:
+        """Stop this repository's outbox replayer (the engine and cache stay open)."""
+        await self._replayer.close()
+
+    def stats(self) -> CacheStats:
+        """The cache's counters in this process (one set per cache source)."""
+        return self._cache.stats()
+
+    async def _reading(self) -> GuardedCache:
+        """The cache, once its prefix follows the database; until then, no cache."""
+        self._replayer.ensure_running()
+        if self._following is None or self._following.registered:
+            return self._cache
+        if await self._following.ready():
+            return self._cache
+        return _NO_CACHE
+
+    async def _write(
+        self,
+        change: Callable[[AsyncConnection], Awaitable[T]],
+        targets_of: Callable[[T], list[InvalidationTarget]],
+        *,
+        drops_catalogue: bool = False,
+    ) -> T:
+        """Run ``change`` in one transaction with the outbox row of what it covers
+        (``targets_of`` its result; the catalogue too if ``drops_catalogue``), and
+        invalidate that once the transaction ended. A change refused before it wrote
+        anything (it raised) covers nothing, so nothing is invalidated."""
+        await self._reading()  # registers the cache's prefix on a first call
+        after = AfterCommit(self._engine, self._cache, [], durable=self._durable)
+        try:
+            async with self._engine.begin() as conn:
+                await after.begin(conn)
+                result = await change(conn)
+                after.targets.extend(targets_of(result))
+                after.drop_catalogue = drops_catalogue
+                await after.record(conn)
+            return result
+        finally:
+            # Also when the commit failed or was cancelled half-way: an invalidation of a
+            # change that did not happen costs a miss; a missing one, a stale read.
+            await after.invalidate()
+
+
+class AppConfigRepository(_Repository):
+    """Merged configs, read around the cache; fragment upserts and purges."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None = None,
+        *,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+        replay_every_s: float = DEFAULT_REPLAY_EVERY_S,
+        durable: bool = True,
+    ) -> None:
+        super().__init__(
+            engine,
+            cache,
+            replay_after_s=replay_after_s,
+            replay_every_s=replay_every_s,
+            durable=durable,
+        )
+        self._flights = SingleFlight()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def resolve(
+        self, user_id: uuid.UUID, domain_id: uuid.UUID, names: Sequence[str]
+    ) -> list[AppConfig]:
+        """The merged config of each name for a user of a domain (both the caller's own,
+        from its session), in request order, a repeated name repeated; ``{}`` where
+        nothing contributes. Warm: one cache round trip and no SQL."""
+        check_uuid(user_id, "user_id")
+        check_uuid(domain_id, "domain_id")
+        distinct = _read_names(names)
+
+        def load(missing: list[str], conn: AsyncConnection) -> Awaitable[dict[str, Any]]:
+            return self._db.merged(user_id, domain_id, missing, conn=conn)
+
+        merged = await self._resolve(user_id, str(domain_id), distinct, load)
+        return [AppConfig(config_name=name, config=merged[name]) for name in names]
+
+    async def resolve_public(self, names: Sequence[str]) -> list[AppConfig]:
+        """The anonymous read: as ``resolve``, from the public fragments only."""
+        distinct = _read_names(names)
+
+        def load(missing: list[str], conn: AsyncConnection) -> Awaitable[dict[str, Any]]:
+            return self._db.merged_public(missing, conn=conn)
+
+        merged = await self._resolve(ANONYMOUS_USER, ANONYMOUS_DOMAIN, distinct, load)
+        return [AppConfig(config_name=name, config=merged[name]) for name in names]
+
+    async def _resolve(
+        self,
+        user: uuid.UUID,
+        domain: str,
+        names: list[str],
+        load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
+    ) -> dict[str, dict[str, Any]]:
+        """Each distinct name's merge: from the cache where it holds a servable entry
+        filled under ``domain``; the rest from SQL, filled with the lookup's token."""
+        if not names:
+            return {}
+        # A name that can never be registered is never looked up (nor cached).
+        keyed = [name for name in names if 1 <= len(name) <= MAX_CONFIG_NAME_LENGTH]
+        cache = await self._reading()
+        found = (
+            await cache.read(lambda source: source.lookup_many(user, keyed, domain=domain))
+            if keyed
+            else None
+        )
+        result: dict[str, dict[str, Any]] = {}
+        token = ""
+        if found is not None:
+            held = [hit.value for hit in found.values() if hit.value is not None]
+            present = [value for value in held if self._cache.servable(value)]
+            self._cache.record_lookups(hits=len(present), misses=len(found) - len(held))
+            result = {value.name: value.config or {} for value in present}
+            token = next((hit.fill_token for hit in found.values() if hit.fill_token), "")
+        missing = [name for name in names if name not in result]
+        if missing:
+            if token:
+                # Readers whose lookups saw the same sequence and the same invalidation
+                # generation of this process share one query (as the policy model's).
+                key = (user, domain, tuple(missing), token_sequence(token), self._cache.generation)
+                loaded = await self._flights.run(
+                    key, lambda: self._load_and_fill(user, domain, missing, load, token)
+                )
+            else:
+                loaded = await self._load(missing, load)
+            result.update(loaded)
+        return result
+
+    async def _load(
+        self,
+        missing: list[str],
+        load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
+    ) -> dict[str, dict[str, Any]]:
+        loaded, _ = await self._load_registered(missing, load)
+        return loaded
+
+    async def _load_registered(
+        self,
+        missing: list[str],
+        load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """The merges of ``missing``, and which of them may be cached: those that are
+        registered definitions, read in the same transaction. A name with a fragment is
+        registered (the foreign keys say so); only the ``{}`` ones are asked about."""
+        async with self._engine.connect() as conn:
+            loaded = await load(missing, conn)
+            empty = [name for name, config in loaded.items() if not config]
+            registered = await self._db.registered(empty, conn=conn) if empty else set()
+        cacheable = {name for name, config in loaded.items() if config} | registered
+        return loaded, cacheable
+
+    async def _load_and_fill(
+        self,
+        user: uuid.UUID,
+        domain: str,
+        missing: list[str],
+        load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
+        fill_token: str,
+    ) -> dict[str, dict[str, Any]]:
+        loaded, cacheable = await self._load_registered(missing, load)
+        data = [
+            AppConfigData(user_id=user, domain_name=domain, name=name, config=config)
+            for name, config in loaded.items()
+            if name in cacheable
+        ]
+        if data:
+            stored = await self._cache.call(
+                "fill", lambda source: source.set_many(user, data, fill_token=fill_token)
+            )
+            if stored is not None:
+                self._cache.record_fill(stored=stored, entries=len(data))
+        return loaded
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def bulk_upsert(self, items: Sequence[FragmentUpsert]) -> list[Fragment]:
+        """Write every fragment or none (``WriteNotAllowedError`` names every pair without
+        an allow-list row, and nothing is written or invalidated); returns the rows
+        written. Returns after each row's slice is invalidated."""
+        return await self._write(
+            lambda conn: self._db.bulk_upsert(items, conn=conn), fragment_targets
+        )
+
+    async def purge_fragments(self, ids: Sequence[uuid.UUID]) -> list[Fragment]:
+        """Delete the fragments with these ids; returns the rows deleted (an unknown id is
+        left out). Returns after each deleted row's slice is invalidated."""
+        return await self._write(
+            lambda conn: self._db.purge_fragments(ids, conn=conn), fragment_targets
+        )
+
+
+class DefinitionRepository(_Repository):
+    """Registered config names: creating one changes no merge; purging one cascades."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None = None,
+        *,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+    ) -> None:
+        super().__init__(engine, cache, replay_after_s=replay_after_s)
+
+    async def create(self, name: str) -> Definition:
+        """Register ``name``; ``DefinitionExistsError`` if it is already. Invalidates the
+        catalogue of names only."""
+        return await self._write(
+            lambda conn: self._db.create_definition(name, conn=conn),
+            lambda _: [],
+            drops_catalogue=True,
+        )
+
+    async def purge(self, name: str) -> Definition:
+        """Delete the definition of ``name``, its grants and their fragments (cascade);
+        ``DefinitionNotFoundError`` if none. Invalidates the name for everyone and the
+        catalogue of names."""
+        purged = await self._write(
+            lambda conn: self._db.purge_definition(name, conn=conn),
+            lambda purge: [_public(purge.definition.config_name)],
+            drops_catalogue=True,
+        )
+        return purged.definition
+
+
+class AllowListRepository(_Repository):
+    """Grants of a (name, scope) and their ranks."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cache: AppConfigFragmentCacheSource | None = None,
+        *,
+        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
+    ) -> None:
+        super().__init__(engine, cache, replay_after_s=replay_after_s)
+
+    async def create(self, name: str, scope: Scope, rank: int | None = None) -> AllowListEntry:
+        """Grant ``scope`` of ``name`` at ``rank`` (by default the scope's). Invalidates
+        nothing: no fragment of that pair can exist yet."""
+        return await self._write(
+            lambda conn: self._db.create_grant(name, scope, rank, conn=conn), lambda _: []
+        )
+
+    async def update_rank(self, name: str, scope: Scope, rank: int) -> RankUpdate:
+        """Set the rank of the grant; ``GrantNotFoundError`` if none. A changed rank
+        reorders the name for everyone (its public slice is invalidated); the same rank
+        writes and invalidates nothing (``RankUpdate.changed`` is False)."""
+        return await self._write(
+            lambda conn: self._db.update_rank(name, scope, rank, conn=conn),
+            lambda done: [_public(done.entry.config_name)] if done.changed else [],
+        )
+
+    async def purge(self, name: str, scope: Scope) -> list[Fragment]:
+        """Delete the grant; the cascade deletes its fragments, whose slices are
+        invalidated. Returns those fragments. ``GrantNotFoundError`` if no such grant."""
+        return await self._write(
+            lambda conn: self._db.purge_grant(name, scope, conn=conn), fragment_targets
+        )
+
+
+__all__ = [
+    "ANONYMOUS_DOMAIN",
+    "ANONYMOUS_USER",
+    "AllowListRepository",
+    "AppConfigRepository",
+    "DefinitionRepository",
+    "fragment_target",
+    "fragment_targets",
+]

@@ -1,0 +1,471 @@
+"""The ranked model's repositories on real servers: merges by rank through the cache, the
+``{}`` rule, the anonymous read, the domain an entry was filled under, and what each write
+invalidates (exactly its slice: every other name, user and domain still hits).
+
+The ranked tables share a name with the policy model's, so these tests run in a database
+of their own (as tests/test_ranked_db.py); each test has a key prefix of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from glide import GlideClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
+from atomic_cache.cache.client import create_valkey_client
+from atomic_cache.ranked import (
+    ANONYMOUS_DOMAIN,
+    ANONYMOUS_USER,
+    AllowListRepository,
+    AppConfigRepository,
+    DefinitionRepository,
+    FragmentUpsert,
+    RankedDBSource,
+    Scope,
+    WriteNotAllowedError,
+    create_schema,
+)
+from atomic_cache.ranked.schema import TABLE_NAMES
+
+from .repo_tools import count_sql
+
+D1, D2 = uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)
+U1, U2, U3 = uuid.UUID(int=0x01), uuid.UUID(int=0x02), uuid.UUID(int=0x03)
+NAMES = ["theme", "menu"]
+# Who reads: two users of D1, one of D2, and the anonymous caller (None).
+READERS: list[tuple[uuid.UUID, uuid.UUID] | None] = [(U1, D1), (U2, D1), (U3, D2), None]
+BOUND_S = 15.0
+
+
+@pytest.fixture(scope="module")
+async def ranked_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
+    """A database of this module's, with the ranked tables made by create_schema."""
+    name = f"atomic_cache_rrepo_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_server_url, isolation_level="AUTOCOMMIT", pool_size=1)
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_async_engine(url, pool_size=5, max_overflow=5)
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@pytest.fixture
+async def engine(ranked_engine: AsyncEngine) -> AsyncEngine:
+    """The module's database, emptied (the caches of earlier tests too)."""
+    async with ranked_engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"TRUNCATE {', '.join(TABLE_NAMES)}, app_config_cache_prefixes,"
+                " app_config_invalidation_outbox CASCADE"
+            )
+        )
+    return ranked_engine
+
+
+@dataclass
+class Rig:
+    engine: AsyncEngine
+    cache: AppConfigFragmentCacheSource
+    defs: DefinitionRepository
+    allow: AllowListRepository
+    configs: AppConfigRepository
+    db: RankedDBSource
+    frags: dict[str, uuid.UUID]  # fragment ids by a short label
+
+
+def frag(scope: Scope, scope_id: uuid.UUID | None, name: str, **config: Any) -> FragmentUpsert:
+    return FragmentUpsert(scope_type=scope, scope_id=scope_id, config_name=name, config=config)
+
+
+@pytest.fixture
+async def rig(engine: AsyncEngine, cache: AppConfigFragmentCacheSource) -> Rig:
+    """theme: granted at every scope, with public, D1, D2 and U1 fragments; menu: public
+    and domain only (no user grant), with public and D1 fragments; limits: registered,
+    granted at public, no fragment (its merge is ``{}``)."""
+    defs = DefinitionRepository(engine, cache=cache)
+    allow = AllowListRepository(engine, cache=cache)
+    configs = AppConfigRepository(engine, cache=cache)
+    for name in [*NAMES, "limits"]:
+        await defs.create(name)
+    for scope in Scope:
+        await allow.create("theme", scope)
+    await allow.create("menu", Scope.PUBLIC)
+    await allow.create("menu", Scope.DOMAIN)
+    await allow.create("limits", Scope.PUBLIC)
+    written = await configs.bulk_upsert(
+        [
+            frag(Scope.PUBLIC, None, "theme", color="blue", size=1, font="serif"),
+            frag(Scope.DOMAIN, D1, "theme", color="red"),
+            frag(Scope.DOMAIN, D2, "theme", color="green"),
+            frag(Scope.USER, U1, "theme", size=3),
+            frag(Scope.PUBLIC, None, "menu", items=["home"]),
+            frag(Scope.DOMAIN, D1, "menu", items=["home", "admin"]),
+        ]
+    )
+    labels = ["theme/public", "theme/D1", "theme/D2", "theme/U1", "menu/public", "menu/D1"]
+    return Rig(
+        engine,
+        cache,
+        defs,
+        allow,
+        configs,
+        RankedDBSource(engine),
+        {label: f.id for label, f in zip(labels, written, strict=True)},
+    )
+
+
+async def read(rig: Rig, reader: tuple[uuid.UUID, uuid.UUID] | None, names: list[str]) -> Any:
+    if reader is None:
+        return [c.config for c in await rig.configs.resolve_public(names)]
+    return [c.config for c in await rig.configs.resolve(reader[0], reader[1], names)]
+
+
+async def fresh(rig: Rig, reader: tuple[uuid.UUID, uuid.UUID] | None, names: list[str]) -> Any:
+    if reader is None:
+        merged = await rig.db.merged_public(names)
+    else:
+        merged = await rig.db.merged(reader[0], reader[1], names)
+    return [merged[name] for name in names]
+
+
+async def cached(rig: Rig) -> set[tuple[int, str]]:
+    """(reader index, name) of every entry the cache serves now, looked up directly."""
+    present = set()
+    for index, reader in enumerate(READERS):
+        user, domain = (ANONYMOUS_USER, ANONYMOUS_DOMAIN) if reader is None else reader
+        found = await rig.cache.lookup_many(user, NAMES, domain=str(domain))
+        present |= {(index, name) for name, hit in found.items() if hit.value is not None}
+    return present
+
+
+ALL = {(index, name) for index in range(len(READERS)) for name in NAMES}
+
+
+async def warm(rig: Rig) -> None:
+    for reader in READERS:
+        assert await read(rig, reader, NAMES) == await fresh(rig, reader, NAMES)
+    assert await cached(rig) == ALL
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+async def test_merge_by_rank_through_the_cache(rig: Rig) -> None:
+    assert await read(rig, (U1, D1), ["theme"]) == [{"color": "red", "size": 3, "font": "serif"}]
+    assert await read(rig, (U2, D1), ["theme"]) == [{"color": "red", "size": 1, "font": "serif"}]
+    assert await read(rig, (U3, D2), ["theme"]) == [{"color": "green", "size": 1, "font": "serif"}]
+    before = rig.configs.stats().hits
+    with count_sql(rig.engine) as sql:
+        assert await read(rig, (U1, D1), ["theme"]) == [
+            {"color": "red", "size": 3, "font": "serif"}
+        ]
+    assert len(sql) == 0
+    assert rig.configs.stats().hits == before + 1
+    # The domain ranked above the user: the domain's color and, now, its size win.
+    await rig.configs.bulk_upsert([frag(Scope.DOMAIN, D1, "theme", color="red", size=7)])
+    await rig.allow.update_rank("theme", Scope.DOMAIN, 400)
+    assert await read(rig, (U1, D1), ["theme"]) == [{"color": "red", "size": 7, "font": "serif"}]
+    assert await read(rig, (U1, D1), ["theme"]) == await fresh(rig, (U1, D1), ["theme"])
+
+
+async def test_a_warm_resolve_of_many_names_is_one_round_trip_and_no_sql(rig: Rig) -> None:
+    names = ["theme", "menu", "limits"]
+    await read(rig, (U1, D1), names)
+    before = rig.configs.stats()
+    with count_sql(rig.engine) as sql:
+        assert await read(rig, (U1, D1), names) == await fresh(rig, (U1, D1), names)
+        sql_of_fresh = 1
+    assert len(sql) == sql_of_fresh  # the comparison's own read, nothing of resolve's
+    after = rig.configs.stats()
+    assert after.hits == before.hits + 3 and after.misses == before.misses
+
+
+async def test_request_order_and_repeats(rig: Rig) -> None:
+    names = ["menu", "nope", "theme", "menu", "limits", "nope"]
+    for _ in range(2):  # cold, then warm
+        found = await rig.configs.resolve(U2, D1, names)
+        assert [c.config_name for c in found] == names
+        assert [c.config for c in found] == [
+            {"items": ["home", "admin"]},
+            {},
+            {"color": "red", "size": 1, "font": "serif"},
+            {"items": ["home", "admin"]},
+            {},
+            {},
+        ]
+    assert await rig.configs.resolve(U2, D1, []) == []
+
+
+async def test_empty_is_cached_for_a_registered_name_never_for_an_unregistered_one(
+    rig: Rig, valkey: GlideClient, keys: KeySchema
+) -> None:
+    for _ in range(2):
+        assert await read(rig, (U1, D1), ["limits", "nope"]) == [{}] * 2
+        assert await read(rig, None, ["limits", "nope"]) == [{}] * 2
+    # Names that can never be registered (too long, empty) are not even looked up.
+    assert await read(rig, (U1, D1), ["x" * 200, "", "limits"]) == [{}] * 3
+    assert await read(rig, None, ["x" * 200, ""]) == [{}] * 2
+    for user in (U1, ANONYMOUS_USER):
+        assert await valkey.exists([keys.entry(user, "limits")]) == 1
+        assert await valkey.exists([keys.entry(user, "nope")]) == 0
+    stored = await valkey.custom_command(["KEYS", f"{keys.prefix}:merged:*"])
+    assert isinstance(stored, list)
+    assert sorted(key.decode().rsplit(":", 1)[1] for key in stored) == ["limits", "limits"]
+    # Warm: the registered {} needs no SQL; the unregistered name is asked every time.
+    with count_sql(rig.engine) as sql:
+        assert await read(rig, (U1, D1), ["limits"]) == [{}]
+    assert len(sql) == 0
+    with count_sql(rig.engine) as sql:
+        assert await read(rig, (U1, D1), ["nope"]) == [{}]
+    assert len(sql) >= 1
+
+
+async def test_the_anonymous_read_is_public_only_and_follows_public_writes_only(rig: Rig) -> None:
+    assert await read(rig, None, NAMES) == [
+        {"color": "blue", "size": 1, "font": "serif"},
+        {"items": ["home"]},
+    ]
+    with count_sql(rig.engine) as sql:
+        assert await read(rig, None, NAMES) == await fresh(rig, None, NAMES)
+    assert len(sql) == 1  # the comparison's own
+    # Domain and user writes leave the anonymous entries alone...
+    await rig.configs.bulk_upsert(
+        [frag(Scope.DOMAIN, D1, "theme", color="pink"), frag(Scope.USER, U1, "theme", size=9)]
+    )
+    anonymous = READERS.index(None)
+    assert {(anonymous, "theme"), (anonymous, "menu")} <= await cached(rig)
+    # ...a public write does not.
+    await rig.configs.bulk_upsert([frag(Scope.PUBLIC, None, "theme", color="black")])
+    assert (anonymous, "theme") not in await cached(rig)
+    assert await read(rig, None, ["theme"]) == [{"color": "black"}]
+
+
+async def test_an_entry_of_one_domain_is_not_served_in_another(rig: Rig) -> None:
+    """The same user, moved from D1 to D2 (the domain comes from the caller's session)."""
+    in_d1 = [{"color": "red", "size": 3, "font": "serif"}]
+    in_d2 = [{"color": "green", "size": 3, "font": "serif"}]
+    assert await read(rig, (U1, D1), ["theme"]) == in_d1
+    assert await read(rig, (U1, D2), ["theme"]) == in_d2
+    assert await read(rig, (U1, D2), ["theme"]) == in_d2
+    assert await read(rig, (U1, D1), ["theme"]) == in_d1
+    # And what is cached now (filled under D1) is served to D1 alone.
+    assert (await rig.cache.lookup(U1, "theme", domain=str(D1))).value is not None
+    assert (await rig.cache.lookup(U1, "theme", domain=str(D2))).value is None
+
+
+# -- what each write invalidates -----------------------------------------------------------
+
+Write = Callable[[Rig], Awaitable[object]]
+
+
+def theme_of(*indexes: int) -> set[tuple[int, str]]:
+    return {(index, "theme") for index in indexes}
+
+
+Stamp = tuple[str, str, str]  # (scope, id, name) as the stamp keys and fields spell them
+
+
+async def stamps(valkey: GlideClient, keys: KeySchema) -> dict[Stamp, bytes]:
+    """Every stamp under the prefix: which slice of which name, and its sequence."""
+    found: dict[Stamp, bytes] = {}
+    listed = await valkey.custom_command(["KEYS", f"{keys.prefix}:stamp:*"])
+    assert isinstance(listed, list)
+    for key in listed:
+        scope, _, scope_id = key.decode()[len(keys.prefix) + len(":stamp:") :].partition(":")
+        for field, value in (await valkey.hgetall(key)).items():
+            found[scope, scope_id or "public", field.decode()] = value
+    return found
+
+
+def stamped(*slices: Stamp) -> set[Stamp]:
+    return set(slices)
+
+
+CATALOGUE = ("public", "public", "#names")  # the stamp of the catalogue of names
+
+
+EVERYONE = range(len(READERS))
+WRITES: dict[str, tuple[Write, set[tuple[int, str]], set[Stamp]]] = {
+    "public upsert": (
+        lambda r: r.configs.bulk_upsert([frag(Scope.PUBLIC, None, "theme", color="white")]),
+        theme_of(*EVERYONE),
+        stamped(("public", "public", "theme")),
+    ),
+    "domain upsert": (
+        lambda r: r.configs.bulk_upsert([frag(Scope.DOMAIN, D1, "theme", color="pink")]),
+        theme_of(0, 1),
+        stamped(("domain", str(D1), "theme")),
+    ),
+    "domain upsert, new fragment": (
+        lambda r: r.configs.bulk_upsert([frag(Scope.DOMAIN, D2, "menu", items=[])]),
+        {(2, "menu")},
+        stamped(("domain", str(D2), "menu")),
+    ),
+    "user upsert": (
+        lambda r: r.configs.bulk_upsert([frag(Scope.USER, U2, "theme", size=5)]),
+        theme_of(1),
+        stamped(("user", str(U2), "theme")),
+    ),
+    "public purge": (
+        lambda r: r.configs.purge_fragments([r.frags["menu/public"]]),
+        {(index, "menu") for index in EVERYONE},
+        stamped(("public", "public", "menu")),
+    ),
+    "domain purge": (
+        lambda r: r.configs.purge_fragments([r.frags["theme/D2"]]),
+        theme_of(2),
+        stamped(("domain", str(D2), "theme")),
+    ),
+    "user purge": (
+        lambda r: r.configs.purge_fragments([r.frags["theme/U1"]]),
+        theme_of(0),
+        stamped(("user", str(U1), "theme")),
+    ),
+    "rank changed": (
+        lambda r: r.allow.update_rank("theme", Scope.DOMAIN, 400),
+        theme_of(*EVERYONE),
+        stamped(("public", "public", "theme")),
+    ),
+    "rank unchanged": (lambda r: r.allow.update_rank("theme", Scope.DOMAIN, 200), set(), stamped()),
+    "grant created": (lambda r: r.allow.create("menu", Scope.USER), set(), stamped()),
+    "domain grant purged": (
+        lambda r: r.allow.purge("theme", Scope.DOMAIN),
+        theme_of(0, 1, 2),
+        stamped(("domain", str(D1), "theme"), ("domain", str(D2), "theme")),
+    ),
+    "user grant purged": (
+        lambda r: r.allow.purge("theme", Scope.USER),
+        theme_of(0),
+        stamped(("user", str(U1), "theme")),
+    ),
+    "public grant purged": (
+        lambda r: r.allow.purge("menu", Scope.PUBLIC),
+        {(index, "menu") for index in EVERYONE},
+        stamped(("public", "public", "menu")),
+    ),
+    "definition created": (lambda r: r.defs.create("other"), set(), stamped(CATALOGUE)),
+    "definition purged": (
+        lambda r: r.defs.purge("theme"),
+        theme_of(*EVERYONE),
+        stamped(("public", "public", "theme"), CATALOGUE),
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_each_write_invalidates_exactly_its_slice(
+    rig: Rig, write: str, valkey: GlideClient, keys: KeySchema
+) -> None:
+    change, covered, slices = WRITES[write]
+    await warm(rig)
+    before = rig.configs.stats().invalidations
+    stamps_before = await stamps(valkey, keys)
+    await change(rig)
+    assert await cached(rig) == ALL - covered
+    stamps_after = await stamps(valkey, keys)
+    moved = {slice_ for slice_, seq in stamps_after.items() if stamps_before.get(slice_) != seq}
+    assert moved == slices
+    if not covered:
+        # Nothing of the entries; a definition created drops the catalogue of names only.
+        assert rig.configs.stats().invalidations == before + (write == "definition created")
+    for reader in READERS:
+        assert await read(rig, reader, NAMES) == await fresh(rig, reader, NAMES)
+
+
+async def test_an_upsert_is_all_or_none(rig: Rig) -> None:
+    await warm(rig)
+    before = rig.configs.stats().invalidations
+    with pytest.raises(WriteNotAllowedError) as refused:
+        await rig.configs.bulk_upsert(
+            [
+                frag(Scope.PUBLIC, None, "theme", color="never"),
+                frag(Scope.USER, U1, "menu", never=True),  # no user grant for menu
+                frag(Scope.DOMAIN, D1, "unknown", never=True),  # not registered
+            ]
+        )
+    assert refused.value.pairs == [("menu", Scope.USER), ("unknown", Scope.DOMAIN)]
+    assert await cached(rig) == ALL
+    assert rig.configs.stats().invalidations == before
+    assert await rig.db.merged_public(["theme"]) == {
+        "theme": {"color": "blue", "size": 1, "font": "serif"}
+    }
+
+
+async def test_a_plain_sql_write_reaches_another_repository(
+    rig: Rig, valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    """Another process's cache (its own source on the same prefix), registered first; a
+    psql-like write it never sees is recorded by the triggers and replayed."""
+    other_cache = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    other = AppConfigRepository(rig.engine, cache=other_cache)
+    assert await other.start()
+    assert await rig.configs.start()
+    for reader in READERS:
+        await read(rig, reader, NAMES)
+    assert await cached(rig) == ALL
+    async with rig.engine.begin() as conn:
+        await conn.execute(
+            text(
+                'UPDATE app_config_fragments SET config = \'{"color": "plain"}\''
+                " WHERE scope_type = 'domain' AND config_name = 'theme' AND scope_id = :d"
+            ),
+            {"d": D1},
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND_S
+    while await cached(rig) != ALL - theme_of(0, 1):
+        assert loop.time() < deadline, "the plain-SQL write never reached the cache"
+        await asyncio.sleep(0.02)
+    got = await other.resolve(U1, D1, ["theme"])
+    assert got[0].config == {"color": "plain", "size": 3, "font": "serif"}
+    await other.close()
+
+
+async def test_with_the_cache_down_reads_and_writes_go_to_sql(
+    engine: AsyncEngine, valkey_url: str, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    client = await create_valkey_client(valkey_url, request_timeout_ms=500)
+    down = AppConfigFragmentCacheSource(client, registry, keys=keys)
+    await client.close()  # every call on it fails from now on
+    defs = DefinitionRepository(engine, cache=down)
+    allow = AllowListRepository(engine, cache=down)
+    configs = AppConfigRepository(engine, cache=down)
+    await defs.create("theme")
+    await allow.create("theme", Scope.PUBLIC)
+    await configs.bulk_upsert([frag(Scope.PUBLIC, None, "theme", color="blue")])
+    for _ in range(2):
+        assert [c.config for c in await configs.resolve(U1, D1, ["theme", "nope"])] == [
+            {"color": "blue"},
+            {},
+        ]
+        assert [c.config for c in await configs.resolve_public(["theme"])] == [{"color": "blue"}]
+    assert configs.stats().fills == 0
+
+
+async def test_without_a_cache(engine: AsyncEngine) -> None:
+    defs, allow, configs = (
+        DefinitionRepository(engine),
+        AllowListRepository(engine),
+        AppConfigRepository(engine),
+    )
+    await defs.create("theme")
+    await allow.create("theme", Scope.USER)
+    await configs.bulk_upsert([frag(Scope.USER, U1, "theme", a=1)])
+    assert [c.config for c in await configs.resolve(U1, D1, ["theme"])] == [{"a": 1}]
+    assert [c.config for c in await configs.resolve_public(["theme"])] == [{}]
+    await defs.purge("theme")
+    assert [c.config for c in await configs.resolve(U1, D1, ["theme"])] == [{}]
