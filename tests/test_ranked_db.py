@@ -38,6 +38,8 @@ from atomic_cache.ranked import (
 from atomic_cache.ranked.db_source import _gate_violation
 from atomic_cache.ranked.schema import BUILT_IN_UUID_DEFAULT, TABLE_NAMES, UUID_OSSP_DEFAULT
 
+from .pg_tools import ranked_database
+
 UPSTREAM_DDL = Path(__file__).with_name("ranked_upstream_ddl.sql")
 CREATE_UUID_OSSP = 'CREATE EXTENSION IF NOT EXISTS "uuid-ossp";'
 # Stands in for uuid-ossp's function where the server lacks the extension (the embedded
@@ -78,18 +80,10 @@ async def fresh_database(postgres_server_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 async def ranked_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
     """A database of this module's, with the ranked tables made by create_schema."""
-    name = f"atomic_cache_ranked_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(postgres_server_url, isolation_level="AUTOCOMMIT", pool_size=1)
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    engine = _engine(url, pool_size=2)
-    await ranked.create_schema(engine)
-    yield engine
-    await engine.dispose()
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.dispose()
+    async with ranked_database(
+        postgres_server_url, "ranked", pool_size=2, max_overflow=0
+    ) as engine:
+        yield engine
 
 
 @pytest.fixture

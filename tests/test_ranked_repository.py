@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from glide import GlideClient
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
 from atomic_cache.cache.client import create_valkey_client
@@ -32,10 +31,10 @@ from atomic_cache.ranked import (
     RankedDBSource,
     Scope,
     WriteNotAllowedError,
-    create_schema,
 )
 from atomic_cache.ranked.schema import TABLE_NAMES
 
+from .pg_tools import ranked_database
 from .repo_tools import count_sql
 
 D1, D2 = uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)
@@ -49,18 +48,8 @@ BOUND_S = 15.0
 @pytest.fixture(scope="module")
 async def ranked_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
     """A database of this module's, with the ranked tables made by create_schema."""
-    name = f"atomic_cache_rrepo_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(postgres_server_url, isolation_level="AUTOCOMMIT", pool_size=1)
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    engine = create_async_engine(url, pool_size=5, max_overflow=5)
-    await create_schema(engine)
-    yield engine
-    await engine.dispose()
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.dispose()
+    async with ranked_database(postgres_server_url, "rrepo", pool_size=5, max_overflow=5) as engine:
+        yield engine
 
 
 @pytest.fixture

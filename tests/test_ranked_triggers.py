@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from atomic_cache import ranked
 from atomic_cache.db import outbox
 from atomic_cache.ranked import FragmentUpsert, RankedDBSource, Scope
 from atomic_cache.ranked.schema import TABLE_NAMES
+
+from .pg_tools import ranked_database
 
 OBSERVER = "observer"
 D1, D2 = uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)
@@ -41,18 +42,8 @@ Row = tuple[frozenset[Target], bool]
 @pytest.fixture(scope="module")
 async def engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
     """A database of this module's, made by ranked.create_schema (triggers included)."""
-    name = f"atomic_cache_rtrig_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(postgres_server_url, isolation_level="AUTOCOMMIT", pool_size=1)
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    db = create_async_engine(url, pool_size=2, max_overflow=0)
-    await ranked.create_schema(db)
-    yield db
-    await db.dispose()
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.dispose()
+    async with ranked_database(postgres_server_url, "rtrig", pool_size=2, max_overflow=0) as engine:
+        yield engine
 
 
 @pytest.fixture
