@@ -90,7 +90,7 @@ class _Repository:
     def __init__(
         self,
         engine: AsyncEngine,
-        cache: AppConfigFragmentCacheSource | None,
+        cache: AppConfigFragmentCacheSource | None = None,
         *,
         replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
         replay_every_s: float = DEFAULT_REPLAY_EVERY_S,
@@ -314,15 +314,6 @@ class AppConfigRepository(_Repository):
 class DefinitionRepository(_Repository):
     """Registered config names: creating one changes no merge; purging one cascades."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        cache: AppConfigFragmentCacheSource | None = None,
-        *,
-        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
-    ) -> None:
-        super().__init__(engine, cache, replay_after_s=replay_after_s)
-
     async def create(self, name: str) -> Definition:
         """Register ``name``; ``DefinitionExistsError`` if it is already. Invalidates the
         catalogue of names only."""
@@ -346,15 +337,6 @@ class DefinitionRepository(_Repository):
 
 class AllowListRepository(_Repository):
     """Grants of a (name, scope) and their ranks."""
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        cache: AppConfigFragmentCacheSource | None = None,
-        *,
-        replay_after_s: float = DEFAULT_REPLAY_AFTER_S,
-    ) -> None:
-        super().__init__(engine, cache, replay_after_s=replay_after_s)
 
     async def create(self, name: str, scope: Scope, rank: int | None = None) -> AllowListEntry:
         """Grant ``scope`` of ``name`` at ``rank`` (by default the scope's). Invalidates
