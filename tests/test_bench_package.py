@@ -293,7 +293,7 @@ def test_the_cluster_rows_get_a_hits_panel_and_share_the_memory_panel() -> None:
 
 SCENARIO_MODULES = (
     "reads", "sql", "writes", "fanout", "memory", "server_cost", "outage", "refusals",
-    "index_churn", "cluster", "local",
+    "index_churn", "cluster", "local", "ranked",
 )  # fmt: skip
 # What a scenario may import of the bench, and what those import in turn.
 KIT_MODULES = {"kit": {"legacy", "sizes"}, "server": set(), "legacy": {"server"},

@@ -200,7 +200,7 @@ async def test_bench_writes_markdown_json_and_png(
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     scenarios = {row["scenario"] for row in rows}
-    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k", "l", "m"):
+    for key in ("a", "c", "d", "e", "f", "h", "i", "j", "k", "l", "m", "n"):
         assert any(scenario.startswith(f"{key}. ") for scenario in scenarios), key
     # Scenario l: every plain-SQL write was timed until served, idle and under load.
     served = [row for row in rows if row["scenario"].startswith("l. plain-SQL COMMIT")]
@@ -311,7 +311,7 @@ async def test_bench_runs_selected_scenarios_only(valkey_url: str, tmp_path: Pat
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["scenario"] for row in rows} == {"e. memory per cached entry"}
     assert [scenario.key for scenario in SCENARIOS] == [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m",
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
     ]  # fmt: skip
 
 
@@ -418,6 +418,39 @@ async def test_bench_sql_scenario_compares_cache_and_sql(
         "SQL merged view (no cache)", "cached app_config", "cached, warm",
     }  # fmt: skip
     assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in rows)
+
+
+async def test_bench_ranked_scenario_compares_sql_cache_and_local(
+    valkey_url: str, database_url: str, tmp_path: Path
+) -> None:
+    result = await invoke(
+        "bench", "--tiny", "-s", "n", "--out", str(tmp_path),
+        "--valkey-url", valkey_url, "--database-url", database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["skipped"] == []
+    rows = report["rows"]
+    timed = [row for row in rows if row["scenario"] != "n. ranked: memory per cached entry"]
+    assert [(row["scenario"], row["variant"], row["baseline"]) for row in timed] == [
+        (f"{scenario}, {tasks}", variant, index == 0)
+        for scenario, tasks in (
+            ("n. ranked resolve (5 names)", "1 task"),
+            ("n. ranked resolve (5 names)", f"{TINY.tasks} tasks"),
+            ("n. ranked resolve_public (5 names, anonymous)", "1 task"),
+        )
+        for index, variant in enumerate(
+            ("SQL (no cache)", "cached (Valkey)", "cached + local cache")
+        )
+    ]
+    assert all(row["samples"] > 0 and row["p50_us"] > 0 for row in timed)
+    memory = [row for row in rows if row not in timed]
+    assert [row["variant"] for row in memory] == [
+        "INFO used_memory delta (value + header + key + index)",
+        "entry key, MEMORY USAGE",
+    ]
+    assert all(row["samples"] == TINY.ranked_users * 5 for row in memory)
+    assert all(row["extra"]["bytes_per_entry"] > 0 for row in memory)
 
 
 async def test_bench_sentinel_scenario_times_a_failover_and_tls(

@@ -25,7 +25,7 @@ The modules: ``kit`` (rows, context, interleaved timing), ``sizes``, ``server`` 
 the server says of itself), ``legacy`` (the one-script design), ``data`` (configs, fills,
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
-``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l, ``sentinel`` m);
+``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l, ``sentinel`` m, ``ranked`` n);
 ``report`` (markdown, JSON) and ``plot`` (PNG).
 Scenarios import the kit, never each other; this module puts them together.
 """
@@ -59,6 +59,7 @@ from .local import scenario_local
 from .memory import scenario_memory
 from .outage import scenario_outage
 from .plot import plot
+from .ranked import scenario_ranked
 from .reads import scenario_reads
 from .refusals import scenario_refusals
 from .report import COLUMNS, table_cells, to_json, to_markdown
@@ -129,6 +130,13 @@ SCENARIOS: list[Scenario] = [
         "m",
         "Sentinel: a killed primary to the first hit on the new one; TLS vs plain hits",
         scenario_sentinel,
+        needs_database=True,
+    ),
+    Scenario(
+        "n",
+        "ranked model: resolve of 5 names, SQL vs cached vs local cache, 1 and 50 tasks;"
+        " anonymous read; memory per entry",
+        scenario_ranked,
         needs_database=True,
     ),
 ]

@@ -34,6 +34,7 @@ class BenchSizes:
     local_users: int  # users whose config every cache of scenario k holds
     local_window_writes: int  # writes whose cross-process window is measured (k)
     failovers: int  # primaries killed under Sentinel (m)
+    ranked_users: int  # users with a USER fragment of each name in the ranked model (n)
     fill_concurrency: int = 64
 
 
@@ -62,6 +63,7 @@ FULL = BenchSizes(
     local_users=2_000,
     local_window_writes=5_000,
     failovers=5,
+    ranked_users=5_000,
 )
 QUICK = BenchSizes(
     name="quick",
@@ -88,6 +90,7 @@ QUICK = BenchSizes(
     local_users=2_000,
     local_window_writes=1_000,
     failovers=2,
+    ranked_users=1_000,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
@@ -115,5 +118,6 @@ TINY = BenchSizes(
     local_users=50,
     local_window_writes=20,
     failovers=1,
+    ranked_users=40,
 )
 SIZES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}
