@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from glide import GlideClient
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from atomic_cache.tools.cli import database_server
+from atomic_cache.tools.cli import database_server, main
 from atomic_cache.tools.demo import (
     COUNTERS_HEADING,
     COUNTERS_NOTES,
@@ -31,6 +34,11 @@ from atomic_cache.tools.demo import (
     reads_table,
     run_demo,
     writes_table,
+)
+from atomic_cache.tools.ranked_demo import (
+    PUBLIC_READ_HEADING,
+    RANKED_WRITES_NOTES,
+    run_ranked_demo,
 )
 from atomic_cache.tools.seed import SeedPlan
 
@@ -224,3 +232,99 @@ def test_the_piped_demo_on_embedded_servers_reads_in_order() -> None:
     rows = [line for line in lines if re.fullmatch(write, line)]
     assert len(rows) == 5, lines
     assert all(note in lines for note in (*WRITES_NOTES, *COUNTERS_NOTES))
+
+
+# -- the ranked model: atomic-cache demo --model ranked -------------------------------------
+
+RANKED_PLAN = SeedPlan(domains=2, users=20)
+RANKED_WRITES = (
+    "USER fragment",
+    "DOMAIN fragment",
+    "PUBLIC fragment",
+    "rank",
+    "grant purge",
+    "definition purge",
+)
+
+
+async def demo_databases(server_url: str) -> set[str]:
+    admin = create_async_engine(server_url, pool_size=1)
+    try:
+        async with admin.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'atomic_cache_demo_%'")
+            )
+            return {row[0] for row in rows}
+    finally:
+        await admin.dispose()
+
+
+async def test_the_ranked_demo_reports_exact_invalidations_and_matches_sql(
+    valkey: GlideClient, database_url: str
+) -> None:
+    out = io.StringIO()
+    before = await demo_databases(database_url)
+    report = await run_ranked_demo(
+        valkey, database_url, Console(file=out, width=WIDTH), RANKED_PLAN, readers=READERS
+    )
+    lines = out.getvalue().splitlines()
+    passes = (report.cold, report.warm, report.sql_only)
+    assert [p.sql_statements for p in passes] == [20, 0, 20]
+    assert [p.valkey_commands for p in passes] == [40, 20, 0]
+    assert report.hit_ratio == 0.5
+    assert [row.label.split(":")[0] for row in report.writes] == list(RANKED_WRITES)
+    assert all(row.matches_sql is True for row in report.writes)
+    rows = {row.label.split(":")[0]: row for row in report.writes}
+    assert rows["USER fragment"].dropped == rows["USER fragment"].refills == 1
+    # Everyone's slice: each user's entry of that name, and the anonymous read's.
+    assert rows["PUBLIC fragment"].dropped == rows["rank"].dropped == 21
+    assert rows["definition purge"].refills == 0  # an unregistered name is never cached
+    for heading in (*HEADINGS, PUBLIC_READ_HEADING):
+        assert sum(line.startswith(heading) for line in lines) == 1, heading
+    assert (
+        f"{READS_HEADING}: resolve(user, domain, 5 names) for 20 users, 5 calls at a time" in lines
+    )
+    assert f"{PUBLIC_READ_HEADING}: resolve_public(5 names): 5 of 5 set, matches SQL" in lines
+    assert all(note in lines for note in (*WRITES_NOTES, *RANKED_WRITES_NOTES, *COUNTERS_NOTES))
+    assert max(len(line) for line in lines) <= WIDTH
+    # Its own database is dropped at the end.
+    assert await demo_databases(database_url) == before
+
+
+def test_the_ranked_demo_from_the_command_line(valkey_url: str, database_url: str) -> None:
+    command = [str(Path(sys.executable).with_name("atomic-cache")), "demo", "--model", "ranked"]
+    args = ["--users", "20", "--domains", "2", "--readers", str(READERS)]
+    servers = ["--valkey-url", valkey_url, "--database-url", database_url]
+    result = subprocess.run(
+        [*command, *args, *servers],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("seeding 5 definitions x 3 grants, 2 domains, 20 users, ")
+    for heading in (*HEADINGS, PUBLIC_READ_HEADING):
+        assert sum(line.startswith(heading) for line in lines) == 1, heading
+    write = r"│ ([^│]+?) +(│ +[\d,]+ ){4}│ (\S+) +│"
+    rows = [match for line in lines if (match := re.fullmatch(write, line))]
+    assert [row.group(1).split(":")[0] for row in rows] == list(RANKED_WRITES)
+    assert [row.group(3) for row in rows] == ["yes"] * 6  # each re-read matched SQL
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--model", "nonsense"], "Error: --model: 'nonsense' is not one of policy, ranked"),
+        (["--users", "0"], "Error: --users: 0 is not a positive number"),
+        (["--model", "ranked", "--domains", "-1"], "Error: --domains: -1 is not a positive number"),
+    ],
+)
+def test_a_bad_demo_option_is_one_usage_line(args: list[str], line: str) -> None:
+    result = CliRunner().invoke(
+        main, ["demo", *args], env={"VALKEY_URL": None, "DATABASE_URL": None}
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.splitlines() == [line]

@@ -152,6 +152,7 @@ class WriteRow:
     dropped: int  # cached entries gone: deleted by the call, or after it by clean-up steps
     refills: int
     sql_statements: int
+    matches_sql: bool | None = None  # the re-read agreed with SQL (ranked demo only)
 
 
 @dataclass
@@ -203,7 +204,6 @@ async def run_demo(
 async def _demo(
     client: GlideClient, engine: AsyncEngine, console: Console, plan: SeedPlan, readers: int
 ) -> DemoReport:
-    report = DemoReport()
     keys = KeySchema(DEMO_PREFIX)
     registry = ScriptRegistry()
     await registry.load(client)
@@ -236,14 +236,16 @@ async def _demo(
             f"\n[bold]{READS_HEADING}[/]: my_app_configs ({len(POLICIES)} names) for"
             f" {len(users):,} users, {readers} calls at a time"
         )
-        report.cold = await _read_pass(client, engine, console, "cold pass", users, repo, readers)
-        report.warm = await _read_pass(client, engine, console, "warm pass", users, repo, readers)
-        report.read_stats = repo.stats()
-        report.sql_only = await _read_pass(
-            client, engine, console, "SQL merged view", users, sql_only, readers
+        report = await read_passes(
+            client,
+            engine,
+            console,
+            users,
+            repo.my_app_configs,
+            sql_only.my_app_configs,
+            repo.stats,
+            readers,
         )
-        print_reads(console, report)
-
         console.print(f"\n[bold]{WRITES_HEADING}[/], each followed by a re-read of its users")
         report.writes = await _writes(
             client, keys, engine, console, repo, policies, cache, data, readers
@@ -251,8 +253,7 @@ async def _demo(
         print_writes(console, report.writes)
 
         report.stats = repo.stats()
-        console.print(f"\n[bold]{COUNTERS_HEADING}[/]: repo.stats() at the end of the demo")
-        print_counters(console, report.stats)
+        print_final_counters(console, report.stats)
         return report
     finally:
         # Their outbox replayers poll in the background: stop them before the engine
@@ -267,13 +268,75 @@ async def _read_pass(
     console: Console,
     name: str,
     users: Sequence[uuid.UUID],
-    repo: AppConfigFragmentRepository,
+    call: Callable[[uuid.UUID], Awaitable[object]],
     readers: int,
 ) -> ReadPass:
+    """One call per user, ``readers`` at a time, counting what they sent the servers."""
     commands = await script_calls(client)
     with counting_sql(engine) as sql, progress_bar(console, name, len(users)) as advance:
-        latencies = await timed_load(users, repo.my_app_configs, readers, advance)
+        latencies = await timed_load(users, call, readers, advance)
     return ReadPass(latencies, sql.count, await script_calls(client) - commands)
+
+
+async def read_passes(
+    client: GlideClient,
+    engine: AsyncEngine,
+    console: Console,
+    users: Sequence[uuid.UUID],
+    cached: Callable[[uuid.UUID], Awaitable[object]],
+    sql_only: Callable[[uuid.UUID], Awaitable[object]],
+    stats: Callable[[], CacheStats],
+    readers: int,
+) -> DemoReport:
+    """The cold and warm passes through the cache, then the SQL-only pass; printed."""
+    report = DemoReport()
+    report.cold = await _read_pass(client, engine, console, "cold pass", users, cached, readers)
+    report.warm = await _read_pass(client, engine, console, "warm pass", users, cached, readers)
+    report.read_stats = stats()
+    report.sql_only = await _read_pass(
+        client, engine, console, "SQL merged view", users, sql_only, readers
+    )
+    print_reads(console, report)
+    return report
+
+
+# One write of the demo: its label, the call, the users whose merges it can change, and
+# (the ranked model's) a check that their re-reads match SQL.
+Write = tuple[str, Callable[[], Awaitable[object]], Sequence[uuid.UUID]]
+
+
+async def measure_writes(
+    client: GlideClient,
+    keys: KeySchema,
+    engine: AsyncEngine,
+    console: Console,
+    cache: AppConfigFragmentCacheSource,
+    writes: Sequence[Write],
+    reread: Callable[[uuid.UUID], Awaitable[object]],
+    readers: int,
+    matches_sql: Callable[[Sequence[uuid.UUID]], Awaitable[bool]] | None = None,
+) -> list[WriteRow]:
+    """Each write, then a re-read of its users: the entries it removed, those the re-read
+    refilled and the SQL that took (and, given ``matches_sql``, whether the re-read
+    agrees with SQL, checked outside the counts)."""
+    rows = []
+    with progress_bar(console, "writes and re-reads", len(writes)) as advance:
+        for label, write, affected in writes:
+            before = await count_entries(client, keys)
+            await write()
+            # Covered entries are unservable once the write returns; a large scope's are
+            # deleted by clean-up steps in the background: count them once those are done.
+            await cache.reclaiming()
+            after = await count_entries(client, keys)
+            with counting_sql(engine) as sql:
+                await timed_load(affected, reread, readers)
+            refilled = await count_entries(client, keys) - after
+            row = WriteRow(label, len(affected), before - after, refilled, sql.count)
+            if matches_sql is not None:
+                row.matches_sql = await matches_sql(affected)
+            rows.append(row)
+            advance()
+    return rows
 
 
 async def _writes(
@@ -289,7 +352,7 @@ async def _writes(
 ) -> list[WriteRow]:
     user = next(iter(data.users))
     domain = data.users[user]
-    writes: list[tuple[str, Callable[[], Awaitable[object]], Sequence[uuid.UUID]]] = [
+    writes: list[Write] = [
         (
             "USER: webui via bulk_create_my",
             lambda: repo.bulk_create_my(
@@ -318,21 +381,9 @@ async def _writes(
             list(data.users),
         ),
     ]
-    rows = []
-    with progress_bar(console, "writes and re-reads", len(writes)) as advance:
-        for label, write, affected in writes:
-            before = await count_entries(client, keys)
-            await write()
-            # Covered entries are unservable once the write returns; a large scope's are
-            # deleted by clean-up steps in the background: count them once those are done.
-            await cache.reclaiming()
-            after = await count_entries(client, keys)
-            with counting_sql(engine) as sql:
-                await timed_load(affected, repo.my_app_configs, readers)
-            refilled = await count_entries(client, keys) - after
-            rows.append(WriteRow(label, len(affected), before - after, refilled, sql.count))
-            advance()
-    return rows
+    return await measure_writes(
+        client, keys, engine, console, cache, writes, repo.my_app_configs, readers
+    )
 
 
 async def _upsert(
@@ -356,7 +407,7 @@ def _numeric(table: Table, *headers: str) -> None:
         table.add_column(header, justify="right", no_wrap=True)
 
 
-def _notes(console: Console, lines: Sequence[str]) -> None:
+def notes(console: Console, lines: Sequence[str]) -> None:
     for line in lines:
         console.print(line, style="dim", highlight=False)
 
@@ -392,21 +443,27 @@ def reads_notes(report: DemoReport) -> list[str]:
 
 def print_reads(console: Console, report: DemoReport) -> None:
     console.print(reads_table(report))
-    _notes(console, reads_notes(report))
+    notes(console, reads_notes(report))
 
 
 def writes_table(rows: Sequence[WriteRow]) -> Table:
     table = Table()
     table.add_column("write")
     _numeric(table, "users", "removed", "refilled", "SQL")
+    checked = any(row.matches_sql is not None for row in rows)
+    if checked:
+        table.add_column("= SQL", no_wrap=True)
     for row in rows:
-        table.add_row(
+        cells = [
             row.label,
             f"{row.users:,}",
             f"{row.dropped:,}",
             f"{row.refills:,}",
             f"{row.sql_statements:,}",
-        )
+        ]
+        if checked:
+            cells.append({True: "yes", False: "NO", None: ""}[row.matches_sql])
+        table.add_row(*cells)
     return table
 
 
@@ -420,7 +477,7 @@ WRITES_NOTES = (
 
 def print_writes(console: Console, rows: Sequence[WriteRow]) -> None:
     console.print(writes_table(rows))
-    _notes(console, WRITES_NOTES)
+    notes(console, WRITES_NOTES)
 
 
 def counters(stats: CacheStats) -> Table:
@@ -447,4 +504,10 @@ COUNTERS_NOTES = (
 
 def print_counters(console: Console, stats: CacheStats) -> None:
     console.print(counters(stats))
-    _notes(console, COUNTERS_NOTES)
+    notes(console, COUNTERS_NOTES)
+
+
+def print_final_counters(console: Console, stats: CacheStats) -> None:
+    """The last section: its heading, then the counters."""
+    console.print(f"\n[bold]{COUNTERS_HEADING}[/]: repo.stats() at the end of the demo")
+    print_counters(console, stats)

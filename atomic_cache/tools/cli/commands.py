@@ -395,20 +395,37 @@ def acl(prefix: str, user: str, password: str | None, cluster: bool, sentinel: b
     click.echo(line)
 
 
+DEMO_MODELS = ("policy", "ranked")
+
+
 @main.command()
 @valkey_url_option
 @database_url_option
 @click.option("--users", default=5000, show_default=True, help="Users to seed.")
 @click.option("--domains", default=20, show_default=True, help="Domains to seed.")
 @click.option("--readers", default=50, show_default=True, help="Concurrent readers.")
+@click.option(
+    "--model",
+    default="policy",
+    show_default=True,
+    help="policy, or ranked: the ranked model in a database of its own, dropped at the end.",
+)
 @click.pass_obj
-def demo(options: ServerOptions, users: int, domains: int, readers: int) -> None:
+def demo(options: ServerOptions, users: int, domains: int, readers: int, model: str) -> None:
     """Seed a realistic data set into PostgreSQL, read it through the cache, write at
     every scope, and show what the cache did. Embedded servers unless URLs are given
-    (the demo resets the BEP-1052 tables of the database it is given)."""
+    (the policy demo resets the BEP-1052 tables of the database it is given; the ranked
+    one creates a database of its own on that server and drops it at the end)."""
     from ..demo import run_demo
+    from ..ranked_demo import run_ranked_demo
     from ..seed import SeedPlan
 
+    if model not in DEMO_MODELS:
+        raise BadOption(f"--model: {model!r} is not one of {', '.join(DEMO_MODELS)}")
+    for option, value in (("--users", users), ("--domains", domains), ("--readers", readers)):
+        if value < 1:
+            raise BadOption(f"{option}: {value} is not a positive number")
+    demo_run = run_ranked_demo if model == "ranked" else run_demo
     plan = SeedPlan(domains=domains, users=users)
     # Each section prints as it completes. A pipe or a log gets one width for all of it,
     # wide enough for every table (rich would use 80); a terminal keeps its own.
@@ -417,7 +434,7 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int) -> None
 
         async def body() -> None:
             async with connected(url) as client:
-                await run_demo(client, db, out_console, plan, readers)
+                await demo_run(client, db, out_console, plan, readers)
 
         run(body(), url=url)
 
