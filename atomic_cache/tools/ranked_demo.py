@@ -8,21 +8,16 @@ columns, so the two cannot share a database.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from glide import GlideClient
 from rich.console import Console
 from rich.progress import Progress
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .. import ranked
 from ..cache.scripts import ScriptRegistry
 from ..cache.source import AppConfigFragmentCacheSource
 from ..keys import KeySchema
@@ -33,6 +28,7 @@ from ..ranked import (
     FragmentUpsert,
     Scope,
 )
+from .databases import ranked_database
 from .demo import (
     READS_HEADING,
     WRITES_HEADING,
@@ -98,28 +94,6 @@ def plan_ranked(plan: SeedPlan) -> RankedData:
     return RankedData(domains, users, fragments)
 
 
-@contextlib.asynccontextmanager
-async def own_database(server_url: str, **engine_options: Any) -> AsyncIterator[AsyncEngine]:
-    """A new database on the server of ``server_url``, with the ranked tables; dropped
-    when the block ends."""
-    name = f"atomic_cache_demo_ranked_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", pool_size=1)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        engine = create_async_engine(url, **engine_options)
-        try:
-            await ranked.create_schema(engine)
-            yield engine
-        finally:
-            await engine.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
-
-
 async def run_ranked_demo(
     client: GlideClient,
     database_url: str,
@@ -129,7 +103,9 @@ async def run_ranked_demo(
 ) -> DemoReport:
     """Run the ranked demo in a database of its own on ``database_url``'s server."""
     plan = plan or SeedPlan()
-    async with own_database(database_url, pool_size=readers, max_overflow=10) as engine:
+    async with ranked_database(
+        database_url, "demo_ranked", pool_size=readers, max_overflow=10
+    ) as engine:
         return await _demo(client, engine, console, plan, readers)
 
 

@@ -13,18 +13,15 @@ SQL repository's before anything is timed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ... import ranked
 from ...cache.local import LocalCache
 from ...cache.source import AppConfigFragmentCacheSource
 from ...ranked import (
@@ -34,6 +31,7 @@ from ...ranked import (
     FragmentUpsert,
     Scope,
 )
+from ..databases import ranked_database
 from .data import current_fill_token
 from .kit import BenchContext, BenchRow, Op, compare_rows, gather_limited, with_tasks
 from .server import memory_usage, used_memory
@@ -50,27 +48,13 @@ PUBLIC = "n. ranked resolve_public (5 names, anonymous)"
 MEMORY = "n. ranked: memory per cached entry"
 
 
-@contextlib.asynccontextmanager
-async def ranked_database(ctx: BenchContext) -> AsyncIterator[AsyncEngine]:
+def own_database(ctx: BenchContext) -> AbstractAsyncContextManager[AsyncEngine]:
     """A new database on the server of ``ctx.database_url`` with the ranked tables, behind
     an engine with a connection per concurrent task; dropped when the block ends."""
     assert ctx.database_url is not None
-    name = f"atomic_cache_bench_ranked_{ctx.run_id}"
-    admin = create_async_engine(ctx.database_url, isolation_level="AUTOCOMMIT", pool_size=1)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(ctx.database_url).set(database=name).render_as_string(hide_password=False)
-        engine = create_async_engine(url, pool_size=ctx.sizes.tasks, max_overflow=10)
-        try:
-            await ranked.create_schema(engine)
-            yield engine
-        finally:
-            await engine.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    return ranked_database(
+        ctx.database_url, f"bench_ranked_{ctx.run_id}", pool_size=ctx.sizes.tasks, max_overflow=10
+    )
 
 
 def _public_config(name: str) -> dict[str, Any]:
@@ -167,7 +151,7 @@ async def scenario_ranked(ctx: BenchContext) -> list[BenchRow]:
     model: SQL vs Valkey vs Valkey with the in-process local cache; memory per entry."""
     keys = ctx.keys("n")
     cache = ctx.cache(keys)
-    async with ranked_database(ctx) as engine:
+    async with own_database(ctx) as engine:
         ctx.log(f"n. seeding {ctx.sizes.ranked_users:,} users x {len(NAMES)} names")
         users, domain_of = await seed(engine, ctx.sizes.ranked_users)
         local = await LocalCache.create(
