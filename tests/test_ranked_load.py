@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from glide import GlideClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, LocalCache, ScriptRegistry
@@ -22,9 +21,8 @@ from atomic_cache.ranked import (
     FragmentUpsert,
     Scope,
 )
-from atomic_cache.ranked.schema import TABLE_NAMES
 
-from .pg_tools import ranked_database
+from .pg_tools import emptied, ranked_database
 
 DOMAINS = [uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)]
 USERS = [(uuid.UUID(int=i), DOMAINS[i % 2]) for i in range(1, 5)]
@@ -42,14 +40,7 @@ async def ranked_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def engine(ranked_engine: AsyncEngine) -> AsyncEngine:
-    async with ranked_engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"TRUNCATE {', '.join(TABLE_NAMES)}, app_config_cache_prefixes,"
-                " app_config_invalidation_outbox CASCADE"
-            )
-        )
-    return ranked_engine
+    return await emptied(ranked_engine)
 
 
 def version(config: dict[str, object], scope: Scope) -> int:

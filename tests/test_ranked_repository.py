@@ -32,9 +32,8 @@ from atomic_cache.ranked import (
     Scope,
     WriteNotAllowedError,
 )
-from atomic_cache.ranked.schema import TABLE_NAMES
 
-from .pg_tools import ranked_database
+from .pg_tools import emptied, ranked_database
 from .repo_tools import count_sql
 
 D1, D2 = uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)
@@ -55,14 +54,7 @@ async def ranked_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def engine(ranked_engine: AsyncEngine) -> AsyncEngine:
     """The module's database, emptied (the caches of earlier tests too)."""
-    async with ranked_engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"TRUNCATE {', '.join(TABLE_NAMES)}, app_config_cache_prefixes,"
-                " app_config_invalidation_outbox CASCADE"
-            )
-        )
-    return ranked_engine
+    return await emptied(ranked_engine)
 
 
 @dataclass
