@@ -65,7 +65,7 @@ class ReplicaBarrier:
     def __init__(
         self,
         send: Send,
-        count: Callable[[Send], Awaitable[int]],
+        count: Callable[[], Awaitable[int]],
         *,
         timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
         clock: Callable[[], float] = time.monotonic,
@@ -93,25 +93,8 @@ class ReplicaBarrier:
         async def send(command: list[str]) -> object:
             return await client.custom_command(command, route)
 
-        async def count(send: Send) -> int:
+        async def count() -> int:
             return replicas_of_myself(_text(await send(["CLUSTER", "NODES"])))
-
-        return cls(send, count, timeout_ms=timeout_ms)
-
-    @classmethod
-    def of_primary(
-        cls,
-        send: Send,
-        replicas: Callable[[], Awaitable[int]],
-        *,
-        timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
-    ) -> ReplicaBarrier:
-        """For a standalone primary (the one Sentinels name), through ``send``; how many
-        replicas it has, ``replicas`` tells."""
-
-        async def count(send: Send) -> int:
-            del send
-            return await replicas()
 
         return cls(send, count, timeout_ms=timeout_ms)
 
@@ -123,7 +106,7 @@ class ReplicaBarrier:
         """The primary's live replicas (cached for ``REPLICA_COUNT_TTL_S``)."""
         now = self._clock()
         if fresh or self._replicas is None or now - self._counted_at > REPLICA_COUNT_TTL_S:
-            self._replicas = await self._count(self._send)
+            self._replicas = await self._count()
             self._counted_at = now
         return self._replicas
 

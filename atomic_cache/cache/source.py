@@ -133,7 +133,7 @@ class AppConfigFragmentCacheSource:
                 client, self.keys.seq, timeout_ms=replica_ack_timeout_ms
             )
         elif wait_for_replicas and isinstance(client, SentinelClient):
-            self._replicas = ReplicaBarrier.of_primary(
+            self._replicas = ReplicaBarrier(
                 client.custom_command, client.replicas, timeout_ms=replica_ack_timeout_ms
             )
         # Run when the Sentinels named another primary, before calls go there (the
