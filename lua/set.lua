@@ -14,6 +14,7 @@
 --            ("PUBLISH", "SPUBLISH" on a cluster, or "" for none), as invalidate.lua does
 -- ARGV[8]    c: how many catalogue names follow (-1: leave the catalogue alone)
 -- ARGV[9..]  c catalogue names (replace the catalogue), then pairs: encoded name, JSON
+--            (none: the catalogue alone is written)
 --
 -- Reply: 1 when written, 0 when refused (nothing written). A fill is refused when its
 -- token is older than any stamp that covers one of its entries (or the catalogue, when
@@ -91,6 +92,7 @@ local function refresh_and_prune(key)
   local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, 32)
   if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
 end
+if first_pair > #ARGV then return 1 end  -- the catalogue alone
 local user_index = prefix .. ':idx:user:' .. user
 for i = first_pair, #ARGV, 2 do redis.call('ZADD', user_index, 'GT', expiry, ARGV[i]) end
 refresh_and_prune(user_index)

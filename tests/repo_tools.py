@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
+from atomic_cache.cache.scripts import ValkeyClient
 from atomic_cache.consistency import CHECK_LABEL
 from atomic_cache.db import cache_prefixes, domains, invalidation_outbox, users
 from atomic_cache.resilience.breaker import CircuitBreaker
@@ -127,3 +128,21 @@ async def until_cached(rig: Rig, user: object, name: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("Valkey never served the entry again")
+
+
+class CountingRegistry(ScriptRegistry):
+    """Counts the script calls (Valkey round trips) made through it, by script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    async def call(
+        self, client: ValkeyClient, name: str, keys: Sequence[str], args: Any = ()
+    ) -> object:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return await super().call(client, name, keys, args)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())

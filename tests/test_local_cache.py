@@ -41,7 +41,7 @@ from atomic_cache.cache.scripts import ValkeyClient
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 from atomic_cache.tools.embedded_cluster import EmbeddedCluster
 
-from .repo_tools import ALL_SCOPES, World, count_sql, make_world
+from .repo_tools import ALL_SCOPES, CountingRegistry, World, count_sql, make_world
 from .test_concurrency import run_mixed_load
 from .valkey_tools import text
 
@@ -815,22 +815,6 @@ async def test_local_counters_reach_stats_and_prometheus(
 
 
 # -- reads of several names: lookup_many, lookup_all (my_app_configs) ---------------------
-
-
-class CountingRegistry(ScriptRegistry):
-    """Counts the script calls (Valkey round trips) made through it, by script."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: dict[str, int] = {}
-
-    async def call(self, client: Client, name: str, keys: Sequence[str], args: Any = ()) -> object:
-        self.calls[name] = self.calls.get(name, 0) + 1
-        return await super().call(client, name, keys, args)
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
 from atomic_cache.cache.client import create_valkey_client
+from atomic_cache.cache.local import LocalCache
 from atomic_cache.ranked import (
     ANONYMOUS_DOMAIN,
     ANONYMOUS_USER,
@@ -32,9 +33,11 @@ from atomic_cache.ranked import (
     Scope,
     WriteNotAllowedError,
 )
+from atomic_cache.tools.embedded import EmbeddedValkey
 
 from .pg_tools import emptied, ranked_database
-from .repo_tools import count_sql
+from .repo_tools import CountingRegistry, count_sql
+from .valkey_tools import raw_command
 
 D1, D2 = uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)
 U1, U2, U3 = uuid.UUID(int=0x01), uuid.UUID(int=0x02), uuid.UUID(int=0x03)
@@ -191,6 +194,21 @@ async def test_request_order_and_repeats(rig: Rig) -> None:
     assert await rig.configs.resolve(U2, D1, []) == []
 
 
+async def entry_keys(valkey: GlideClient, keys: KeySchema) -> list[str]:
+    stored = await valkey.custom_command(["KEYS", f"{keys.prefix}:merged:*"])
+    assert isinstance(stored, list)
+    return sorted(key.decode() for key in stored)
+
+
+def counting_repository(
+    rig: Rig, valkey: GlideClient, keys: KeySchema, counting: CountingRegistry
+) -> AppConfigRepository:
+    """Another repository on the same cache, its round trips counted."""
+    return AppConfigRepository(
+        rig.engine, cache=AppConfigFragmentCacheSource(valkey, counting, keys=keys)
+    )
+
+
 async def test_empty_is_cached_for_a_registered_name_never_for_an_unregistered_one(
     rig: Rig, valkey: GlideClient, keys: KeySchema
 ) -> None:
@@ -198,21 +216,78 @@ async def test_empty_is_cached_for_a_registered_name_never_for_an_unregistered_o
         assert await read(rig, (U1, D1), ["limits", "nope"]) == [{}] * 2
         assert await read(rig, None, ["limits", "nope"]) == [{}] * 2
     # Names that can never be registered (too long, empty) are not even looked up.
-    assert await read(rig, (U1, D1), ["x" * 200, "", "limits"]) == [{}] * 3
-    assert await read(rig, None, ["x" * 200, ""]) == [{}] * 2
-    for user in (U1, ANONYMOUS_USER):
-        assert await valkey.exists([keys.entry(user, "limits")]) == 1
-        assert await valkey.exists([keys.entry(user, "nope")]) == 0
-    stored = await valkey.custom_command(["KEYS", f"{keys.prefix}:merged:*"])
-    assert isinstance(stored, list)
-    assert sorted(key.decode().rsplit(":", 1)[1] for key in stored) == ["limits", "limits"]
-    # Warm: the registered {} needs no SQL; the unregistered name is asked every time.
     with count_sql(rig.engine) as sql:
-        assert await read(rig, (U1, D1), ["limits"]) == [{}]
+        assert await read(rig, (U1, D1), ["x" * 200, "", "limits"]) == [{}] * 3
+        assert await read(rig, None, ["x" * 200, ""]) == [{}] * 2
     assert len(sql) == 0
+    assert await entry_keys(valkey, keys) == [
+        keys.entry(ANONYMOUS_USER, "limits"),
+        keys.entry(U1, "limits"),
+    ]
+    # The catalogue of registered names was cached with the first fill.
+    members = await valkey.smembers(keys.catalogue)
+    assert sorted(m.decode() for m in members) == ["limits", "menu", "theme"]
+
+
+async def test_a_warm_resolve_with_unregistered_names_is_one_round_trip_and_no_sql(
+    rig: Rig, valkey: GlideClient, keys: KeySchema
+) -> None:
+    names = ["theme", "nope", "menu", "limits", "other"]
+    expected = await fresh(rig, (U1, D1), names)
+    assert await read(rig, (U1, D1), names) == expected  # fills, catalogue included
+    counting = CountingRegistry()
+    await counting.load(valkey)
+    repo = counting_repository(rig, valkey, keys, counting)
     with count_sql(rig.engine) as sql:
-        assert await read(rig, (U1, D1), ["nope"]) == [{}]
-    assert len(sql) >= 1
+        assert [c.config for c in await repo.resolve(U1, D1, names)] == expected
+    assert counting.calls == {"get_all": 1} and len(sql) == 0
+    # A resolve of unregistered names only: the same one round trip.
+    with count_sql(rig.engine) as sql:
+        assert [c.config for c in await repo.resolve(U2, D1, ["nope", "other"])] == [{}, {}]
+    assert counting.calls == {"get_all": 2} and len(sql) == 0
+    assert repo.stats().hits == 3 and repo.stats().misses == 0
+
+
+async def test_made_up_names_never_grow_the_cache(
+    rig: Rig, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """The anonymous caller, and a signed-in one, asking for a thousand names nobody
+    registered: no entry, no SQL once the catalogue is cached, the same key count."""
+    await read(rig, None, ["theme"])  # fills the catalogue
+    before = await valkey.custom_command(["KEYS", f"{keys.prefix}:*"])
+    assert isinstance(before, list)
+    made_up = [f"made-up-{i}" for i in range(1000)]
+    with count_sql(rig.engine) as sql:
+        for start in range(0, len(made_up), 100):
+            assert await read(rig, None, made_up[start : start + 100]) == [{}] * 100
+            assert await read(rig, (U3, D2), made_up[start : start + 100]) == [{}] * 100
+    assert len(sql) == 0
+    after = await valkey.custom_command(["KEYS", f"{keys.prefix}:*"])
+    assert isinstance(after, list)
+    assert sorted(after) == sorted(before)
+
+
+async def test_a_name_registered_after_it_was_read_as_unregistered_is_served_at_once(
+    rig: Rig,
+) -> None:
+    for reader in READERS:
+        assert await read(rig, reader, ["late", "theme"]) == [
+            {},
+            *await fresh(rig, reader, ["theme"]),
+        ]
+        assert await read(rig, reader, ["late"]) == [{}]  # from the cached catalogue
+    await rig.defs.create("late")
+    await rig.allow.create("late", Scope.PUBLIC)
+    await rig.configs.bulk_upsert([frag(Scope.PUBLIC, None, "late", on=True)])
+    for reader in READERS:
+        assert await read(rig, reader, ["late"]) == [{"on": True}]
+    # Purged: unregistered again, for everyone, the name's entries and all.
+    await rig.defs.purge("late")
+    for reader in READERS:
+        assert await read(rig, reader, ["late", "theme"]) == [
+            {},
+            *await fresh(rig, reader, ["theme"]),
+        ]
 
 
 async def test_the_anonymous_read_is_public_only_and_follows_public_writes_only(rig: Rig) -> None:
@@ -413,6 +488,133 @@ async def test_a_plain_sql_write_reaches_another_repository(
         await asyncio.sleep(0.02)
     got = await other.resolve(U1, D1, ["theme"])
     assert got[0].config == {"color": "plain", "size": 3, "font": "serif"}
+    await other.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND_S
+    while not await check():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_with_a_local_cache_a_warm_resolve_makes_no_round_trip(
+    rig: Rig, valkey: GlideClient, valkey_url: str, keys: KeySchema
+) -> None:
+    """Unregistered names included; another process's writes (a fragment, a definition)
+    still reach it, announced."""
+    local = await LocalCache.create(valkey_url, keys=keys)
+    counting = CountingRegistry()
+    await counting.load(valkey)
+    source = AppConfigFragmentCacheSource(valkey, counting, keys=keys, local_cache=local)
+    repo = AppConfigRepository(rig.engine, cache=source)
+    names = ["theme", "nope", "menu"]
+
+    async def resolved(user: uuid.UUID, domain: uuid.UUID) -> list[dict[str, Any]]:
+        return [c.config for c in await repo.resolve(user, domain, names)]
+
+    try:
+        assert await local.ready(10.0)
+        assert await repo.start()
+        for reader in [(U1, D1), (U3, D2)]:
+            assert await resolved(*reader) == await fresh(rig, reader, names)
+        calls = counting.total
+        with count_sql(rig.engine) as sql:
+            for reader in [(U1, D1), (U3, D2)]:
+                assert await resolved(*reader) == await fresh(rig, reader, names)
+        assert counting.total == calls and len(sql) == 2  # the comparisons' own
+        await rig.configs.bulk_upsert([frag(Scope.DOMAIN, D1, "theme", color="gold")])
+
+        async def gold() -> bool:
+            return bool((await resolved(U1, D1))[0]["color"] == "gold")
+
+        await until(gold, "the other process's fragment never reached the local cache")
+        assert (await resolved(U3, D2))[0]["color"] == "green"
+        await rig.defs.create("nope")
+        await rig.allow.create("nope", Scope.PUBLIC)
+        await rig.configs.bulk_upsert([frag(Scope.PUBLIC, None, "nope", x=1)])
+
+        async def registered() -> bool:
+            return (await resolved(U3, D2))[1] == {"x": 1}
+
+        await until(registered, "the other process's definition never reached the local cache")
+    finally:
+        await repo.close()
+        await local.close()
+
+
+async def test_start_caches_the_catalogue(rig: Rig, valkey: GlideClient, keys: KeySchema) -> None:
+    assert await valkey.exists([keys.catalogue]) == 0  # the rig's definitions dropped it
+    assert await rig.configs.start()
+    assert sorted(m.decode() for m in await valkey.smembers(keys.catalogue)) == [
+        "limits",
+        "menu",
+        "theme",
+    ]
+    with count_sql(rig.engine) as sql:  # the merge alone: no read of the definitions
+        assert await read(rig, (U1, D1), ["menu", "nope"]) == [{"items": ["home", "admin"]}, {}]
+    assert len(sql) == 1
+
+
+async def test_a_new_definition_shows_while_the_catalogue_invalidation_is_pending(
+    engine: AsyncEngine, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    """The catalogue's invalidation failed (the node turned read-only, as an old primary
+    after a failover): the cached catalogue, which lacks the new name, is not trusted."""
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=2000)
+        await registry.load(client)
+        cache = AppConfigFragmentCacheSource(client, registry, keys=keys)
+        defs, allow = (
+            DefinitionRepository(engine, cache=cache),
+            AllowListRepository(engine, cache=cache),
+        )
+        configs = AppConfigRepository(engine, cache=cache)
+        await defs.create("theme")
+        await allow.create("theme", Scope.PUBLIC)
+        await configs.bulk_upsert([frag(Scope.PUBLIC, None, "theme", color="blue")])
+        assert await configs.start()
+        resolved = await configs.resolve_public(["theme", "late"])
+        assert [c.config for c in resolved] == [{"color": "blue"}, {}]
+        await raw_command(server.port, "REPLICAOF", "127.0.0.1", "1")
+        await defs.create("late")
+        await allow.create("late", Scope.PUBLIC)
+        await configs.bulk_upsert([frag(Scope.PUBLIC, None, "late", on=True)])
+        assert configs._cache.pending.drop_catalogue
+        resolved = await configs.resolve_public(["theme", "late"])
+        assert [c.config for c in resolved] == [{"color": "blue"}, {"on": True}]
+        for repo in (defs, allow, configs):
+            await repo.close()
+        await client.close()
+
+
+async def test_a_name_registered_with_plain_sql_reaches_another_repository(
+    rig: Rig, valkey: GlideClient, registry: ScriptRegistry, keys: KeySchema
+) -> None:
+    """Another process has the catalogue cached without ``late``; a psql-like transaction
+    registers, grants and writes it: the other process serves it without a write of
+    its own (the triggers dropped the catalogue)."""
+    other = AppConfigRepository(
+        rig.engine, cache=AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    )
+    assert await other.start()
+    assert [c.config for c in await other.resolve_public(["late"])] == [{}]
+    assert (await valkey.smembers(keys.catalogue)) != set()
+    async with rig.engine.begin() as conn:
+        for statement in (
+            "INSERT INTO app_config_definitions (config_name) VALUES ('late')",
+            "INSERT INTO app_config_allow_list (config_name, scope_type, rank)"
+            " VALUES ('late', 'public', 100)",
+            "INSERT INTO app_config_fragments (config_name, scope_type, scope_id, config)"
+            """ VALUES ('late', 'public', NULL, '{"on": true}')""",
+        ):
+            await conn.execute(text(statement))
+
+    async def served() -> bool:
+        return [c.config for c in await other.resolve_public(["late"])] == [{"on": True}]
+
+    await until(served, "the plain-SQL definition never reached the cache")
     await other.close()
 
 

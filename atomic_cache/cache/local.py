@@ -285,6 +285,7 @@ class LocalCache:
         self._by_name: dict[str, set[Key]] = {}
         # The catalogue of config names (sorted, as lookup_all answers it) and its expiry.
         self._catalogue: tuple[str, ...] | None = None
+        self._catalogue_set: frozenset[str] = frozenset()
         self._catalogue_expires = 0.0
         # Moves on every announcement, drop and flush: a store whose read started under
         # another generation may have raced an invalidation, and is refused.
@@ -511,13 +512,21 @@ class LocalCache:
     def catalogue(self) -> list[str] | None:
         """A list of its own of the held catalogue of config names, or None (not held,
         expired, or unsure)."""
+        held = self._held_catalogue()
+        return None if held is None else list(held)
+
+    def catalogue_set(self) -> frozenset[str] | None:
+        """The held catalogue of config names as a set (immutable, shared), or None."""
+        return None if self._held_catalogue() is None else self._catalogue_set
+
+    def _held_catalogue(self) -> tuple[str, ...] | None:
         now = self._clock()
         if self._catalogue is None or now >= self._valid_until:
             return None
         if self._catalogue_expires <= now:
             self._catalogue = None
             return None
-        return list(self._catalogue)
+        return self._catalogue
 
     def store_catalogue(
         self, ticket: int | None, began: float, names: Sequence[str], ttl_ms: int
@@ -535,6 +544,7 @@ class LocalCache:
         if ttl_ms <= 0 or expires <= self._clock():
             return False
         self._catalogue = tuple(sorted(names))  # as lookup_all answers it, in any order
+        self._catalogue_set = frozenset(self._catalogue)
         self._catalogue_expires = expires
         return True
 

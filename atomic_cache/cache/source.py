@@ -59,6 +59,17 @@ STEP_CLEANUP_BUDGET = 100
 
 
 @dataclass(frozen=True, slots=True)
+class RegisteredLookup:
+    """``lookup_registered``: the cached values of the registered names (None for a
+    miss), the fill token for those missing, and the names the cached catalogue does not
+    hold (None when no catalogue is cached: then every name was looked up)."""
+
+    fill_token: str
+    values: dict[str, AppConfigData | None]
+    unregistered: set[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class AllLookup:
     """``lookup_all``: the catalogue of names (None if not cached), the cached values by
     name (None for a miss), and the fill token for whatever is missing."""
@@ -216,39 +227,31 @@ class AppConfigFragmentCacheSource:
     async def ping(self) -> str:
         """One read-only script call that reads only the sequence: the breaker's probe.
         It fails as a real read would (LOADING, BUSY, a lost script reloaded...)."""
-        reply = await self._read(["-", "", 0])
+        reply = await self._read("-", "", "names", [])
         if len(reply) != 3 or reply[1] != [] or reply[2] != []:
             raise CacheError(f"get_all.lua answered {reply!r:.200}")
         return _text(reply[0])
 
-    async def _read(self, args: list[ScriptArg]) -> list[object]:
+    async def _read(self, user: str, domain: str, mode: str, names: Sequence[str]) -> list[object]:
+        """One get_all.lua call (its header states the modes and replies)."""
+        keeps = "1" if self._local is not None else "0"
         reply = await self._registry.call(
-            self._client, "get_all", [self.keys.seq, self.keys.catalogue], [self.keys.prefix, *args]
+            self._client,
+            "get_all",
+            [self.keys.seq, self.keys.catalogue],
+            [self.keys.prefix, user, domain, mode, keeps, *names],
         )
-        if not isinstance(reply, list) or len(reply) not in (1, 3, 5):
+        if not isinstance(reply, list) or len(reply) not in (1, 3, 6):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        for part in reply[1:4]:
+            if not isinstance(part, list) or len(part) != len(reply[1]):
+                raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         return reply
 
     def _ticket(self) -> tuple[int | None, float]:
         """What a read that may store locally takes before it goes out."""
         local = self._local
         return (local.ticket(), local.now()) if local is not None else (None, 0.0)
-
-    def _keep(
-        self,
-        ticket: int | None,
-        began: float,
-        values: dict[str, AppConfigData | None],
-        raws: Sequence[object],
-        pttls: Sequence[object],
-    ) -> None:
-        """Copy what Valkey served into the local cache, each for at most its PTTL."""
-        local = self._local
-        if local is None or ticket is None:
-            return
-        for value, raw, pttl in zip(values.values(), raws, pttls, strict=True):
-            if value is not None and isinstance(raw, bytes | str):
-                local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
 
     async def lookup_many(
         self, user_id: uuid.UUID, names: Sequence[str], *, domain: str | None = None
@@ -269,22 +272,54 @@ class AppConfigFragmentCacheSource:
         ticket, began = self._ticket()
         user = user_component(user_id)
         encoded = [encode_component(name, what="name") for name in names]
-        reply = await self._read([user, _required(domain), len(encoded), *encoded])
-        raws, pttls = (reply[1], reply[2]) if len(reply) == 3 else (None, None)
-        if (
-            not isinstance(raws, list)
-            or not isinstance(pttls, list)
-            or len(raws) != len(names)
-            or len(pttls) != len(names)
-        ):
-            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        reply = await self._read(user, _required(domain), "names", encoded)
+        values = await self._served(user, names, reply, ticket, began)
         token = _text(reply[0])
-        values = await self._decoded(user, names, raws)
-        self._keep(ticket, began, values, raws, pttls)
         return {
             name: CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
             for name, value in values.items()
         }
+
+    async def lookup_registered(
+        self, user_id: uuid.UUID, names: Sequence[str], *, domain: str | None = None
+    ) -> RegisteredLookup:
+        """As ``lookup_many``, and which names the cached catalogue holds: a name it does
+        not hold is not looked up (``unregistered``). Without a cached catalogue,
+        ``unregistered`` is None and every name is looked up. One round trip; none when
+        the local cache holds the catalogue and every registered name."""
+        if isinstance(names, str):
+            raise ValueError("names must be a list of names, not a single string")
+        names = list(dict.fromkeys(names))
+        if not names:
+            return RegisteredLookup(fill_token="", values={}, unregistered=set())
+        local = self._local
+        if local is not None:
+            catalogue = local.catalogue_set()
+            if catalogue is not None:
+                wanted = [name for name in names if name in catalogue]
+                held = local.get_many(user_id, wanted, domain=domain) if wanted else []
+                if held is not None:
+                    return RegisteredLookup(
+                        fill_token="",
+                        values={value.name: value for value in held},
+                        unregistered={name for name in names if name not in catalogue},
+                    )
+        ticket, began = self._ticket()
+        user = user_component(user_id)
+        encoded = [encode_component(name, what="name") for name in names]
+        reply = await self._read(user, _required(domain), "registered", encoded)
+        values = await self._served(user, names, reply, ticket, began)
+        if len(reply) == 3:
+            return RegisteredLookup(fill_token=_text(reply[0]), values=values, unregistered=None)
+        flags = reply[3]
+        assert isinstance(flags, list)  # _read checked the shape
+        self._keep_catalogue(ticket, began, reply)
+        unregistered = {name for name, flag in zip(names, flags, strict=True) if flag != 1}
+        return RegisteredLookup(
+            fill_token=_text(reply[0]),
+            values={name: value for name, value in values.items() if name not in unregistered},
+            unregistered=unregistered,
+        )
 
     async def lookup_all(self, user_id: uuid.UUID) -> AllLookup:
         """Every cached config of a user, with the catalogue of names, in one round trip.
@@ -304,32 +339,55 @@ class AppConfigFragmentCacheSource:
                 return AllLookup(fill_token="", names=list(local_values), values=local_values)
         ticket, began = self._ticket()
         user = user_component(user_id)
-        reply = await self._read([user, "", -1])
+        reply = await self._read(user, "", "catalogue", [])
         token = _text(reply[0])
         if len(reply) == 1:
             return AllLookup(fill_token=token, names=None, values={})
-        raws, pttls, encoded_names, names_pttl = reply[1], reply[2], reply[3], reply[4]
-        if (
-            not isinstance(encoded_names, list)
-            or not isinstance(raws, list)
-            or not isinstance(pttls, list)
-            or len(raws) != len(encoded_names)
-            or len(pttls) != len(encoded_names)
-        ):
+        encoded_names = reply[5] if len(reply) == 6 else None
+        if not isinstance(encoded_names, list):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         names = [decode_component(_text(encoded)) for encoded in encoded_names]
-        values = await self._decoded(user, names, raws)
-        if local is not None:
-            self._keep(ticket, began, values, raws, pttls)
-            # set.lua gives the catalogue the entries' TTL. One without expiry (written
-            # by other means) lives until an announced invalidation drops it, which drops
-            # the copy too; the copy is still kept no longer than an entry would be.
-            life_ms = names_pttl if isinstance(names_pttl, int) and names_pttl > 0 else 0
-            if names_pttl == -1:
-                life_ms = self.ttl_seconds * 1000
-            local.store_catalogue(ticket, began, names, life_ms)
+        values = await self._served(user, names, reply, ticket, began)
+        self._keep_catalogue(ticket, began, reply)
         ordered = dict(sorted(values.items()))
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
+
+    async def _served(
+        self,
+        user: str,
+        names: Sequence[str],
+        reply: list[object],
+        ticket: int | None,
+        began: float,
+    ) -> dict[str, AppConfigData | None]:
+        """The values of a get_all.lua reply by name (None for a miss), undecodable ones
+        removed; what was served is copied into the local cache, each for at most its
+        PTTL."""
+        raws, pttls = reply[1], reply[2]
+        if not isinstance(raws, list) or not isinstance(pttls, list) or len(raws) != len(names):
+            raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
+        values = await self._decoded(user, names, raws)
+        local = self._local
+        if local is not None and ticket is not None:
+            for value, raw, pttl in zip(values.values(), raws, pttls, strict=True):
+                if value is not None and isinstance(raw, bytes | str):
+                    local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
+        return values
+
+    def _keep_catalogue(self, ticket: int | None, began: float, reply: list[object]) -> None:
+        """Copy the catalogue a get_all.lua reply carries into the local cache."""
+        local = self._local
+        if local is None or len(reply) != 6 or not isinstance(reply[5], list) or not reply[5]:
+            return
+        # set.lua gives the catalogue the entries' TTL. One without expiry (written by
+        # other means) lives until an announced invalidation drops it, which drops the
+        # copy too; the copy is still kept no longer than an entry would be.
+        names_pttl = reply[4]
+        life_ms = names_pttl if isinstance(names_pttl, int) and names_pttl > 0 else 0
+        if names_pttl == -1:
+            life_ms = self.ttl_seconds * 1000
+        names = [decode_component(_text(encoded)) for encoded in reply[5]]
+        local.store_catalogue(ticket, began, names, life_ms)
 
     async def _decoded(
         self, user: str, names: Sequence[str], raws: Sequence[object]
@@ -399,13 +457,14 @@ class AppConfigFragmentCacheSource:
         With ``fill_token`` (from a lookup) the write is refused, and False returned, if
         an invalidation that covers any of them (or the catalogue, when given) ran since
         that lookup. ``catalogue``, when given, replaces the cached list of every config
-        name (what ``lookup_all`` needs to answer alone).
+        name (what ``lookup_all`` needs to answer alone, and ``lookup_registered`` to
+        answer an unregistered name); with no ``merged``, it alone is written.
         """
-        if not merged:
+        if not merged and catalogue is None:
             return True
         user = user_component(user_id)
         domains = {item.domain_name for item in merged}
-        if len(domains) != 1:
+        if len(domains) > 1:
             raise ValueError(f"merged configs of one user name several domains: {sorted(domains)}")
         for item in merged:
             if str(item.user_id) != user:
@@ -414,7 +473,8 @@ class AppConfigFragmentCacheSource:
             self.keys.prefix,
             self.ttl_seconds * 1000,
             user,
-            encode_component(merged[0].domain_name, what="domain"),
+            # The domain of the entries (none when the catalogue alone is written).
+            encode_component(merged[0].domain_name if merged else "-", what="domain"),
             fill_token or "",
             FILL_TOKEN_MAX_AGE_MS,
             self._announce,

@@ -21,8 +21,10 @@ What each write invalidates (the core's targets; public ``public[n]``, a domain'
 - a definition created: the catalogue of names only (no merge changes);
 - a definition purged: ``public[n]`` and the catalogue.
 
-A name nobody registered is answered ``{}`` from SQL each time and never cached, so no
-caller can grow the cache with made-up names; ``{}`` of a registered name is cached.
+The catalogue of registered names is cached too (filled with the first read that misses
+without it; dropped when a definition is created or purged): a name it does not hold is
+answered ``{}`` with no entry read or written and no SQL, so no caller, the anonymous one
+included, can grow the cache with made-up names. ``{}`` of a registered name is cached.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ T = TypeVar("T")
 # The anonymous read's entries: the nil UUID as the user, "-" (never a UUID) as the domain.
 ANONYMOUS_USER = uuid.UUID(int=0)
 ANONYMOUS_DOMAIN = "-"
+
+# The catalogue of definitions is cached (so that an unregistered name costs no SQL) only
+# up to this many names: each fill that replaces it sends them all.
+MAX_CACHED_CATALOGUE = 10_000
 
 _NO_CACHE = GuardedCache(None)  # what reads use while the cache does not follow yet
 
@@ -179,6 +185,27 @@ class AppConfigRepository(_Repository):
         )
         self._flights = SingleFlight()
 
+    async def start(self) -> bool:
+        """As every repository's ``start``, and caches the catalogue of definitions, so
+        that the first readers do not each read it from SQL."""
+        following = await super().start()
+        if following and self._cache.enabled:
+            await self._cache_catalogue()
+        return following
+
+    async def _cache_catalogue(self) -> None:
+        token = await self._cache.read(lambda source: source.ping())
+        if not token:
+            return
+        names = await self._db.definitions()
+        if len(names) <= MAX_CACHED_CATALOGUE:
+            await self._cache.call(
+                "fill",
+                lambda source: source.set_many(
+                    ANONYMOUS_USER, [], fill_token=token, catalogue=names
+                ),
+            )
+
     # -- reads ---------------------------------------------------------------------------
 
     async def resolve(
@@ -214,37 +241,48 @@ class AppConfigRepository(_Repository):
         names: list[str],
         load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
     ) -> dict[str, dict[str, Any]]:
-        """Each distinct name's merge: from the cache where it holds a servable entry
-        filled under ``domain``; the rest from SQL, filled with the lookup's token."""
-        if not names:
-            return {}
+        """Each distinct name's merge: ``{}`` for a name the cached catalogue does not
+        hold; from the cache where it holds a servable entry filled under ``domain``; the
+        rest from SQL, filled with the lookup's token (and the catalogue, if it was not
+        cached)."""
         # A name that can never be registered is never looked up (nor cached).
-        keyed = [name for name in names if 1 <= len(name) <= MAX_CONFIG_NAME_LENGTH]
+        result: dict[str, dict[str, Any]] = {
+            name: {} for name in names if not 1 <= len(name) <= MAX_CONFIG_NAME_LENGTH
+        }
+        keyed = [name for name in names if name not in result]
+        if not keyed:
+            return result
         cache = await self._reading()
-        found = (
-            await cache.read(lambda source: source.lookup_many(user, keyed, domain=domain))
-            if keyed
-            else None
+        found = await cache.read(
+            lambda source: source.lookup_registered(user, keyed, domain=domain)
         )
-        result: dict[str, dict[str, Any]] = {}
-        token = ""
+        token, catalogue_cached = "", False
         if found is not None:
-            held = [hit.value for hit in found.values() if hit.value is not None]
+            held = [value for value in found.values.values() if value is not None]
             present = [value for value in held if self._cache.servable(value)]
-            self._cache.record_lookups(hits=len(present), misses=len(found) - len(held))
-            result = {value.name: value.config or {} for value in present}
-            token = next((hit.fill_token for hit in found.values() if hit.fill_token), "")
-        missing = [name for name in names if name not in result]
+            self._cache.record_lookups(hits=len(present), misses=len(found.values) - len(held))
+            result.update({value.name: value.config or {} for value in present})
+            unregistered = found.unregistered
+            if unregistered is not None and not self._cache.catalogue_servable():
+                # A missed invalidation of the catalogue is pending: the cached one may
+                # lack a name registered since. Its names are read from SQL instead.
+                unregistered = None
+            result.update({name: {} for name in unregistered or ()})
+            token, catalogue_cached = found.fill_token, unregistered is not None
+        missing = [name for name in keyed if name not in result]
         if missing:
             if token:
                 # Readers whose lookups saw the same sequence and the same invalidation
                 # generation of this process share one query (as the policy model's).
                 key = (user, domain, tuple(missing), token_sequence(token), self._cache.generation)
                 loaded = await self._flights.run(
-                    key, lambda: self._load_and_fill(user, domain, missing, load, token)
+                    key,
+                    lambda: self._load_and_fill(
+                        user, domain, missing, load, token, with_catalogue=not catalogue_cached
+                    ),
                 )
             else:
-                loaded = await self._load(missing, load)
+                loaded, _, _ = await self._load(missing, load, with_catalogue=False)
             result.update(loaded)
         return result
 
@@ -252,24 +290,26 @@ class AppConfigRepository(_Repository):
         self,
         missing: list[str],
         load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
-    ) -> dict[str, dict[str, Any]]:
-        loaded, _ = await self._load_registered(missing, load)
-        return loaded
-
-    async def _load_registered(
-        self,
-        missing: list[str],
-        load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
-    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """The merges of ``missing``, and which of them may be cached: those that are
-        registered definitions, read in the same transaction. A name with a fragment is
-        registered (the foreign keys say so); only the ``{}`` ones are asked about."""
+        *,
+        with_catalogue: bool,
+    ) -> tuple[dict[str, dict[str, Any]], set[str], list[str] | None]:
+        """The merges of ``missing``; which of them may be cached (those that are
+        registered definitions, read in the same transaction); and, ``with_catalogue``,
+        every registered name (None beyond ``MAX_CACHED_CATALOGUE``: not cached). A name
+        with a fragment is registered (the foreign keys say so); without the catalogue,
+        only the ``{}`` ones are asked about."""
+        catalogue: list[str] | None = None
         async with self._engine.connect() as conn:
             loaded = await load(missing, conn)
-            empty = [name for name, config in loaded.items() if not config]
-            registered = await self._db.registered(empty, conn=conn) if empty else set()
+            if with_catalogue:
+                every = await self._db.definitions(conn=conn)
+                catalogue = every if len(every) <= MAX_CACHED_CATALOGUE else None
+                registered = set(every).intersection(loaded)
+            else:
+                empty = [name for name, config in loaded.items() if not config]
+                registered = await self._db.registered(empty, conn=conn) if empty else set()
         cacheable = {name for name, config in loaded.items() if config} | registered
-        return loaded, cacheable
+        return loaded, cacheable, catalogue
 
     async def _load_and_fill(
         self,
@@ -278,18 +318,25 @@ class AppConfigRepository(_Repository):
         missing: list[str],
         load: Callable[[list[str], AsyncConnection], Awaitable[dict[str, Any]]],
         fill_token: str,
+        *,
+        with_catalogue: bool,
     ) -> dict[str, dict[str, Any]]:
-        loaded, cacheable = await self._load_registered(missing, load)
+        loaded, cacheable, catalogue = await self._load(
+            missing, load, with_catalogue=with_catalogue
+        )
         data = [
             AppConfigData(user_id=user, domain_name=domain, name=name, config=config)
             for name, config in loaded.items()
             if name in cacheable
         ]
-        if data:
+        if data or catalogue is not None:
             stored = await self._cache.call(
-                "fill", lambda source: source.set_many(user, data, fill_token=fill_token)
+                "fill",
+                lambda source: source.set_many(
+                    user, data, fill_token=fill_token, catalogue=catalogue
+                ),
             )
-            if stored is not None:
+            if stored is not None and data:
                 self._cache.record_fill(stored=stored, entries=len(data))
         return loaded
 

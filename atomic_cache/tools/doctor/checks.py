@@ -36,6 +36,7 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "SCAN",
     "SET",
     "SMEMBERS",
+    "SMISMEMBER",
     "TIME",
     "TYPE",
     "UNLINK",

@@ -72,6 +72,7 @@ PROBE_ARGS: Mapping[str, tuple[str, ...]] = {
     "scan": ("0",),
     "set": (KEY, "x"),
     "smembers": (KEY,),
+    "smismember": (KEY, "x"),
     "type": (KEY,),
     "unlink": (KEY,),
     "zadd": (KEY, "1", "x"),
