@@ -43,6 +43,7 @@ SEED_BATCH = 500
 SQL = "SQL (no cache)"
 CACHED = "cached (Valkey)"
 LOCAL = "cached + local cache"
+PING = "one PING through glide (the floor of a Valkey read)"
 RESOLVE = "n. ranked resolve (5 names)"
 PUBLIC = "n. ranked resolve_public (5 names, anonymous)"
 MEMORY = "n. ranked: memory per cached entry"
@@ -218,6 +219,9 @@ async def _timed(
         (PUBLIC, resolve_public, (1,)),
     ):
         variants = [(SQL, way(sql)), (CACHED, way(cached)), (LOCAL, way(with_local))]
+        if way is resolve:
+            # What any read from Valkey costs at least, through the same client.
+            variants.append((PING, lambda i: ctx.client.custom_command(["PING"])))
         for tasks in task_counts:
             if tasks == 1:
                 ops = max(20, ctx.sizes.ops_per_round // 5)
