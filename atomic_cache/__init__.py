@@ -1,37 +1,41 @@
 """atomic_cache: a Valkey cache for BEP-1052 app configs, written and invalidated by
-atomic Lua scripts."""
+atomic Lua scripts.
+
+The top level is the core (cache source, local cache, client, keys, counters) and the
+policy model (``atomic_cache.policy``); the ranked model is ``atomic_cache.ranked``."""
 
 from .cache.client import create_valkey_client
 from .cache.local import LocalCache
 from .cache.scripts import ScriptLoadError, ScriptRegistry
 from .cache.source import AllLookup, AppConfigFragmentCacheSource
 from .cache.valkey_target import ValkeyClientOptions, valkey_client_options
-from .db.source import UnknownPolicyError, UnknownUserError
 from .keys import KeySchema
 from .metrics import CacheStats, register_prometheus
-from .models import (
-    AppConfigData,
-    AppConfigFragment,
+from .models import AppConfigData, AppConfigFragment, CacheLookup, ScopeType
+from .policy import (
+    AppConfigFragmentRepository,
     AppConfigPolicy,
+    AppConfigPolicyRepository,
     BulkFailure,
     BulkResult,
-    CacheLookup,
+    ConfigLimits,
     FragmentInput,
     FragmentKey,
     MyFragmentInput,
-    ScopeType,
-)
-from .repository import (
-    AppConfigFragmentRepository,
-    AppConfigPolicyRepository,
     PolicyExistsError,
     PolicyInUseError,
+    UnknownDomainError,
+    UnknownPolicyError,
+    UnknownUserError,
+    UserDomainMismatchError,
+    create_schema,
+    ensure_domain,
+    ensure_user,
 )
 from .resilience.breaker import BreakerState, CircuitBreaker
 from .resilience.errors import CACHE_ERRORS, CacheError
 from .resilience.logs import suppress_with_log
 from .targets import InvalidationTarget
-from .validation import ConfigLimits
 
 __all__ = [
     "CACHE_ERRORS",
@@ -61,10 +65,15 @@ __all__ = [
     "ScopeType",
     "ScriptLoadError",
     "ScriptRegistry",
+    "UnknownDomainError",
     "UnknownPolicyError",
     "UnknownUserError",
+    "UserDomainMismatchError",
     "ValkeyClientOptions",
+    "create_schema",
     "create_valkey_client",
+    "ensure_domain",
+    "ensure_user",
     "register_prometheus",
     "suppress_with_log",
     "valkey_client_options",

@@ -1,6 +1,6 @@
 """Following: a cache that follows its database, whoever writes it.
 
-The triggers (``db/triggers.sql``; the ranked model's ``ranked/triggers.sql``) record one
+The triggers (``policy/triggers.sql``; the ranked model's ``ranked/triggers.sql``) record one
 outbox row per registered cache (key prefix) for every committed change; the replayers
 send them. A cache is used only once its prefix is registered, so that no change can slip
 past it:

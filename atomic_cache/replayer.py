@@ -4,7 +4,7 @@ Two kinds of rows: a write of this package records its own cache's targets in th
 transaction as its change and deletes the row once its invalidation has landed (a row
 stays behind when it could not: Valkey down or paused, the process killed between its
 commit and its invalidation); and the triggers record a row per registered cache for any
-change, whoever made it (``db/triggers.sql``, ``ranked/triggers.sql``). Every repository
+change, whoever made it (``policy/triggers.sql``, ``ranked/triggers.sql``). Every repository
 with a cache runs a replayer, started on its first call. Woken by a NOTIFY at each such
 commit (one LISTEN connection per engine, ``db/listener.py``) or every ``every_s``, it
 locks its cache's due rows (the triggers' at once, the writes' own once older than

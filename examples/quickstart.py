@@ -31,9 +31,11 @@ from atomic_cache import (
     PolicyExistsError,
     ScopeType,
     ScriptRegistry,
+    create_schema,
     create_valkey_client,
+    ensure_domain,
+    ensure_user,
 )
-from atomic_cache.db import create_schema, ensure_domain, ensure_user
 
 Loader = Callable[[uuid.UUID, str], Awaitable[AppConfigData]]
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from atomic_cache import AppConfigFragmentCacheSource, KeySchema, ScriptRegistry
 from atomic_cache.cache.client import create_valkey_client
-from atomic_cache.db import create_schema
+from atomic_cache.policy import create_schema
 from atomic_cache.replayer import close_all
 from atomic_cache.tools.embedded import postgres_url as resolve_postgres_url
 from atomic_cache.tools.embedded import valkey_url as resolve_valkey_url

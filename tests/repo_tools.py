@@ -22,8 +22,9 @@ from atomic_cache import (
     create_valkey_client,
 )
 from atomic_cache.cache.scripts import ValkeyClient
-from atomic_cache.consistency import CHECK_LABEL
-from atomic_cache.db import cache_prefixes, domains, invalidation_outbox, users
+from atomic_cache.db import cache_prefixes, invalidation_outbox
+from atomic_cache.policy import domains, users
+from atomic_cache.policy.consistency import CHECK_LABEL
 from atomic_cache.resilience.breaker import CircuitBreaker
 from atomic_cache.resilience.guard import GuardedCache
 from atomic_cache.tools.embedded import EmbeddedValkey

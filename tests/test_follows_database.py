@@ -26,9 +26,9 @@ from atomic_cache import (
     ScriptRegistry,
     UnknownUserError,
 )
-from atomic_cache.consistency import CHECK_LABEL
 from atomic_cache.db import invalidation_outbox, outbox
 from atomic_cache.db.listener import ChangeListener
+from atomic_cache.policy.consistency import CHECK_LABEL
 
 from .repo_tools import World, make_world
 

@@ -17,7 +17,7 @@ from atomic_cache import (
     ScopeType,
     UnknownUserError,
 )
-from atomic_cache.db import (
+from atomic_cache.policy import (
     UnknownDomainError,
     UserDomainMismatchError,
     domains,

@@ -20,9 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from atomic_cache.db import create_schema
+from atomic_cache.policy import create_schema
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "atomic_cache" / "db" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "atomic_cache" / "policy" / "migrations"
+PACKAGED_VERSIONS = "atomic_cache:policy/migrations/versions"
 TABLES = [
     "app_config_cache_prefixes",
     "app_config_fragments",
@@ -114,7 +115,7 @@ def alembic(connection: Connection, verb: str, target: str) -> None:
     """Run ``alembic upgrade|downgrade target`` on this connection, with the revisions as
     the wheel ships them (a package resource, not a path in the source tree)."""
     config = Config()
-    config.set_main_option("script_location", "atomic_cache:db/migrations")
+    config.set_main_option("script_location", "atomic_cache:policy/migrations")
     config.attributes["connection"] = connection
     getattr(command, verb)(config, target)
 
@@ -141,7 +142,7 @@ async def version_rows(url: str) -> list[str]:
 def test_the_revision_is_a_root_labelled_atomic_cache() -> None:
     """A service reaches it as ``atomic_cache@head``, next to a history of its own."""
     config = Config()
-    config.set_main_option("script_location", "atomic_cache:db/migrations")
+    config.set_main_option("script_location", "atomic_cache:policy/migrations")
     scripts = ScriptDirectory.from_config(config)
     head = scripts.get_revision("atomic_cache@head")
     assert head is not None
@@ -233,7 +234,7 @@ async def test_a_service_runs_the_revision_from_its_own_alembic_setup(
                 [alembic]
                 script_location = %(here)s/migrations
                 path_separator = space
-                version_locations = %(here)s/migrations/versions atomic_cache:db/migrations/versions
+                version_locations = %(here)s/migrations/versions {PACKAGED_VERSIONS}
                 sqlalchemy.url = {plain.replace("%", "%%")}
                 """
             )

@@ -83,6 +83,9 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+MODELS = ("policy", "ranked")
+
+
 def layer_of(module: str) -> int:
     """0 pure (the breaker and the counters are state machines with no I/O), 1 the
     Valkey and PostgreSQL sources, 2 the guard, 3 orchestration, 4 the tools."""
@@ -92,29 +95,30 @@ def layer_of(module: str) -> int:
     top = parts[0]
     if top == "tools":
         return 4
-    if top == "ranked":
-        # The ranked model beside the core: its values pure, its SQL a source, the rest
-        # (the package's API, the repositories) orchestration.
-        if parts[1:2] == ["models"]:
+    if top in MODELS:
+        # Each model beside the core: its values and checks pure, its SQL a source, the
+        # rest (the package's API, the repositories, the consistency check) orchestration.
+        if parts[1:2] in (["models"], ["validation"]):
             return 0
-        return 1 if parts[1:2] in (["schema"], ["db_source"]) else 3
-    if top in {
-        "repository",
-        "after_commit",
-        "replayer",
-        "single_flight",
-        "following",
-        "consistency",
-    }:
+        return 1 if parts[1:2] in (["schema"], ["db_source"], ["identity"]) else 3
+    if top in {"after_commit", "replayer", "single_flight", "following"}:
         return 3
     if top == "resilience":
         return 2 if parts[1:2] == ["guard"] else 0
     if top in {"cache", "db"}:
         return 1
-    return 0  # keys, models, merge, targets, validation
+    return 0  # keys, models, merge, targets
 
 
-PURE = ("keys.py", "models.py", "merge.py", "targets.py", "validation.py", "ranked/models.py")
+PURE = (
+    "keys.py",
+    "models.py",
+    "merge.py",
+    "targets.py",
+    "policy/models.py",
+    "policy/validation.py",
+    "ranked/models.py",
+)
 
 
 @pytest.mark.parametrize("name", PURE)
@@ -158,25 +162,20 @@ def _is_module(dotted: str) -> bool:
     return (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative).is_dir()
 
 
-def test_the_core_never_imports_the_ranked_model() -> None:
-    """The ranked model uses the core (the merge, the outbox tables); nothing but the model
-    itself and the tools imports it, so the core and the policy model work without it."""
+@pytest.mark.parametrize("model", MODELS)
+def test_the_core_and_the_other_model_never_import_a_model(model: str) -> None:
+    """Each model uses the core (the merge, the outbox tables, the cache source); only the
+    model itself, the tools and the package's top level (its public API: the policy
+    model's names) import it, so the core works without either model and each model
+    without the other."""
     importers = []
     for path in sorted(PACKAGE.rglob("*.py")):
         inside = path.relative_to(PACKAGE).parts[0]
-        if inside in {"ranked", "tools"}:
+        if inside in {model, "tools"} or (inside == "__init__.py" and model == "policy"):
             continue
         importers += [
             f"{path.relative_to(PACKAGE)} -> {imported}"
             for imported in imports_of(path)
-            if imported == "atomic_cache.ranked" or imported.startswith("atomic_cache.ranked.")
+            if imported == f"atomic_cache.{model}" or imported.startswith(f"atomic_cache.{model}.")
         ]
     assert importers == []
-    probe = (
-        "import atomic_cache, atomic_cache.db, atomic_cache.cache, atomic_cache.repository, sys\n"
-        "print(sorted(m for m in sys.modules if m.startswith('atomic_cache.ranked')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
-    ).stdout
-    assert out.strip() == "[]"

@@ -21,7 +21,7 @@ from atomic_cache import (
     UnknownPolicyError,
     UnknownUserError,
 )
-from atomic_cache.validation import ConfigLimits
+from atomic_cache.policy.validation import ConfigLimits
 
 from .repo_tools import ALL_SCOPES, World, add_users, count_sql, make_world
 

@@ -25,7 +25,7 @@ from atomic_cache import (
     ScriptRegistry,
     create_valkey_client,
 )
-from atomic_cache.db.schema import app_config_fragments, app_config_policies
+from atomic_cache.policy.schema import app_config_fragments, app_config_policies
 
 from .repo_tools import make_world
 from .test_concurrency import run_mixed_load

@@ -1,33 +1,7 @@
-"""The PostgreSQL side: BEP-1052 tables and the SQL of the merged view and bulk writes."""
+"""What the database tells the cache, whichever model it holds: the package's own tables
+(the outbox, the registry of caches that follow the database), the shared trigger
+functions, and the delivery of recorded invalidations (``outbox``, ``listener``)."""
 
-from .identity import (
-    UnknownDomainError,
-    UserDomainMismatchError,
-    ensure_domain,
-    ensure_user,
-)
-from .schema import (
-    app_config_fragments,
-    app_config_policies,
-    cache_prefixes,
-    create_schema,
-    domains,
-    invalidation_outbox,
-    metadata,
-    users,
-)
+from .schema import cache_prefixes, create_own_tables, invalidation_outbox, metadata
 
-__all__ = [
-    "UnknownDomainError",
-    "UserDomainMismatchError",
-    "app_config_fragments",
-    "app_config_policies",
-    "cache_prefixes",
-    "create_schema",
-    "domains",
-    "ensure_domain",
-    "ensure_user",
-    "invalidation_outbox",
-    "metadata",
-    "users",
-]
+__all__ = ["cache_prefixes", "create_own_tables", "invalidation_outbox", "metadata"]

@@ -24,12 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..cache.scripts import ScriptRegistry
 from ..cache.source import AppConfigFragmentCacheSource
-from ..consistency import CHECK_LABEL
-from ..db import cache_prefixes, create_schema, invalidation_outbox, outbox
+from ..db import cache_prefixes, invalidation_outbox, outbox
 from ..keys import KeySchema
 from ..metrics import CacheStats
-from ..models import FragmentInput, MyFragmentInput, ScopeType
-from ..repository import AppConfigFragmentRepository, AppConfigPolicyRepository
+from ..models import ScopeType
+from ..policy import create_schema
+from ..policy.consistency import CHECK_LABEL
+from ..policy.models import FragmentInput, MyFragmentInput
+from ..policy.repository import AppConfigFragmentRepository, AppConfigPolicyRepository
 from .seed import POLICIES, SeededData, SeedPlan, plan_rows, reset, write_rows
 
 DEMO_PREFIX = "atomic_cache_demo"

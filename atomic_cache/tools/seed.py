@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db import app_config_fragments, app_config_policies, domains, users
 from ..models import ScopeType
+from ..policy import app_config_fragments, app_config_policies, domains, users
 
 P, D, DUD, U = ScopeType.PUBLIC, ScopeType.DOMAIN, ScopeType.DOMAIN_USER_DEFAULTS, ScopeType.USER
 

@@ -12,9 +12,9 @@ from typing import Any, TypeAlias
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ...cache.source import AppConfigFragmentCacheSource
-from ...db import create_schema
 from ...keys import token_sequence
 from ...models import AppConfigData, AppConfigFragment, ScopeType
+from ...policy import create_schema
 from ..seed import SeedPlan, plan_rows, reset, write_rows
 from .kit import BenchContext, gather_limited
 

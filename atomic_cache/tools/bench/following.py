@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...models import AppConfigData
-from ...repository import AppConfigFragmentRepository
+from ...policy.repository import AppConfigFragmentRepository
 from .data import seeded_database
 from .kit import BenchContext, BenchRow, Samples, compare_rows, percentile
 

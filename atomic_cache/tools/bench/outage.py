@@ -14,7 +14,7 @@ from ...cache.client import DEFAULT_REQUEST_TIMEOUT_MS, create_valkey_client
 from ...cache.scripts import ScriptRegistry
 from ...cache.source import AppConfigFragmentCacheSource
 from ...glide_compat import HAS_CLIENT_CIRCUIT_BREAKER, ClientCircuitBreakerConfiguration
-from ...repository import AppConfigFragmentRepository
+from ...policy.repository import AppConfigFragmentRepository
 from ...resilience.breaker import CircuitBreaker
 from ...resilience.guard import GuardedCache
 from ..embedded import EmbeddedValkey, valkey_server_binary

@@ -20,7 +20,7 @@ from ...cache.client import create_valkey_client
 from ...cache.scripts import ScriptRegistry
 from ...cache.source import AppConfigFragmentCacheSource
 from ...models import AppConfigData
-from ...repository import AppConfigFragmentRepository
+from ...policy.repository import AppConfigFragmentRepository
 from ...resilience.breaker import CircuitBreaker
 from ..embedded import EmbeddedValkey, _ping, free_port
 from ..embedded_sentinel import SERVICE, EmbeddedSentinelGroup

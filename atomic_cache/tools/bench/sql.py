@@ -6,8 +6,8 @@ import functools
 import uuid
 from collections.abc import Awaitable
 
-from ...models import MyFragmentInput
-from ...repository import AppConfigFragmentRepository
+from ...policy.models import MyFragmentInput
+from ...policy.repository import AppConfigFragmentRepository
 from .data import current_fill_token, seeded_database
 from .kit import BenchContext, BenchRow, Op, compare_rows, gather_limited, with_tasks
 

@@ -1,8 +1,8 @@
 """Alembic environment for atomic_cache's own revisions (script_location
-``atomic_cache:db/migrations``).
+``atomic_cache:policy/migrations``).
 
 A service with an Alembic setup of its own does not need this file: it adds
-``atomic_cache:db/migrations/versions`` to its ``version_locations`` (see the README). This
+``atomic_cache:policy/migrations/versions`` to its ``version_locations`` (see the README). This
 one serves ``alembic upgrade`` run against these revisions alone, either with
 ``sqlalchemy.url`` set (any PostgreSQL URL: it is opened with asyncpg) or, from Python,
 with a connection passed in ``config.attributes["connection"]`` (a synchronous
@@ -18,7 +18,11 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from atomic_cache.db.schema import metadata
+from atomic_cache.db.schema import metadata as own_metadata
+from atomic_cache.policy.schema import metadata as policy_metadata
+
+# The policy model's tables and the package's own (the outbox, the caches' registry).
+metadata = [policy_metadata, own_metadata]
 
 config = context.config
 

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db.schema import invalidation_outbox
-from .db.source import AppConfigDBSource
-from .models import AppConfigData, ScopeType
-from .resilience.guard import GuardedCache
-from .resilience.logs import LogThrottle
-from .targets import InvalidationTarget
+from ..db.schema import invalidation_outbox
+from ..models import AppConfigData, ScopeType
+from ..resilience.guard import GuardedCache
+from ..resilience.logs import LogThrottle
+from ..targets import InvalidationTarget
+from .db_source import AppConfigDBSource
 
 log = logging.getLogger("atomic_cache")
 

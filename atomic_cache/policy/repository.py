@@ -16,29 +16,26 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .after_commit import AfterCommit
-from .cache.source import AppConfigFragmentCacheSource
+from ..after_commit import AfterCommit
+from ..cache.source import AppConfigFragmentCacheSource
+from ..following import Following
+from ..keys import MAX_COMPONENT_LENGTH, token_sequence
+from ..metrics import CacheStats
+from ..models import DOMAIN_SCOPES, AppConfigData, AppConfigFragment, ScopeType
+from ..replayer import DEFAULT_REPLAY_AFTER_S, DEFAULT_REPLAY_EVERY_S, OutboxReplayer
+from ..resilience.guard import GuardedCache
+from ..single_flight import SingleFlight
+from ..targets import InvalidationTarget
 from .consistency import DEFAULT_VERIFY_SAMPLE, ConsistencyChecker
-from .db.source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
-from .following import Following
-from .keys import MAX_COMPONENT_LENGTH, token_sequence
-from .metrics import CacheStats
+from .db_source import AppConfigDBSource, UnknownPolicyError, UnknownUserError
 from .models import (
-    DOMAIN_SCOPES,
-    AppConfigData,
-    AppConfigFragment,
     AppConfigPolicy,
     BulkFailure,
     BulkResult,
     FragmentInput,
     FragmentKey,
     MyFragmentInput,
-    ScopeType,
 )
-from .replayer import DEFAULT_REPLAY_AFTER_S, DEFAULT_REPLAY_EVERY_S, OutboxReplayer
-from .resilience.guard import GuardedCache
-from .single_flight import SingleFlight
-from .targets import InvalidationTarget
 from .validation import (
     ALREADY_EXISTS,
     DUPLICATE_ITEM,

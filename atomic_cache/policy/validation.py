@@ -8,7 +8,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .models import PUBLIC_SCOPE_ID, AppConfigPolicy, FragmentKey, ScopeType
+from ..models import PUBLIC_SCOPE_ID, ScopeType
+from .models import AppConfigPolicy, FragmentKey
 
 # Stable failure codes of BulkResult.failures.
 UNKNOWN_POLICY = "unknown_policy"

@@ -16,10 +16,9 @@ from ..models import (
     PUBLIC_SCOPE_ID,
     AppConfigData,
     AppConfigFragment,
-    AppConfigPolicy,
-    FragmentKey,
     ScopeType,
 )
+from .models import AppConfigPolicy, FragmentKey
 from .schema import app_config_fragments, app_config_policies, domains, users
 
 

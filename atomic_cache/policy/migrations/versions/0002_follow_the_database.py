@@ -1,13 +1,13 @@
 """The cache follows the database: the registry of caches, the outbox's ``deferred``
 column, and the triggers that record every change for every registered cache, exactly as
-``atomic_cache.db.create_schema`` builds them.
+``atomic_cache.policy.create_schema`` builds them.
 
 Revision ID: 0002_follow_the_database
 Revises: 0001_app_config
 Create Date: 2026-12-07
 
 The trigger functions and triggers come from the package's ``db/fan_out.sql`` (the
-functions every model's triggers share) and ``db/triggers.sql`` (CREATE OR REPLACE, DROP
+functions every model's triggers share) and ``policy/triggers.sql`` (CREATE OR REPLACE, DROP
 ... IF EXISTS: idempotent); a release that changes them ships a revision that runs them
 again. ``tests/test_migrations.py`` checks that head matches create_schema,
 triggers and functions included.
@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.util import await_only
 
-from atomic_cache.db.schema import FAN_OUT_SQL, TRIGGERS_SQL
+from atomic_cache.db.schema import FAN_OUT_SQL
+from atomic_cache.policy.schema import TRIGGERS_SQL
 
 revision = "0002_follow_the_database"
 down_revision: str | None = "0001_app_config"

@@ -1,13 +1,13 @@
 """The BEP-1052 app-config tables: domains, users, policies, fragments and the
-invalidation outbox, exactly as ``atomic_cache.db.create_schema`` builds them.
+invalidation outbox, exactly as ``atomic_cache.policy.create_schema`` builds them.
 
 Revision ID: 0001_app_config
 Revises:
 Create Date: 2026-01-01
 
-Written out in full rather than built from ``atomic_cache.db.schema``: a revision must
-keep creating what it created when later releases change the schema (they add revisions
-of their own). ``tests/test_migrations.py`` checks that it matches ``create_schema``.
+Written out in full rather than built from the schema modules: a revision must keep
+creating what it created when later releases change the schema (they add revisions of
+their own). ``tests/test_migrations.py`` checks that it matches ``create_schema``.
 """
 
 from __future__ import annotations
