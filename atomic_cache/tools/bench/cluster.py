@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from glide import GlideClusterClient
+from glide import GlideClusterClient, GlideError
 
 from ...cache.client import create_valkey_client
 from ...cache.scripts import ScriptRegistry
@@ -100,6 +100,22 @@ class _Cluster:
     replica: ClusterNode
 
 
+async def _load_on_every_node(registry: ScriptRegistry, client: GlideClusterClient) -> None:
+    """Load the scripts on every node, replicas included. A cluster just formed may list a
+    node the client has no connection to yet ("connection not found"): retried briefly."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while True:
+        try:
+            await registry.load(client, required=True)
+            return
+        except GlideError as error:
+            if "connection not found" not in str(error).lower():
+                raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 @asynccontextmanager
 async def started_cluster() -> AsyncIterator[_Cluster]:
     """An EmbeddedCluster for the block, stopped (its temp dir removed) when it ends;
@@ -122,7 +138,7 @@ async def started_cluster() -> AsyncIterator[_Cluster]:
                 )
             )
         registry = ScriptRegistry()
-        await registry.load(clients[0], required=True)  # on every node, replicas included
+        await _load_on_every_node(registry, clients[0])
         primary = cluster.primary_for_key(CLUSTER_DEFAULT_PREFIX)
         (replica,) = cluster.replicas_of(primary)
         yield _Cluster(clients[0], clients[1], registry, primary, replica)
