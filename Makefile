@@ -5,6 +5,7 @@
 #   make bench          - the full benchmark (minutes): bench-results/bench.{md,json,png}
 #   make bench QUICK=1  - a reduced run, well under a minute (what CI runs)
 #   make test-lowest    - mypy and the suite with the lowest supported dependencies
+#   make docs           - the documentation site (mkdocs build --strict) in site/
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 LOWEST_PINS = $(shell $(PYTHON) -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(re.sub(r">=([^,]+).*", r"==\1", d) for d in deps if re.match(r"(valkey-glide|sqlalchemy|asyncpg|pydantic)\b", d)))')
 
-.PHONY: install test test-heavy test-lowest lint demo bench doctor clean
+.PHONY: install test test-heavy test-lowest lint docs demo bench doctor clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -52,8 +53,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# MODEL=ranked runs the demo on the ranked model (default: the policy model).
 demo: $(STAMP)
-	$(BIN)/atomic-cache demo
+	$(BIN)/atomic-cache demo$(if $(MODEL), --model $(MODEL))
 
 bench: $(STAMP)
 	$(BIN)/atomic-cache bench$(if $(filter-out 0,$(QUICK)), --quick)
@@ -62,4 +67,4 @@ doctor: $(STAMP)
 	$(BIN)/atomic-cache doctor
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) .mypy_cache .ruff_cache .pytest_cache bench-results
+	rm -rf $(VENV) $(LOWEST_VENV) .mypy_cache .ruff_cache .pytest_cache bench-results site

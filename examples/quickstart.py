@@ -6,8 +6,8 @@
 
 It creates the tables it needs in that database (if missing), one domain, one user and one
 policy, and uses the key prefix ``myapp:app_config`` on that Valkey. Every step is
-idempotent: it can run any number of times. The README shows this file between the
-``# --- readme:`` markers.
+idempotent: it can run any number of times. The policy model's guide (docs/policy.md)
+shows this file between the ``# --- readme:`` markers.
 """
 
 # --- readme: application (begin)
