@@ -53,7 +53,7 @@ DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
 # beyond the longest entry TTL, so none expires while a token it must refuse is valid.
 FILL_TOKEN_MAX_AGE_MS = 60_000
 # Entries an invalidation call may examine while cleaning up, and a clean-up step: each
-# bounds one script's server time (a few µs per entry; see the README's figures).
+# bounds one script's server time (a few µs per entry; see docs/benchmarks.md).
 INVALIDATE_CLEANUP_BUDGET = 100
 STEP_CLEANUP_BUDGET = 100
 

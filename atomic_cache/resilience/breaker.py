@@ -7,7 +7,7 @@ repositories send that probe from a background task, so after the failures that 
 no request waits on a dead or paused server. One log line per state change, none per
 request.
 
-Why not glide 2.6's ``ClientCircuitBreakerConfiguration`` (measured, see the README):
+Why not glide 2.6's ``ClientCircuitBreakerConfiguration`` (measured, see docs/failure-modes.md):
 with its defaults (50 errors in 10 s, timeouts not counted) a paused server never trips
 it; set to count timeouts it trips as fast as this one, but its half-open probes are
 real requests that wait the full timeout, server error replies such as BUSY do not count,

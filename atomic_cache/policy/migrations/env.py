@@ -2,7 +2,7 @@
 ``atomic_cache:policy/migrations``).
 
 A service with an Alembic setup of its own does not need this file: it adds
-``atomic_cache:policy/migrations/versions`` to its ``version_locations`` (see the README). This
+``atomic_cache:policy/migrations/versions`` to its ``version_locations`` (see docs/policy.md). This
 one serves ``alembic upgrade`` run against these revisions alone, either with
 ``sqlalchemy.url`` set (any PostgreSQL URL: it is opened with asyncpg) or, from Python,
 with a connection passed in ``config.attributes["connection"]`` (a synchronous
