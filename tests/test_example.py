@@ -18,6 +18,8 @@ from .test_migrations import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "quickstart.py"
+RANKED_EXAMPLE = ROOT / "examples" / "ranked_quickstart.py"
+RANKED_GUIDE = ROOT / "docs" / "ranked.md"
 README = ROOT / "README.md"
 GUIDE = ROOT / "docs" / "policy.md"
 
@@ -37,14 +39,24 @@ _PYTHON_BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```$", re.MULTILINE | re.
 _TEXT_BLOCK = re.compile(r"^```text\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-async def run_example(valkey_url: str, database_url: str) -> tuple[int, str, str]:
+RANKED_EXPECTED_OUTPUT = [
+    "refused: no allow-list row for ('theme', user): nothing was written",
+    "resolve: [('theme', {'font': 'serif', 'color': 'red'}), ('menu', {})]",
+    "resolve_public: {'font': 'serif', 'color': 'blue'}",
+    "stats: 1 hits",
+]
+
+
+async def run_example(
+    valkey_url: str, database_url: str, example: Path = EXAMPLE
+) -> tuple[int, str, str]:
     env = {**os.environ, "VALKEY_URL": valkey_url, "DATABASE_URL": database_url}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         # Shows connections or sockets the program forgets to close (on stderr).
         "-W",
         "always::ResourceWarning",
-        str(EXAMPLE),
+        str(example),
         env=env,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -107,3 +119,27 @@ def test_the_readme_examples_compile_and_import_what_exists() -> None:
                     and importlib.util.find_spec(f"{node.module}.{a.name}") is None
                 ]
                 assert missing == [], f"{node.module} has no {missing}"
+
+
+async def test_the_ranked_quickstart_runs_twice_on_the_same_servers(
+    valkey_url: str, postgres_server_url: str
+) -> None:
+    async with fresh_database(postgres_server_url) as database_url:
+        for _ in range(2):
+            code, out, err = await run_example(valkey_url, database_url, RANKED_EXAMPLE)
+            assert (code, out.splitlines()) == (0, RANKED_EXPECTED_OUTPUT), err
+            assert err == ""
+
+
+def test_the_ranked_guide_shows_the_example_and_its_output() -> None:
+    region = re.search(
+        r"^# --- guide: ranked \(begin\)\n(?P<code>.*?)^# --- guide: ranked \(end\)$",
+        RANKED_EXAMPLE.read_text(),
+        re.MULTILINE | re.DOTALL,
+    )
+    assert region is not None
+    guide = RANKED_GUIDE.read_text()
+    blocks = [match["code"].rstrip() for match in _PYTHON_BLOCK.finditer(guide)]
+    assert region["code"].rstrip() in blocks
+    texts = [match["code"] for match in _TEXT_BLOCK.finditer(guide)]
+    assert "\n".join(RANKED_EXPECTED_OUTPUT) + "\n" in texts
