@@ -30,7 +30,8 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The scenarios too heavy for make test (100,000 targets); .ci/run runs them too.
+# The scenarios too heavy for make test (100,000 targets, Sentinel failovers); .ci/run runs
+# them too.
 test-heavy: $(STAMP)
 	$(BIN)/pytest --heavy -m heavy $(PYTEST_ARGS)
 
@@ -46,7 +47,7 @@ $(LOWEST_STAMP): pyproject.toml
 test-lowest: $(LOWEST_STAMP)
 	@$(LOWEST_VENV)/bin/python -c 'from importlib.metadata import version as v; print("lowest:", *(f"{p} {v(p)}" for p in ("valkey-glide", "sqlalchemy", "asyncpg", "pydantic")))'
 	$(LOWEST_VENV)/bin/mypy
-	$(LOWEST_VENV)/bin/pytest $(PYTEST_ARGS)
+	$(LOWEST_VENV)/bin/pytest --heavy -m "not heavy or sentinel" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

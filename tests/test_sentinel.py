@@ -39,6 +39,9 @@ from .repo_tools import make_world
 
 # On embedded servers of their own: the Redis-compatibility run need not repeat them.
 pytestmark = pytest.mark.sentinel
+# The tests that wait for the Sentinels to fail a primary over (seconds each): too heavy
+# for make test, run by make test-heavy and make test-lowest (and so by .ci/run).
+FAILOVER = pytest.mark.heavy
 
 
 @pytest.fixture
@@ -163,6 +166,7 @@ async def test_with_no_sentinel_answering_the_client_starts_and_reads_fall_throu
 # -- failover ------------------------------------------------------------------------------
 
 
+@FAILOVER
 async def test_a_killed_primary_is_followed_under_load_with_no_error_and_nothing_stale(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -229,6 +233,7 @@ async def test_a_killed_primary_is_followed_under_load_with_no_error_and_nothing
     await there.close()
 
 
+@FAILOVER
 async def test_a_primary_handed_over_by_the_sentinels_is_followed(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -251,6 +256,7 @@ async def test_a_primary_handed_over_by_the_sentinels_is_followed(
     await here.close()
 
 
+@FAILOVER
 async def test_writes_left_uninvalidated_without_a_primary_are_covered_before_the_new_one_serves(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -293,6 +299,7 @@ def cut_replica_off(group: EmbeddedSentinelGroup) -> None:
     )
 
 
+@FAILOVER
 async def test_a_promoted_replica_that_lost_acknowledged_invalidations_starts_a_new_life(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -317,6 +324,7 @@ async def test_a_promoted_replica_that_lost_acknowledged_invalidations_starts_a_
     await here.close()
 
 
+@FAILOVER
 async def test_without_the_new_life_the_lost_invalidation_is_read_around(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -340,6 +348,7 @@ async def test_without_the_new_life_the_lost_invalidation_is_read_around(
     await there.close()
 
 
+@FAILOVER
 async def test_with_replicas_waited_for_a_write_the_replica_missed_is_never_read_around(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -368,6 +377,7 @@ async def test_with_replicas_waited_for_a_write_the_replica_missed_is_never_read
 # -- the local cache -----------------------------------------------------------------------
 
 
+@FAILOVER
 async def test_a_local_cache_on_sentinel_follows_the_failover(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -409,6 +419,7 @@ async def test_a_local_cache_on_sentinel_follows_the_failover(
     await local.close()
 
 
+@FAILOVER
 async def test_a_local_cache_subscribed_to_a_primary_handed_over_resyncs_on_the_new_one(
     group: EmbeddedSentinelGroup, clean_db: AsyncEngine
 ) -> None:
@@ -439,6 +450,7 @@ async def test_a_local_cache_subscribed_to_a_primary_handed_over_resyncs_on_the_
     await local.close()
 
 
+@FAILOVER
 async def test_a_call_waiting_on_the_old_primary_is_answered_by_the_new_one(
     group: EmbeddedSentinelGroup,
 ) -> None:
@@ -458,6 +470,7 @@ async def test_a_call_waiting_on_the_old_primary_is_answered_by_the_new_one(
         await client.close()
 
 
+@FAILOVER
 async def test_the_sentinels_announcement_alone_is_followed(
     group: EmbeddedSentinelGroup,
 ) -> None:
@@ -515,6 +528,7 @@ async def test_passwords_on_the_data_nodes_and_on_the_sentinels(clean_db: AsyncE
             await refused.close()
 
 
+@FAILOVER
 async def test_a_backend_ai_valkey_target_with_sentinels_connects_and_follows() -> None:
     """valkey_client_options on a ValkeyTarget as Backend.AI writes it: Sentinels as
     "host:port" strings, a service name, a data-node password and an empty Sentinel
@@ -540,6 +554,7 @@ async def test_a_backend_ai_valkey_target_with_sentinels_connects_and_follows() 
             await client.close()
 
 
+@FAILOVER
 async def test_a_least_privilege_user_from_the_sentinel_acl_line_runs_the_cache(
     clean_db: AsyncEngine,
 ) -> None:
