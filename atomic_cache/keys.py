@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
+from .ids import as_uuid
+
 DEFAULT_PREFIX = "app_config"
 # On a Valkey Cluster every key a script touches must hash to one slot: the prefix carries
 # a hash tag, and no other component can hold a brace (they are percent-encoded).
@@ -45,14 +47,12 @@ def decode_component(encoded: str) -> str:
     return unquote(encoded)
 
 
-def user_component(user_id: uuid.UUID | str) -> str:
-    """The canonical form of a user id (lower-case hyphenated UUID); ValueError otherwise."""
+def user_component(user_id: uuid.UUID | str, what: str = "user_id") -> str:
+    """The key form of a user id: lower-case hyphenated. Takes a ``uuid.UUID`` or its
+    string form (the rule of ``ids.py``); ValueError naming ``what`` otherwise."""
     if isinstance(user_id, uuid.UUID):
         return str(user_id)
-    try:
-        return str(uuid.UUID(str(user_id)))
-    except ValueError:
-        raise ValueError(f"user id {user_id!r} is not a UUID") from None
+    return str(as_uuid(user_id, what))
 
 
 @dataclass(frozen=True, slots=True)

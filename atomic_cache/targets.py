@@ -7,6 +7,7 @@ the PostgreSQL outbox all speak of these.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -42,19 +43,26 @@ class InvalidationTarget:
 
     @classmethod
     def of(
-        cls, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
+        cls,
+        scope_type: ScopeType | str,
+        scope_id: str | uuid.UUID,
+        names: Iterable[str] | None = None,
     ) -> InvalidationTarget:
-        """Validate and normalise; raises ValueError before any I/O."""
+        """Validate and normalise; raises ValueError before any I/O.
+
+        ``scope_id`` is ``"public"`` for PUBLIC, the domain name for the domain scopes,
+        and for USER the user id: a ``uuid.UUID`` or its string form, kept as the
+        lower-case string (any other form raises ValueError)."""
         try:
             scope = ScopeType(scope_type)
         except ValueError:
             raise ValueError(f"unknown scope type {scope_type!r}") from None
-        if not isinstance(scope_id, str) or not scope_id:
+        if scope is ScopeType.USER:
+            scope_id = user_component(scope_id, "a USER scope id")
+        elif not isinstance(scope_id, str) or not scope_id:
             raise ValueError(f"{scope.name} scope id must be a non-empty string")
         if scope is ScopeType.PUBLIC and scope_id != PUBLIC_SCOPE_ID:
             raise ValueError(f"PUBLIC scope id must be {PUBLIC_SCOPE_ID!r}, not {scope_id!r}")
-        if scope is ScopeType.USER:
-            scope_id = user_component(scope_id)
         if isinstance(names, str | bytes):
             raise ValueError("names must be a list of names, not a single string")
         normalised = None
@@ -71,6 +79,8 @@ class InvalidationTarget:
         return _SCRIPT_SCOPE[self.scope_type]
 
     def script_args(self) -> list[ScriptArg]:
+        """The target as ``invalidate.lua`` reads it: scope word, encoded id, the number
+        of names (-1 for every name), the encoded names."""
         if self.scope_type is ScopeType.USER:
             script_id = self.scope_id
         elif self.scope_type is ScopeType.PUBLIC:

@@ -308,7 +308,7 @@ async def test_odd_names_never_address_another_entry(
         ("nope", "x", None, "unknown scope type"),
         (ScopeType.DOMAIN, "", None, "non-empty"),
         (ScopeType.PUBLIC, "default", None, "PUBLIC scope id"),
-        (ScopeType.USER, "not-a-uuid", None, "not a UUID"),
+        (ScopeType.USER, "not-a-uuid", None, r"a USER scope id must be a uuid\.UUID or its"),
         (ScopeType.USER, str(uuid.uuid4()), "webui", "single string"),
         (ScopeType.DOMAIN, "d", [""], "must not be empty"),
         (ScopeType.DOMAIN, "x" * 300, None, "longer than"),
@@ -337,8 +337,8 @@ async def test_bad_write_arguments_raise(cache: AppConfigFragmentCacheSource) ->
         await cache.set_merged_config(user, "webui", merged(uuid.uuid4(), "d", "webui"))
     with pytest.raises(ValueError, match="several domains"):
         await cache.set_many(user, [merged(user, "a", "webui"), merged(user, "b", "theme")])
-    with pytest.raises(ValueError, match="not a UUID"):
-        await cache.lookup("bob", "webui")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"user_id must be a uuid\.UUID or its string form"):
+        await cache.lookup("bob", "webui")
     with pytest.raises(ValueError, match="must not be empty"):
         await cache.lookup(user, "")
 

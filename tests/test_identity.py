@@ -81,11 +81,15 @@ async def test_a_bad_domain_name_is_refused_before_any_io(clean_db: AsyncEngine,
     assert await domain_rows(clean_db) == []
 
 
-async def test_a_user_id_must_be_a_uuid(clean_db: AsyncEngine) -> None:
+async def test_a_user_id_is_a_uuid_or_its_string_form(clean_db: AsyncEngine) -> None:
     await ensure_domain(clean_db, "default")
-    with pytest.raises(ValueError, match=r"must be a uuid\.UUID"):
-        await ensure_user(clean_db, str(uuid.uuid4()), "default")  # type: ignore[arg-type]
-    assert await user_rows(clean_db) == []
+    user = uuid.uuid4()
+    assert await ensure_user(clean_db, str(user), "default") is True
+    assert await ensure_user(clean_db, user, "default") is False
+    for other in [user.hex, f"{{{user}}}", "bob", user.int]:
+        with pytest.raises(ValueError, match=r"^user_id must be a uuid\.UUID or its string form"):
+            await ensure_user(clean_db, other, "default")  # type: ignore[arg-type]
+    assert await user_rows(clean_db) == [(user, "default")]
 
 
 async def test_an_ensured_user_can_write_and_read_fragments(

@@ -111,6 +111,7 @@ def layer_of(module: str) -> int:
 
 
 PURE = (
+    "ids.py",
     "keys.py",
     "models.py",
     "merge.py",

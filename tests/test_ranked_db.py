@@ -481,15 +481,17 @@ async def test_ids_are_uuids_and_domains_are_ids(db: RankedDBSource) -> None:
     await db.bulk_upsert([frag("theme", Scope.DOMAIN, D1, mode="d1")])
     assert (await db.merged(U1, D2, ["theme"]))["theme"] == {}
     with pytest.raises(InvalidInputError, match="domain_id"):
-        await db.merged(U1, "default", ["theme"])  # type: ignore[arg-type]
+        await db.merged(U1, "default", ["theme"])
     with pytest.raises(InvalidInputError, match="user_id"):
-        await db.merged(str(U1), D1, ["theme"])  # type: ignore[arg-type]
+        await db.merged(U1.hex, D1, ["theme"])
     with pytest.raises(ValidationError):
         frag("theme", Scope.DOMAIN, "default", mode="x")  # type: ignore[arg-type]
     # A UUID's text form is taken and stored as the UUID.
     written = await db.bulk_upsert([frag("theme", Scope.DOMAIN, str(D2), mode="d2")])  # type: ignore[arg-type]
     assert written[0].scope_id == D2
     assert (await db.merged(U1, D2, ["theme"]))["theme"] == {"mode": "d2"}
+    # ... as are the ids of a read.
+    assert (await db.merged(str(U1), str(D2).upper(), ["theme"]))["theme"] == {"mode": "d2"}
 
 
 async def test_a_config_that_is_not_an_object_contributes_nothing(db: RankedDBSource) -> None:
@@ -773,8 +775,8 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(db: RankedDBSource)
         await db.merged(U1, D1, "theme")
     with pytest.raises(InvalidInputError, match="must be a str"):
         await db.merged_public(["theme", 1])  # type: ignore[list-item]
-    with pytest.raises(InvalidInputError, match=r"uuid\.UUID"):
-        await db.purge_fragments([str(uuid.uuid4())])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match=r"a fragment id must be a uuid\.UUID"):
+        await db.purge_fragments([uuid.uuid4().hex])
     with pytest.raises(InvalidInputError, match="FragmentUpsert"):
         await db.bulk_upsert([{"config_name": "theme"}])  # type: ignore[list-item]
     bad_fragments: list[dict[str, Any]] = [

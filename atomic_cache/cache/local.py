@@ -458,13 +458,15 @@ class LocalCache:
 
     @property
     def size_bytes(self) -> int:
+        """The bytes of the values' JSON held now (what ``max_bytes`` bounds)."""
         return self._bytes
 
     def get(
         self, user_id: uuid.UUID | str, name: str, *, domain: str | None = None
     ) -> AppConfigData | None:
         """A private copy of the held value, or None (absent, expired, or unsure; with
-        ``domain``, also when it was filled under another domain)."""
+        ``domain``, also when it was filled under another domain). ``user_id`` is a
+        ``uuid.UUID`` or its string form; ValueError for anything else."""
         now = self._clock()
         key = (user_id.int if type(user_id) is uuid.UUID else _user_key(user_id), name)
         entry = self._entries.get(key) if now < self._valid_until else None
@@ -485,7 +487,7 @@ class LocalCache:
     ) -> list[AppConfigData] | None:
         """A private copy of each name's value, in order, if every one is held (with
         ``domain``, filled under that domain); one local miss otherwise: the caller asks
-        Valkey for all of them."""
+        Valkey for all of them. ``user_id`` as in ``get``."""
         now = self._clock()
         user = user_id.int if type(user_id) is uuid.UUID else _user_key(user_id)
         if now >= self._valid_until:
@@ -554,6 +556,8 @@ class LocalCache:
         return self._generation if self._synced else None
 
     def now(self) -> float:
+        """This cache's clock (monotonic seconds): what a read notes when it goes out, so
+        that what it stores expires no later than Valkey's entry."""
         return self._clock()
 
     def store(

@@ -80,6 +80,7 @@ class AllLookup:
 
     @property
     def missing(self) -> list[str]:
+        """The names looked up that are not cached (their value is None)."""
         return [name for name, value in self.values.items() if value is None]
 
 
@@ -93,7 +94,13 @@ def _required(domain: str | None) -> str:
 
 
 class AppConfigFragmentCacheSource:
-    """Merged configs in Valkey, written and invalidated by atomic Lua scripts."""
+    """Merged configs in Valkey, written and invalidated by atomic Lua scripts.
+
+    A ``user_id`` is a ``uuid.UUID`` or its string form (8-4-4-4-12 hex digits, either
+    case), as everywhere in this package; anything else raises ValueError before any I/O.
+    Its own calls raise glide's errors (``GlideError``) and ``CacheError`` when Valkey
+    fails; the repositories guard every call they make.
+    """
 
     def __init__(
         self,
@@ -167,6 +174,7 @@ class AppConfigFragmentCacheSource:
 
     @property
     def local_cache(self) -> LocalCache | None:
+        """The in-process cache reads are answered from first, if one was given."""
         return self._local
 
     @property
@@ -176,7 +184,9 @@ class AppConfigFragmentCacheSource:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get_merged_config(self, user_id: uuid.UUID, name: str) -> AppConfigData | None:
+    async def get_merged_config(self, user_id: uuid.UUID | str, name: str) -> AppConfigData | None:
+        """The cached merged config of (user, name), or None on a miss: ``lookup``
+        without the fill token, for a reader that will not fill."""
         if self._local is not None:  # a local hit returns here, with no further coroutine
             held = self._local.get(user_id, name)
             if held is not None:
@@ -184,7 +194,7 @@ class AppConfigFragmentCacheSource:
         return (await self._get(user_id, name))[0]
 
     async def lookup(
-        self, user_id: uuid.UUID, name: str, *, domain: str | None = None
+        self, user_id: uuid.UUID | str, name: str, *, domain: str | None = None
     ) -> CacheLookup:
         """The cached value, or a miss with the fill token to pass to set_merged_config.
 
@@ -198,7 +208,7 @@ class AppConfigFragmentCacheSource:
         return CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
 
     async def _get(
-        self, user_id: uuid.UUID, name: str, domain: str | None = None
+        self, user_id: uuid.UUID | str, name: str, domain: str | None = None
     ) -> tuple[AppConfigData | None, str]:
         """One entry from Valkey (one get.lua call), after the local cache missed; copied
         into the local cache when nothing may have overtaken it."""
@@ -254,7 +264,7 @@ class AppConfigFragmentCacheSource:
         return (local.ticket(), local.now()) if local is not None else (None, 0.0)
 
     async def lookup_many(
-        self, user_id: uuid.UUID, names: Sequence[str], *, domain: str | None = None
+        self, user_id: uuid.UUID | str, names: Sequence[str], *, domain: str | None = None
     ) -> dict[str, CacheLookup]:
         """Look up several names of one user in one round trip; one fill token for all.
 
@@ -281,7 +291,7 @@ class AppConfigFragmentCacheSource:
         }
 
     async def lookup_registered(
-        self, user_id: uuid.UUID, names: Sequence[str], *, domain: str | None = None
+        self, user_id: uuid.UUID | str, names: Sequence[str], *, domain: str | None = None
     ) -> RegisteredLookup:
         """As ``lookup_many``, and which names the cached catalogue holds: a name it does
         not hold is not looked up (``unregistered``). Without a cached catalogue,
@@ -321,7 +331,7 @@ class AppConfigFragmentCacheSource:
             unregistered=unregistered,
         )
 
-    async def lookup_all(self, user_id: uuid.UUID) -> AllLookup:
+    async def lookup_all(self, user_id: uuid.UUID | str) -> AllLookup:
         """Every cached config of a user, with the catalogue of names, in one round trip.
 
         ``names`` is None when the catalogue itself is not cached.
@@ -434,19 +444,21 @@ class AppConfigFragmentCacheSource:
 
     async def set_merged_config(
         self,
-        user_id: uuid.UUID,
+        user_id: uuid.UUID | str,
         name: str,
         merged: AppConfigData,
         fill_token: str | None = None,
     ) -> bool:
-        """Store one merged config. False when the fill token is stale or it is too large."""
+        """Store one merged config, with the ``fill_token`` of the lookup that missed it.
+        False when an invalidation since that lookup covers it, or it is over
+        ``max_entry_bytes``. ValueError when ``merged`` is of another user or name."""
         if merged.name != name:
             raise ValueError(f"merged config is for {merged.name!r}, not {name!r}")
         return await self.set_many(user_id, [merged], fill_token=fill_token)
 
     async def set_many(
         self,
-        user_id: uuid.UUID,
+        user_id: uuid.UUID | str,
         merged: Sequence[AppConfigData],
         fill_token: str | None = None,
         *,
@@ -524,7 +536,11 @@ class AppConfigFragmentCacheSource:
         self, scope_type: ScopeType | str, scope_id: str, names: Iterable[str] | None = None
     ) -> int:
         """Make every entry of the scope (only ``names`` if given) unservable; returns
-        how many entries this call deleted (a large scope is deleted by later steps)."""
+        how many entries this call deleted (a large scope is deleted by later steps).
+
+        ``scope_id``: ``"public"``, the domain name, or for USER the user id's string
+        form, ``str(user_id)`` (``InvalidationTarget.of`` checks it: ValueError before
+        any I/O for anything else)."""
         return await self.invalidate_many([InvalidationTarget.of(scope_type, scope_id, names)])
 
     async def invalidate_for_policy(self, config_name: str, *, drop_catalogue: bool = True) -> int:

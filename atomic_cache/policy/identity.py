@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..ids import as_uuid
 from .schema import domains, users
 
 MAX_DOMAIN_NAME_LENGTH = 64  # domains.name is VARCHAR(64)
@@ -38,7 +39,10 @@ def _checked_domain(name: str) -> str:
 
 
 async def ensure_domain(engine: AsyncEngine, name: str) -> bool:
-    """Add the domain unless it exists; True if this call added it. Idempotent."""
+    """Add the domain unless it exists; True if this call added it. Idempotent.
+
+    Raises ValueError, before any I/O, for a name that is not a str of 1-64 characters.
+    """
     statement = (
         insert(domains)
         .values(name=_checked_domain(name))
@@ -49,15 +53,17 @@ async def ensure_domain(engine: AsyncEngine, name: str) -> bool:
         return (await conn.execute(statement)).first() is not None
 
 
-async def ensure_user(engine: AsyncEngine, user_id: uuid.UUID, domain_name: str) -> bool:
+async def ensure_user(engine: AsyncEngine, user_id: uuid.UUID | str, domain_name: str) -> bool:
     """Add the user to the domain unless the user exists; True if this call added it.
 
-    Idempotent for the same domain. Raises ``UserDomainMismatchError`` if the user is in
-    another domain (moving a user is the service's UPDATE plus a cache invalidation, see
-    the module's docstring), and ``UnknownDomainError`` if the domain does not exist.
+    ``user_id`` is a ``uuid.UUID`` or its string form (8-4-4-4-12 hex digits, either
+    case), as everywhere in this package. Idempotent for the same domain. Raises
+    ``UserDomainMismatchError`` if the user is in another domain (moving a user is the
+    service's UPDATE plus a cache invalidation, see the module's docstring), and
+    ``UnknownDomainError`` if the domain does not exist; ValueError, before any I/O, for a
+    user id in any other form or a bad domain name.
     """
-    if not isinstance(user_id, uuid.UUID):
-        raise ValueError(f"user id {user_id!r} must be a uuid.UUID")
+    user_id = as_uuid(user_id, "user_id")
     _checked_domain(domain_name)
     async with engine.begin() as conn:
         while True:

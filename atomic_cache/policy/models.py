@@ -4,10 +4,11 @@ writes."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..ids import is_uuid_text
 from ..models import ScopeType
 
 T = TypeVar("T")
@@ -37,7 +38,15 @@ class MyFragmentInput(BaseModel):
 
 
 class FragmentKey(BaseModel):
-    """Addresses one fragment: scope, scope id and name."""
+    """Addresses one fragment: scope, scope id and name.
+
+    ``scope_id`` is ``"public"`` for PUBLIC, the domain name for DOMAIN and
+    DOMAIN_USER_DEFAULTS, and for USER the user id: a ``uuid.UUID`` or its string form
+    (8-4-4-4-12 hex digits, either case), kept as the lower-case string. Another string
+    as a USER scope id is accepted here and reported by the repository as that item's
+    ``invalid_scope_id`` failure; a USER scope id that is no string or UUID (bytes, an
+    int...), or a ``uuid.UUID`` for another scope, is a validation error.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -45,11 +54,49 @@ class FragmentKey(BaseModel):
     scope_id: str
     name: str
 
+    if TYPE_CHECKING:
+        # What the constructor takes: a USER scope id may be a uuid.UUID (stored as str).
+        def __init__(
+            self, *, scope_type: ScopeType, scope_id: str | uuid.UUID, name: str
+        ) -> None: ...
+
+    @field_validator("scope_id", mode="before")
+    @classmethod
+    def _user_id_as_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("scope_type") is ScopeType.USER:
+            if isinstance(value, uuid.UUID):
+                return str(value)
+            if isinstance(value, str):
+                # Any other string is the repository's to refuse, as one item's failure.
+                return value.lower() if is_uuid_text(value) else value
+            raise ValueError(
+                "a USER scope_id must be a uuid.UUID or its string form (8-4-4-4-12 hex"
+                f" digits), not {type(value).__name__}"
+            )
+        if isinstance(value, uuid.UUID):
+            raise ValueError(
+                "scope_id may be a uuid.UUID only for USER scope; a domain scope's id is"
+                " the domain name, PUBLIC's is 'public'"
+            )
+        return value
+
 
 class FragmentInput(FragmentKey):
-    """A fragment of any scope, for the admin create and update paths."""
+    """A fragment of any scope, for the admin create and update paths (``scope_id`` as
+    in ``FragmentKey``). ``extra_config`` is validated per item by the repository."""
 
     extra_config: Any
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            scope_type: ScopeType,
+            scope_id: str | uuid.UUID,
+            name: str,
+            extra_config: Any,
+        ) -> None: ...
 
 
 class BulkFailure(BaseModel):

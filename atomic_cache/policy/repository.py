@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..after_commit import AfterCommit
 from ..cache.source import AppConfigFragmentCacheSource
 from ..following import Following
+from ..ids import as_uuid
 from ..keys import MAX_COMPONENT_LENGTH, token_sequence
 from ..metrics import CacheStats
 from ..models import DOMAIN_SCOPES, AppConfigData, AppConfigFragment, ScopeType
@@ -73,7 +74,13 @@ def _target(key: FragmentKey) -> InvalidationTarget:
 
 
 class AppConfigFragmentRepository:
-    """Merged app configs, read around the cache; bulk fragment writes with invalidation."""
+    """Merged app configs, read around the cache; bulk fragment writes with invalidation.
+
+    Every method that takes a ``user_id`` takes a ``uuid.UUID`` or its string form
+    (8-4-4-4-12 hex digits, either case) and raises ValueError, before any I/O, for
+    anything else. Valkey failures never reach the caller: reads fall through to
+    PostgreSQL, and invalidations that could not be applied are replayed.
+    """
 
     def __init__(
         self,
@@ -121,11 +128,15 @@ class AppConfigFragmentRepository:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def app_config(self, user_id: uuid.UUID, name: str) -> AppConfigData:
+    async def app_config(self, user_id: uuid.UUID | str, name: str) -> AppConfigData:
         """The merged config of one name for one user (``config`` None without fragments).
 
-        Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist.
+        Warm: one Valkey round trip (none with a local cache that holds it), no SQL. On a
+        miss, one SQL statement, then a fill that an invalidation since the lookup refuses.
+        Raises UnknownUserError / UnknownPolicyError for a user or name that does not exist;
+        ValueError for a ``user_id`` that is neither a ``uuid.UUID`` nor its string form.
         """
+        user_id = as_uuid(user_id, "user_id")
         self._replayer.ensure_running()
         cache = self._following_cache or await self._reading()
         found = await cache.read(lambda source: source.lookup(user_id, name))
@@ -198,12 +209,15 @@ class AppConfigFragmentRepository:
         if stored is not None:
             self._cache.record_fill(stored=stored, entries=len(data))
 
-    async def my_app_configs(self, user_id: uuid.UUID) -> list[AppConfigData]:
+    async def my_app_configs(self, user_id: uuid.UUID | str) -> list[AppConfigData]:
         """The merged config of every policy name for one user, sorted by name.
 
         Warm: one Valkey round trip and no SQL. Otherwise the missing names come from one
-        SQL statement and are filled in one round trip.
+        SQL statement and are filled in one round trip. Raises UnknownUserError for a user
+        who does not exist; ValueError for a ``user_id`` that is neither a ``uuid.UUID``
+        nor its string form.
         """
+        user_id = as_uuid(user_id, "user_id")
         self._replayer.ensure_running()
         cache = self._following_cache or await self._reading()
         found = await cache.read(lambda source: source.lookup_all(user_id))
@@ -241,31 +255,43 @@ class AppConfigFragmentRepository:
     # -- the "my" bulk paths: USER fragments of the caller -------------------------------
 
     async def bulk_create_my(
-        self, user_id: uuid.UUID, items: Sequence[MyFragmentInput]
+        self, user_id: uuid.UUID | str, items: Sequence[MyFragmentInput]
     ) -> BulkResult[AppConfigFragment]:
-        return await self._write_fragments("create", [self._mine(user_id, item) for item in items])
+        """Create the user's own (USER) fragments, one per item, each in its own
+        savepoint, in one transaction; returns the fragments created and, per item, why
+        one was not (``already_exists``, ``unknown_user``, ``scope_not_allowed``...,
+        never raised). Returns after the touched names of this user are invalidated.
+        ValueError, before any I/O, for a ``user_id`` that is neither a ``uuid.UUID`` nor
+        its string form."""
+        user = as_uuid(user_id, "user_id")
+        return await self._write_fragments("create", [self._mine(user, item) for item in items])
 
     async def bulk_update_my(
-        self, user_id: uuid.UUID, items: Sequence[MyFragmentInput]
+        self, user_id: uuid.UUID | str, items: Sequence[MyFragmentInput]
     ) -> BulkResult[AppConfigFragment]:
-        return await self._write_fragments("update", [self._mine(user_id, item) for item in items])
+        """Replace the ``extra_config`` of the user's own fragments; as
+        ``bulk_create_my``, with ``not_found`` for a fragment that does not exist."""
+        user = as_uuid(user_id, "user_id")
+        return await self._write_fragments("update", [self._mine(user, item) for item in items])
 
     async def bulk_delete_my(
-        self, user_id: uuid.UUID, names: Sequence[str]
+        self, user_id: uuid.UUID | str, names: Sequence[str]
     ) -> BulkResult[FragmentKey]:
+        """Delete the user's own fragments of these names; returns the keys deleted and a
+        ``not_found`` failure for each name without one. Returns after the deleted names
+        of this user are invalidated. ValueError, before any I/O, for a single string as
+        ``names`` or a ``user_id`` that is neither a ``uuid.UUID`` nor its string form."""
+        user = as_uuid(user_id, "user_id")
         if isinstance(names, str):
             raise ValueError("names must be a list of names, not a single string")
-        keys = [
-            FragmentKey(scope_type=ScopeType.USER, scope_id=str(user_id), name=name)
-            for name in names
-        ]
+        keys = [FragmentKey(scope_type=ScopeType.USER, scope_id=user, name=name) for name in names]
         return await self._delete_fragments(keys)
 
     @staticmethod
     def _mine(user_id: uuid.UUID, item: MyFragmentInput) -> FragmentInput:
         return FragmentInput(
             scope_type=ScopeType.USER,
-            scope_id=str(user_id),
+            scope_id=user_id,
             name=item.name,
             extra_config=item.extra_config,
         )
@@ -275,14 +301,24 @@ class AppConfigFragmentRepository:
     async def admin_bulk_create(
         self, items: Sequence[FragmentInput]
     ) -> BulkResult[AppConfigFragment]:
+        """Create fragments of any scope their policy allows, each in its own savepoint,
+        in one transaction; returns the fragments created and, per item, why one was not
+        (``BulkFailure.code``: ``invalid_scope_id`` for a USER scope id that is not a
+        UUID or its string form, ``unknown_user``, ``already_exists``..., never raised).
+        Returns after exactly the touched slices are invalidated."""
         return await self._write_fragments("create", items)
 
     async def admin_bulk_update(
         self, items: Sequence[FragmentInput]
     ) -> BulkResult[AppConfigFragment]:
+        """Replace the ``extra_config`` of fragments of any scope; as
+        ``admin_bulk_create``, with ``not_found`` for a fragment that does not exist."""
         return await self._write_fragments("update", items)
 
     async def admin_bulk_delete(self, keys: Sequence[FragmentKey]) -> BulkResult[FragmentKey]:
+        """Delete fragments of any scope; returns the keys deleted (scope ids in their
+        stored form) and a ``not_found`` failure for each key without a fragment. Returns
+        after the deleted slices are invalidated."""
         return await self._delete_fragments(keys)
 
     # -- the bulk machinery --------------------------------------------------------------
@@ -462,10 +498,12 @@ class AppConfigPolicyRepository:
         return scopes
 
     async def get(self, name: str) -> AppConfigPolicy | None:
+        """The policy of ``name``, or None; read from PostgreSQL (policies are not cached)."""
         async with self._engine.connect() as conn:
             return (await self._db.policies(conn, [name])).get(name)
 
     async def list(self) -> list[AppConfigPolicy]:
+        """Every policy, sorted by config name; read from PostgreSQL."""
         async with self._engine.connect() as conn:
             return await self._db.list_policies(conn)
 
@@ -490,6 +528,11 @@ class AppConfigPolicyRepository:
         await after.invalidate()
 
     async def create(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
+        """Add a policy: which scopes may hold fragments of ``name``, in merge order (the
+        last wins). Returns it after the name and the catalogue of names are invalidated
+        for everyone. Raises PolicyExistsError if the name has one; ValueError, before
+        any I/O, for a name not of 1-64 characters or a scope list that is empty, repeats
+        a scope or names an unknown one."""
         scopes = self._checked(name, scope_sources)
         async with self._invalidating(name, drop_catalogue=True) as after:
             try:
@@ -502,7 +545,9 @@ class AppConfigPolicyRepository:
                 raise PolicyExistsError(f"a policy named {name!r} exists already") from None
 
     async def update(self, name: str, scope_sources: Sequence[ScopeType | str]) -> AppConfigPolicy:
-        """Replace the scope list (and so the merge order) of a policy."""
+        """Replace the scope list (and so the merge order) of a policy; returns it after the
+        name is invalidated for everyone. UnknownPolicyError if there is none; ValueError
+        as ``create``."""
         scopes = self._checked(name, scope_sources)
         async with self._invalidating(name, drop_catalogue=False) as after:
             async with self._engine.begin() as conn:
@@ -515,7 +560,9 @@ class AppConfigPolicyRepository:
             return policy
 
     async def delete(self, name: str, *, cascade: bool = False) -> None:
-        """Delete a policy; refused while it has fragments unless ``cascade`` deletes them."""
+        """Delete a policy; refused (PolicyInUseError) while it has fragments unless
+        ``cascade`` deletes them too. Returns after the name and the catalogue of names are
+        invalidated for everyone; UnknownPolicyError if there is no such policy."""
         async with (
             self._invalidating(name, drop_catalogue=True) as after,
             self._engine.begin() as conn,

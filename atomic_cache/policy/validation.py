@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..ids import is_uuid_text
 from ..models import PUBLIC_SCOPE_ID, ScopeType
 from .models import AppConfigPolicy, FragmentKey
 
@@ -86,7 +86,8 @@ def check_extra_config(value: Any, limits: ConfigLimits) -> Problem | None:
 
 
 def canonical_scope_id(scope_type: ScopeType, scope_id: str) -> str | Problem:
-    """The stored form of a scope id: 'public', the domain name, or a canonical UUID."""
+    """The stored form of a scope id: 'public', the domain name, or for USER the user id
+    as a lower-case UUID string (a UUID's string form, in either case: ``ids.py``)."""
     if scope_type is ScopeType.PUBLIC:
         if scope_id != PUBLIC_SCOPE_ID:
             return Problem(
@@ -94,12 +95,13 @@ def canonical_scope_id(scope_type: ScopeType, scope_id: str) -> str | Problem:
             )
         return scope_id
     if scope_type is ScopeType.USER:
-        try:
-            return str(uuid.UUID(scope_id))
-        except (ValueError, AttributeError, TypeError):
+        if not is_uuid_text(scope_id):
             return Problem(
-                INVALID_SCOPE_ID, f"a USER fragment's scope_id must be a UUID, not {scope_id!r}"
+                INVALID_SCOPE_ID,
+                "a USER fragment's scope_id must be a uuid.UUID or its string form"
+                f" (8-4-4-4-12 hex digits), not {scope_id!r:.80}",
             )
+        return scope_id.lower()
     if not scope_id or len(scope_id) > 64:
         return Problem(
             INVALID_SCOPE_ID, "a domain scope_id must be a domain name of 1-64 characters"

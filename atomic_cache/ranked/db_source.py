@@ -157,8 +157,8 @@ class RankedDBSource:
 
     async def merged(
         self,
-        user_id: uuid.UUID,
-        domain_id: uuid.UUID,
+        user_id: uuid.UUID | str,
+        domain_id: uuid.UUID | str,
         names: Sequence[str],
         *,
         conn: AsyncConnection | None = None,
@@ -171,18 +171,19 @@ class RankedDBSource:
         repeats is the caller's). A name nothing contributes to (unregistered, without
         grants, without fragments at these scopes; a name over 128 characters can never
         match) is ``{}``. ``user_id`` and ``domain_id`` are the caller's own (the
-        session's), taken as given: no users or domains table is read.
+        session's), taken as given: no users or domains table is read. Each is a
+        ``uuid.UUID`` or its string form; InvalidInputError, before any SQL, otherwise.
 
         Equal ranks, which upstream leaves in an undefined order, merge public, then
         domain, then user (the later wins), then by fragment id, so a read is repeatable
         and a cached merge equals a fresh one.
         """
-        check_uuid(user_id, "user_id")
-        check_uuid(domain_id, "domain_id")
+        user = check_uuid(user_id, "user_id")
+        domain = check_uuid(domain_id, "domain_id")
         visible = or_(
             _fragments.c.scope_type == Scope.PUBLIC.value,
-            and_(_fragments.c.scope_type == Scope.DOMAIN.value, _fragments.c.scope_id == domain_id),
-            and_(_fragments.c.scope_type == Scope.USER.value, _fragments.c.scope_id == user_id),
+            and_(_fragments.c.scope_type == Scope.DOMAIN.value, _fragments.c.scope_id == domain),
+            and_(_fragments.c.scope_type == Scope.USER.value, _fragments.c.scope_id == user),
         )
         return await self._merged(visible, _read_names(names), conn)
 
@@ -293,14 +294,14 @@ class RankedDBSource:
         return [written[i.config_name, i.scope_type, i.scope_id] for i in batch]
 
     async def purge_fragments(
-        self, ids: Sequence[uuid.UUID], *, conn: AsyncConnection | None = None
+        self, ids: Sequence[uuid.UUID | str], *, conn: AsyncConnection | None = None
     ) -> list[Fragment]:
         """Delete the fragments with these ids, in one statement; returns the rows deleted,
         in the order of ``ids`` (each once). An id no fragment has is ignored: the caller
         tells which by the ids missing from the result (upstream's bulk purge reports them
         as per-id failures; nothing else differs). An empty ``ids`` returns ``[]``."""
         if isinstance(ids, str | bytes):
-            raise InvalidInputError("ids must be a sequence of uuid.UUID, not one str")
+            raise InvalidInputError("ids must be a sequence of ids, not one str")
         wanted = list(dict.fromkeys(check_uuid(i, "a fragment id") for i in ids))
         if not wanted:
             return []

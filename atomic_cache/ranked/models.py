@@ -4,7 +4,10 @@ the rows writes return.
 BEP-1052 as Backend.AI's main branch runs it: ``app_config_definitions`` registers a name,
 ``app_config_allow_list`` grants a (name, scope) with a ``rank``, ``app_config_fragments``
 holds one config per (name, scope, scope id). Ids are ``uuid.UUID``; a public fragment's
-``scope_id`` is None, a domain's is the domain's UUID, a user's the user's UUID.
+``scope_id`` is None, a domain's is the domain's UUID, a user's the user's UUID. Every id
+an entry point takes (user, domain, fragment, scope id) is a ``uuid.UUID`` or its string
+form (8-4-4-4-12 hex digits, either case), as everywhere in this package; anything else is
+an ``InvalidInputError`` (a ``ValueError``) naming the argument, raised before any SQL.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import json
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..ids import as_uuid
 
 # The length of ``config_name`` in all three tables (VARCHAR(128)).
 MAX_CONFIG_NAME_LENGTH = 128
@@ -55,8 +60,9 @@ class RankedError(Exception):
 
 class InvalidInputError(RankedError, ValueError):
     """An argument the database would refuse or could never match (a name of 0 or more than
-    128 characters, a scope that is not a ``Scope``, an id that is not a ``uuid.UUID``, a
-    rank outside INTEGER): raised before any SQL runs, so nothing is written."""
+    128 characters, a scope that is not a ``Scope``, an id that is neither a ``uuid.UUID``
+    nor its string form, a rank outside INTEGER): raised before any SQL runs, so nothing is
+    written."""
 
 
 class WriteNotAllowedError(RankedError):
@@ -127,10 +133,9 @@ def check_rank(rank: object) -> int:
 
 
 def check_uuid(value: object, what: str) -> uuid.UUID:
-    """``value`` if it is a ``uuid.UUID``, else InvalidInputError naming ``what``."""
-    if not isinstance(value, uuid.UUID):
-        raise InvalidInputError(f"{what} must be a uuid.UUID, not {value!r}")
-    return value
+    """``value`` as a ``uuid.UUID``: one as it is, or its string form (8-4-4-4-12 hex
+    digits, either case) parsed; else InvalidInputError naming ``what``."""
+    return as_uuid(value, what, error=InvalidInputError)
 
 
 def _has_nul(value: Any) -> bool:
@@ -151,8 +156,9 @@ class FragmentUpsert(BaseModel):
     """One fragment to write: the config of ``config_name`` at one scope.
 
     A public fragment has ``scope_id=None``; a domain or user fragment the domain's or
-    user's UUID. ``config`` is a JSON object that jsonb accepts (no NaN or Infinity, no
-    NUL character); it replaces the stored config whole.
+    user's UUID, as a ``uuid.UUID`` or its string form (8-4-4-4-12 hex digits, either
+    case; any other form is a validation error). ``config`` is a JSON object that jsonb
+    accepts (no NaN or Infinity, no NUL character); it replaces the stored config whole.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -161,6 +167,23 @@ class FragmentUpsert(BaseModel):
     scope_id: uuid.UUID | None
     config_name: str = Field(min_length=1, max_length=MAX_CONFIG_NAME_LENGTH)
     config: dict[str, Any]
+
+    if TYPE_CHECKING:
+        # What the constructor takes: the scope id may be a UUID's string form.
+        def __init__(
+            self,
+            *,
+            scope_type: Scope,
+            scope_id: uuid.UUID | str | None,
+            config_name: str,
+            config: dict[str, Any],
+        ) -> None: ...
+
+    @field_validator("scope_id", mode="before")
+    @classmethod
+    def _uuid_or_its_text(cls, value: Any) -> Any:
+        # pydantic alone would also take braces, "urn:uuid:", 32 bare hex digits, bytes.
+        return value if value is None else as_uuid(value, "scope_id")
 
     @field_validator("config")
     @classmethod

@@ -53,6 +53,7 @@ from .models import (
     Definition,
     Fragment,
     FragmentUpsert,
+    InvalidInputError,
     RankUpdate,
     Scope,
     check_uuid,
@@ -209,19 +210,23 @@ class AppConfigRepository(_Repository):
     # -- reads ---------------------------------------------------------------------------
 
     async def resolve(
-        self, user_id: uuid.UUID, domain_id: uuid.UUID, names: Sequence[str]
+        self, user_id: uuid.UUID | str, domain_id: uuid.UUID | str, names: Sequence[str]
     ) -> list[AppConfig]:
         """The merged config of each name for a user of a domain (both the caller's own,
         from its session), in request order, a repeated name repeated; ``{}`` where
-        nothing contributes. Warm: one cache round trip and no SQL."""
-        check_uuid(user_id, "user_id")
-        check_uuid(domain_id, "domain_id")
+        nothing contributes. Warm: one cache round trip and no SQL.
+
+        ``user_id`` and ``domain_id`` are each a ``uuid.UUID`` or its string form
+        (8-4-4-4-12 hex digits, either case). InvalidInputError (a ValueError), before any
+        I/O, for an id in any other form or for ``names`` given as one string."""
+        user = check_uuid(user_id, "user_id")
+        domain = check_uuid(domain_id, "domain_id")
         distinct = _read_names(names)
 
         def load(missing: list[str], conn: AsyncConnection) -> Awaitable[dict[str, Any]]:
-            return self._db.merged(user_id, domain_id, missing, conn=conn)
+            return self._db.merged(user, domain, missing, conn=conn)
 
-        merged = await self._resolve(user_id, str(domain_id), distinct, load)
+        merged = await self._resolve(user, str(domain), distinct, load)
         return [AppConfig(config_name=name, config=merged[name]) for name in names]
 
     async def resolve_public(self, names: Sequence[str]) -> list[AppConfig]:
@@ -350,11 +355,16 @@ class AppConfigRepository(_Repository):
             lambda conn: self._db.bulk_upsert(items, conn=conn), fragment_targets
         )
 
-    async def purge_fragments(self, ids: Sequence[uuid.UUID]) -> list[Fragment]:
-        """Delete the fragments with these ids; returns the rows deleted (an unknown id is
-        left out). Returns after each deleted row's slice is invalidated."""
+    async def purge_fragments(self, ids: Sequence[uuid.UUID | str]) -> list[Fragment]:
+        """Delete the fragments with these ids (each a ``uuid.UUID`` or its string form);
+        returns the rows deleted (an unknown id is left out). Returns after each deleted
+        row's slice is invalidated. InvalidInputError, before any SQL, for an id in any
+        other form."""
+        if isinstance(ids, str | bytes):
+            raise InvalidInputError("ids must be a sequence of ids, not one str")
+        wanted = [check_uuid(i, "a fragment id") for i in ids]
         return await self._write(
-            lambda conn: self._db.purge_fragments(ids, conn=conn), fragment_targets
+            lambda conn: self._db.purge_fragments(wanted, conn=conn), fragment_targets
         )
 
 
