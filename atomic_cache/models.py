@@ -65,4 +65,5 @@ class CacheLookup(BaseModel):
 
     @property
     def hit(self) -> bool:
+        """Whether the lookup found a value (then there is no fill token)."""
         return self.value is not None

@@ -121,6 +121,7 @@ class ScriptRegistry:
 
     @property
     def scripts(self) -> Mapping[str, Script]:
+        """Every script by name (its file name without ``.lua``), with its source and SHA."""
         return self._scripts
 
     def __getitem__(self, name: str) -> Script:

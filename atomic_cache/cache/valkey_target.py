@@ -53,6 +53,8 @@ class ValkeyClientOptions:
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``create_valkey_client(url, **kwargs)`` (see the
+        class's docstring for which are present)."""
         options: dict[str, Any] = {"request_timeout_ms": self.request_timeout_ms}
         if self.tls_insecure:
             options["tls_insecure"] = True

@@ -23,11 +23,13 @@ from .schema import app_config_fragments, app_config_policies, domains, users
 
 
 class UnknownUserError(LookupError):
-    """The user does not exist."""
+    """The user does not exist: raised by the reads (``app_config``,
+    ``my_app_configs``); a bulk write reports it per item, as ``unknown_user``."""
 
 
 class UnknownPolicyError(LookupError):
-    """No app-config policy has that name."""
+    """No app-config policy has that name: raised by ``app_config`` and by a policy's
+    ``update`` and ``delete``; a bulk write reports it per item, as ``unknown_policy``."""
 
 
 def _fragment(row: Row[Any], name: str) -> AppConfigFragment:

@@ -100,7 +100,11 @@ class FragmentInput(FragmentKey):
 
 
 class BulkFailure(BaseModel):
-    """Why one item of a bulk call was not applied."""
+    """Why one item of a bulk call was not applied: its ``index`` in the call's items, a
+    stable ``code`` (``unknown_policy``, ``scope_not_allowed``, ``invalid_scope_id``,
+    ``unknown_user``, ``unknown_domain``, ``invalid_config``, ``config_too_deep``,
+    ``config_too_large``, ``already_exists``, ``not_found``, ``duplicate_item``) and a
+    message for people."""
 
     model_config = ConfigDict(frozen=True)
 

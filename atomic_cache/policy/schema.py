@@ -34,6 +34,7 @@ domains = Table(
     metadata,
     Column("name", String(64), primary_key=True),
 )
+"""BEP-1052's ``domains`` table (a name per domain); a service usually owns it."""
 
 users = Table(
     "users",
@@ -47,6 +48,7 @@ users = Table(
         index=True,
     ),
 )
+"""BEP-1052's ``users`` table: each user's UUID and domain; a service usually owns it."""
 
 app_config_policies = Table(
     "app_config_policies",
@@ -61,6 +63,8 @@ app_config_policies = Table(
         f"scope_sources <@ ARRAY[{_SCOPE_VALUES}]::varchar[]", name="ck_policy_scope_sources"
     ),
 )
+"""One row per config name: the scopes that may hold its fragments, lowest priority first
+(the merge order)."""
 
 app_config_fragments = Table(
     "app_config_fragments",
@@ -82,6 +86,8 @@ app_config_fragments = Table(
     CheckConstraint("jsonb_typeof(extra_config) = 'object'", name="ck_fragment_object"),
     Index("ix_fragment_name", "name"),
 )
+"""One row per fragment: its scope, scope id (``public``, a domain name, a user's UUID as
+lower-case text) and config name, and its ``extra_config`` (a JSON object)."""
 
 # The policy model's trigger functions and triggers (they call the shared fan_out.sql).
 TRIGGERS_SQL = files(__package__) / "triggers.sql"

@@ -63,7 +63,10 @@ T = TypeVar("T")
 
 # The anonymous read's entries: the nil UUID as the user, "-" (never a UUID) as the domain.
 ANONYMOUS_USER = uuid.UUID(int=0)
+"""The user of the anonymous read's cache entries (``resolve_public``): the nil UUID, so
+no real user may have it."""
 ANONYMOUS_DOMAIN = "-"
+"""The domain of the anonymous read's cache entries: ``"-"``, never a domain's id."""
 
 # The catalogue of definitions is cached (so that an unregistered name costs no SQL) only
 # up to this many names: each fill that replaces it sends them all.

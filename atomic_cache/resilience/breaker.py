@@ -30,6 +30,10 @@ log = logging.getLogger("atomic_cache")
 
 
 class BreakerState(StrEnum):
+    """Where a ``CircuitBreaker`` is: CLOSED (the cache is used), OPEN (bypassed until the
+    cool-down is over), HALF_OPEN (one probe decides). The value is what ``stats()`` and
+    the logs show."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -79,11 +83,18 @@ class CircuitBreaker:
             self._move(BreakerState.CLOSED, why)
 
     def record_success(self) -> None:
+        """A cache call succeeded: the count of consecutive failures starts over, and a
+        half-open or open breaker closes."""
         self._failures = 0
         if self.state is not BreakerState.CLOSED:
             self._move(BreakerState.CLOSED, "probe succeeded, using the cache again")
 
     def record_failure(self, error: BaseException) -> None:
+        """A cache call failed with ``error``. Failures of the server's health
+        (connection, timeout, BUSY, LOADING, anything unexpected) count: the
+        ``failure_threshold``-th in a row opens a closed breaker, and a failed probe
+        reopens a half-open one. A data or capacity error a live server answered with
+        (WRONGTYPE, OOM, READONLY, a lost script, an odd reply) counts as a success."""
         if not counts_against_health(error):
             # The server answered (OOM, WRONGTYPE, READONLY...): it is up. Counting this as
             # a success also keeps a probe that met such an error from leaving the breaker

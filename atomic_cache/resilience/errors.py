@@ -26,6 +26,8 @@ class ReplicasBehindError(CacheError):
 # Everything a cache call can raise when Valkey is down, slow, full or confused. glide's
 # ConnectionError and TimeoutError derive from its RequestError, itself a GlideError.
 CACHE_ERRORS: tuple[type[BaseException], ...] = (GlideError, ClosingError, CacheError)
+"""What a call of the cache source can raise when Valkey is down, slow, full or confused:
+``except CACHE_ERRORS`` around a direct call (the repositories catch them themselves)."""
 
 # Why a cache call (read, fill or invalidation) did not happen or failed, so that the
 # database answered alone: the labels of ``cause_of``, plus ``pending_invalidation`` (a
