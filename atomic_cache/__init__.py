@@ -4,7 +4,7 @@ atomic Lua scripts.
 The top level is the core (cache source, local cache, client, keys, counters) and the
 policy model (``atomic_cache.policy``); the ranked model is ``atomic_cache.ranked``."""
 
-from .cache.client import create_valkey_client
+from .cache.client import create_valkey_client, quiet_glide_logs
 from .cache.local import LocalCache
 from .cache.scripts import ScriptLoadError, ScriptRegistry
 from .cache.source import AllLookup, AppConfigFragmentCacheSource
@@ -74,6 +74,7 @@ __all__ = [
     "create_valkey_client",
     "ensure_domain",
     "ensure_user",
+    "quiet_glide_logs",
     "register_prometheus",
     "suppress_with_log",
     "valkey_client_options",

@@ -18,6 +18,8 @@ from glide import (
     GlideClientConfiguration,
     GlideClusterClient,
     GlideClusterClientConfiguration,
+    Logger,
+    LogLevel,
     NodeAddress,
     ReadFrom,
     ServerCredentials,
@@ -35,6 +37,28 @@ DEFAULT_CONNECT_TIMEOUT_MS = 500
 _PLAIN_SCHEMES = {"valkey", "redis"}
 _TLS_SCHEMES = {"valkeys", "rediss"}
 _SCHEMES_HINT = "use valkey://, redis://, valkeys:// or rediss:// (valkey://host:port/db)"
+
+
+def quiet_glide_logs(level: LogLevel | str = "off") -> None:
+    """Silence valkey-glide's own log lines, or keep only those at ``level`` and above.
+
+    glide's core writes its log lines itself, coloured, to standard output (a WARN for
+    each failed connection attempt, for instance), not through Python's ``logging``, so
+    logging's configuration never reaches them. This sets glide's logger, which is one
+    for the whole process, to ``level``: ``"off"`` (the default) silences it; ``"error"``
+    keeps errors; ``"warn"`` is glide's own default; ``"info"``, ``"debug"``, ``"trace"``
+    say more. A ``glide.LogLevel`` works too. Call it once at start-up, before or after
+    creating clients: it applies at once to every glide client of the process, on every
+    glide release this package supports. What matters to this package it reports itself,
+    through its exceptions and the ``atomic_cache`` logger.
+
+    Raises ValueError for a level glide does not have.
+    """
+    chosen = LogLevel.__members__.get(level.upper()) if isinstance(level, str) else level
+    if not isinstance(chosen, LogLevel):
+        names = ", ".join(name.lower() for name in LogLevel.__members__)
+        raise ValueError(f"unknown glide log level {level!r}: one of {names}")
+    Logger.set_logger_config(chosen)
 
 
 def redact_url(url: str) -> str:
