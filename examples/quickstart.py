@@ -85,7 +85,7 @@ async def main() -> None:
     repo = AppConfigFragmentRepository(engine, cache=cache)  # cache=None works too
     try:
         await create_schema(engine)  # idempotent; or the Alembic revision (see below)
-        user_id = uuid.UUID("0b8f4a52-3f6e-4c1d-9a57-6d2e8c4b7f10")  # user ids are uuid.UUID
+        user_id = uuid.UUID("0b8f4a52-3f6e-4c1d-9a57-6d2e8c4b7f10")  # or its string form
         await ensure_domain(engine, "default")  # a service owns these tables; these two
         await ensure_user(engine, user_id, "default")  # add a row only where it is missing
         with contextlib.suppress(PolicyExistsError):  # it exists after the first run
