@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -396,18 +396,74 @@ def acl(prefix: str, user: str, password: str | None, cluster: bool, sentinel: b
 
 
 DEMO_MODELS = ("policy", "ranked")
+# Every reader holds a PostgreSQL connection (the engine's pool: readers + 10 more), and
+# PostgreSQL allows 100 connections by default, a few of them reserved.
+MAX_READERS = 80
+# The data set is built in memory before it is written.
+MAX_USERS, MAX_DOMAINS = 1_000_000, 10_000
+BUILT_IN_MEMORY = "the data set is built in memory before it is written"
+
+
+def _count_option(name: str, maximum: int, why: str) -> Callable[..., int]:
+    """The check of a demo count: a whole number from 1 to ``maximum``, else one
+    ``Error:`` line and exit status 2 (never click's usage block)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadOption(f"{name}: {value!r} is not a whole number") from None
+        if number < 1:
+            raise BadOption(f"{name}: {number} is not a positive number")
+        if number > maximum:
+            raise BadOption(f"{name}: {number:,} is more than {maximum:,} ({why})")
+        return number
+
+    return check
+
+
+def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value not in DEMO_MODELS:
+        raise BadOption(f"--model: {value!r} is not one of {', '.join(DEMO_MODELS)}")
+    return value
 
 
 @main.command()
 @valkey_url_option
 @database_url_option
-@click.option("--users", default=5000, show_default=True, help="Users to seed.")
-@click.option("--domains", default=20, show_default=True, help="Domains to seed.")
-@click.option("--readers", default=50, show_default=True, help="Concurrent readers.")
+# Eager: a bad number or model stops the command before the database is connected to.
+@click.option(
+    "--users",
+    default="5000",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option("--users", MAX_USERS, BUILT_IN_MEMORY),
+    help=f"Users to seed, 1 to {MAX_USERS:,}.",
+)
+@click.option(
+    "--domains",
+    default="20",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option("--domains", MAX_DOMAINS, BUILT_IN_MEMORY),
+    help=f"Domains to seed, 1 to {MAX_DOMAINS:,}; the users are spread over them.",
+)
+@click.option(
+    "--readers",
+    default="50",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option(
+        "--readers", MAX_READERS, "each holds a PostgreSQL connection; the default limit is 100"
+    ),
+    help=f"Concurrent readers, 1 to {MAX_READERS} (each holds a PostgreSQL connection).",
+)
 @click.option(
     "--model",
     default="policy",
     show_default=True,
+    is_eager=True,
+    callback=_model_given,
     help="policy, or ranked: the ranked model in a database of its own, dropped at the end.",
 )
 @click.pass_obj
@@ -415,17 +471,15 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
     """Seed a realistic data set into PostgreSQL, read it through the cache, write at
     every scope, and show what the cache did. Embedded servers unless URLs are given
     (the policy demo resets the BEP-1052 tables of the database it is given; the ranked
-    one creates a database of its own on that server and drops it at the end)."""
-    from ..demo import run_demo
-    from ..ranked_demo import run_ranked_demo
+    one creates a database of its own on that server and drops it at the end). Its
+    progress goes to stderr (a bar on a terminal); given a server, it ends by saying what
+    it leaves there."""
+    from ..demo import policy_database_lines, print_left_behind, run_demo
+    from ..ranked_demo import ranked_database_lines, run_ranked_demo
     from ..seed import SeedPlan
 
-    if model not in DEMO_MODELS:
-        raise BadOption(f"--model: {model!r} is not one of {', '.join(DEMO_MODELS)}")
-    for option, value in (("--users", users), ("--domains", domains), ("--readers", readers)):
-        if value < 1:
-            raise BadOption(f"{option}: {value} is not a positive number")
     demo_run = run_ranked_demo if model == "ranked" else run_demo
+    database_lines = ranked_database_lines if model == "ranked" else policy_database_lines
     plan = SeedPlan(domains=domains, users=users)
     # Each section prints as it completes. A pipe or a log gets one width for all of it,
     # wide enough for every table (rich would use 80); a terminal keeps its own.
@@ -434,7 +488,14 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
 
         async def body() -> None:
             async with connected(url) as client:
-                await demo_run(client, db, out_console, plan, readers)
+                report = await demo_run(client, db, out_console, plan, readers, log=err_console)
+            given = options.database_url
+            print_left_behind(
+                out_console,
+                report,
+                options.valkey_url,
+                database_lines(given, report) if given is not None else [],
+            )
 
         run(body(), url=url)
 
