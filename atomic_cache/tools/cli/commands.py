@@ -510,7 +510,8 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench-results"),
     show_default=True,
-    help="Directory for bench.md, bench.json and bench.png.",
+    help="Directory for bench.md, bench.json and the plots: bench-<scenario>.png, one per"
+    " scenario, shown in order by bench-plots.md.",
 )
 @click.option(
     "--scenario",
@@ -537,13 +538,15 @@ def bench(
     3+3 Valkey Cluster beside the server: hits on the shard's primary and replica,
     invalidation with and without the replica wait, one shard's memory; k. a hit from
     the local cache vs Valkey vs a raw GET vs cashews' client-side cache, and the window
-    before another process's local cache drops what a write covered. b and g need
-    PostgreSQL (embedded unless a URL is given). Writes bench.md, bench.json, bench.png.
+    before another process's local cache drops what a write covered; l. the cache
+    following plain-SQL writes; m. a Sentinel failover, and TLS; n. the ranked model.
+    b, g, l, m and n need PostgreSQL (embedded unless a URL is given). Writes bench.md,
+    bench.json, and one picture per scenario (bench-a.png ...; bench-plots.md shows them).
 
     Use a server of its own: the run resets INFO commandstats and the slow log and
     briefly lowers slowlog-log-slower-than (restored). Its keys are removed at the end.
 
-    bench.png needs the 'bench' extra (matplotlib), the embedded servers the 'embedded'
+    The plots need the 'bench' extra (matplotlib), the embedded servers the 'embedded'
     extra: without them the command stops before measuring anything, naming the extra.
     A given --database-url is connected to first, when a selected scenario needs it.
     """
@@ -571,4 +574,10 @@ def bench(
     out_console.print(_report_table(report))
     for reason in report.skipped:
         console.print(f"[yellow]skipped[/] {reason}")
-    console.print("wrote " + ", ".join(str(path) for path in paths.values()))
+    pictures = [path for path in paths.plots if path.suffix == ".png"]
+    shown = f", {len(pictures)} plots" if pictures else ", no plot (no rows)"
+    console.print(
+        f"wrote {paths.markdown}, {paths.json}{shown}; {paths.plots[-1]} shows them",
+        soft_wrap=True,  # paths are never broken across lines
+        highlight=False,
+    )
