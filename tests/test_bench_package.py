@@ -274,9 +274,15 @@ def test_a_zero_is_drawn_and_the_headline_says_it(drawn: dict[str, Figure]) -> N
         assert marks[0].get_marker() == "|" and not marks[0].get_clip_on()
 
 
-def test_bars_keep_one_size_across_the_panels_of_a_figure() -> None:
+@pytest.mark.parametrize("counts", [(3, 3, 3, 3), (2, 7, 1, 4, 3)])
+def test_bars_keep_one_size_across_the_panels_of_a_figure(counts: tuple[int, ...]) -> None:
     report = full_report()
-    report.rows += cluster_rows()
+    report.rows += [
+        BenchRow(f"j. comparison {panel}", f"variant {i}", 10.0 + i, 30.0 + i, samples=40,
+                 baseline=i == 0)
+        for panel, bars in enumerate(counts)
+        for i in range(bars)
+    ]  # fmt: skip
     figure = figures(report)["j"]
     sizes = [
         ax.get_window_extent().height / figure.dpi / len(ax.get_yticklabels()) for ax in figure.axes

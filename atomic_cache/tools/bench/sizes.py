@@ -78,7 +78,7 @@ QUICK = BenchSizes(
     race_wave=20,
     fanout_users=(200, 2_000),
     fanout_names=5,
-    follow_writes=40,
+    follow_writes=30,
     memory_users=1_000,
     server_cost_calls=500,
     refusal_fills=200,
@@ -87,13 +87,13 @@ QUICK = BenchSizes(
     churn_traffic_users=20,
     churn_ttl_s=2,
     churn_extra_s=1,
-    cluster_users=1_000,
+    cluster_users=500,
     cluster_user_invalidations=20,
-    cluster_domain_users=500,
-    local_users=1_000,
-    local_window_writes=300,
+    cluster_domain_users=300,
+    local_users=500,
+    local_window_writes=200,
     failovers=1,
-    ranked_users=300,
+    ranked_users=200,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
