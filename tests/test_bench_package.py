@@ -19,7 +19,7 @@ from matplotlib.text import Annotation
 from atomic_cache.tools.bench import BenchReport, BenchRow, cluster, plot
 from atomic_cache.tools.bench.fanout import FANOUT_PREFIX
 from atomic_cache.tools.bench.index_churn import CHURN_SCENARIO
-from atomic_cache.tools.bench.plot import figure_of, png_size, scenario_letters
+from atomic_cache.tools.bench.plot import figure_of, png_size, ratio_text, scenario_letters
 from atomic_cache.tools.bench.refusals import REFUSAL_SCENARIO
 from atomic_cache.tools.bench.writes import RACE_SCENARIO, RACE_SHAPES, TOKEN_RACE_SHAPE
 
@@ -156,11 +156,11 @@ def test_one_figure_per_scenario_and_a_panel_per_question(drawn: dict[str, Figur
 
 def test_every_picture_fits_a_screen(tmp_path: Path) -> None:
     report = full_report()
-    # More than a figure holds at full thickness: k's five panels, and one of 20 bars.
+    # More than a figure holds at full thickness: k's five panels, and one of 30 bars.
     report.rows += [
         BenchRow(f"k. comparison {panel}", f"variant {i} of comparison {panel}", 10.0 + i,
                  30.0 + i, samples=40, baseline=i == 0)
-        for panel, bars in enumerate((4, 4, 11, 1, 6, 20))
+        for panel, bars in enumerate((4, 4, 11, 1, 6, 30))
         for i in range(bars)
     ]  # fmt: skip
     written = plot(report, tmp_path)
@@ -244,6 +244,9 @@ def test_a_latency_panel_is_in_the_unit_and_scale_its_figures_need(
     # Beside each bar its p50 in its own unit, and its ratio to the baseline.
     notes = [text.get_text() for text in outage.texts]
     assert notes == ["p50 9 ms (baseline)", "p50 3 ms, x0.33"]
+    assert [ratio_text(ratio) for ratio in (2.345, 0.1, 0.099, 36.5 / 64_900)] == [
+        "x2.35", "x0.10", "x1/10", "x1/1,778",
+    ]  # fmt: skip
     # p50 bars over p99 bars, in the axis' unit.
     widths = [bar.get_width() for bar in outage.patches if isinstance(bar, Rectangle)]
     assert widths == [20.0, 260.0, 9.0, 3.0]

@@ -46,7 +46,8 @@ DPI = 100
 MAX_WIDTH_IN, MAX_HEIGHT_IN = 16.0, 10.0  # 1600 x 1000 pixels at DPI
 ONE_COLUMN_IN = 11.0  # a figure of one panel
 BAR_IN, MIN_BAR_IN = 0.3, 0.16  # one bar (shrunk to fit the height, never below the least)
-DECOR_IN = 1.05  # around a panel's bars: its title, the x ticks and the x label
+LINE_IN = 0.14  # one line of a label
+DECOR_IN = 0.7  # around a panel's bars: its title, the x ticks and the x label, the pads
 TITLE_IN = 0.55  # the figure's title: the scenario, and the run
 FANOUT_IN = 4.0
 LABEL_CHARS = {1: 60, 2: 40}  # labels wrap past this many characters, by columns
@@ -66,6 +67,15 @@ class Panel:
     bars: int
     draw: Callable[[Axes, int, int], None]
     height_in: float | None = None  # a chart's own height, instead of bars
+    labels: tuple[str, ...] = ()  # the bars' labels: a long one, wrapped, needs room
+
+    def axes_in(self, bar_in: float, chars: int) -> float:
+        """How tall its axes are: its chart's height, or a slot per bar, each as tall as
+        a bar or as the most lines a label wraps onto."""
+        if self.height_in is not None:
+            return self.height_in
+        lines = max((len(wrapped(label, chars).splitlines()) for label in self.labels), default=1)
+        return self.bars * max(bar_in, lines * LINE_IN)
 
 
 def wrapped(text: str, chars: int) -> str:
@@ -80,6 +90,11 @@ def letter_of(row: BenchRow) -> str:
 
 def _value(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def ratio_text(ratio: float) -> str:
+    """A p50 over the baseline's: "x1.18", or for a small one "x1/1,778" (never "x0.00")."""
+    return f"x{ratio:.2f}" if ratio >= 0.1 else f"x1/{1 / ratio:,.0f}"
 
 
 def time_unit(us: float) -> tuple[str, float]:
@@ -122,7 +137,7 @@ def _draw_latency(
         if row.baseline:
             note += " (baseline)"
         elif ratio is not None:
-            note += f", x{ratio:.2f}"
+            note += f", {ratio_text(ratio)}"
         ax.annotate(
             note,
             (high / per, position),
@@ -153,7 +168,7 @@ def _latency_panel(report: BenchReport, rows: Sequence[BenchRow], title: str) ->
         _draw_latency(ax, report, rows, slots, chars)
         ax.set_title(wrapped(title, 2 * chars + 10), fontsize=10)
 
-    return Panel(len(rows), draw)
+    return Panel(len(rows), draw, labels=tuple(row.variant for row in rows))
 
 
 # -- bars of one extra figure ---------------------------------------------------------
@@ -307,7 +322,7 @@ def _bar_panel(scenario: str, rows: Sequence[BenchRow], figure: ExtraFigure) -> 
         ax.set_xlabel(figure.axis, fontsize=8)
         ax.set_title(wrapped(title, 2 * chars + 10), fontsize=10)
 
-    return Panel(len(found), draw)
+    return Panel(len(found), draw, labels=tuple(row.variant for row in drawn))
 
 
 def _hits_panel(rows: Sequence[BenchRow]) -> Panel | None:
@@ -397,28 +412,32 @@ def panels(report: BenchReport, rows: Sequence[BenchRow]) -> list[Panel]:
     return found
 
 
-def _height_in(panel: Panel, bar_in: float) -> float:
-    return (panel.height_in or panel.bars * bar_in) + DECOR_IN
+def _height_in(panel: Panel, bar_in: float, chars: int) -> float:
+    return panel.axes_in(bar_in, chars) + DECOR_IN
 
 
-def _layout(drawn: Sequence[Panel]) -> tuple[list[list[Panel]], float]:
+def _layout(drawn: Sequence[Panel]) -> tuple[list[list[Panel]], float, int]:
     """The panels in columns (one, or two: each panel, in order, goes to the shorter),
-    and the bar's thickness: bars shrink (down to MIN_BAR_IN) so that the taller column
-    fits MAX_HEIGHT_IN."""
+    the bar's thickness and how wide a label may be: bars shrink (down to MIN_BAR_IN) so
+    that the taller column fits MAX_HEIGHT_IN."""
     count = 1 if len(drawn) == 1 else 2
+    chars = LABEL_CHARS[count]
     bar_in = BAR_IN
-    for _ in range(2):  # place, then place again with the thickness that fits
+
+    def height(column: list[Panel], bar_in: float) -> float:
+        return sum(_height_in(panel, bar_in, chars) for panel in column)
+
+    for _ in range(3):  # place, then place again with the thickness that fits
         columns: list[list[Panel]] = [[] for _ in range(count)]
         for panel in drawn:
-            shortest = min(columns, key=lambda column: sum(_height_in(p, bar_in) for p in column))
-            shortest.append(panel)
-        tallest = max(columns, key=lambda column: sum(_height_in(p, bar_in) for p in column))
-        bars = sum(panel.bars for panel in tallest)
-        room = MAX_HEIGHT_IN - TITLE_IN - sum(_height_in(panel, 0.0) for panel in tallest)
-        if not bars or bars * bar_in <= room:
+            min(columns, key=lambda column: height(column, bar_in)).append(panel)
+        tallest = max(columns, key=lambda column: height(column, bar_in))
+        if height(tallest, bar_in) + TITLE_IN <= MAX_HEIGHT_IN:
             break
-        bar_in = max(MIN_BAR_IN, room / bars)
-    return columns, bar_in
+        bars = sum(panel.bars for panel in tallest)
+        room = MAX_HEIGHT_IN - TITLE_IN - height(tallest, 0.0)
+        bar_in = max(MIN_BAR_IN, room / bars if bars else bar_in)
+    return columns, bar_in, chars
 
 
 def figure_of(report: BenchReport, letter: str, title: str | None = None) -> Figure | None:
@@ -429,20 +448,19 @@ def figure_of(report: BenchReport, letter: str, title: str | None = None) -> Fig
     drawn = panels(report, rows)
     if not drawn:
         return None
-    columns, bar_in = _layout(drawn)
-    tallest = max(sum(_height_in(panel, bar_in) for panel in column) for column in columns)
+    columns, bar_in, chars = _layout(drawn)
+    tallest = max(sum(_height_in(p, bar_in, chars) for p in column) for column in columns)
     width = ONE_COLUMN_IN if len(columns) == 1 else MAX_WIDTH_IN
     height = min(MAX_HEIGHT_IN, tallest + TITLE_IN)
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     spec = figure.add_gridspec(1, len(columns))
-    chars = LABEL_CHARS[len(columns)]
     cells: dict[int, SubplotSpec] = {}  # where each panel goes, by id
     for index, column in enumerate(columns):
         # The ratios are of the axes (the layout adds each one's title and labels): as
         # tall as their bars, so that a bar is as thick in every panel. A column shorter
         # than the tallest ends in empty room, not in taller bars.
-        heights = [panel.height_in or panel.bars * bar_in for panel in column]
-        room = tallest - sum(_height_in(panel, bar_in) for panel in column)
+        heights = [panel.axes_in(bar_in, chars) for panel in column]
+        room = tallest - sum(_height_in(panel, bar_in, chars) for panel in column)
         ratios = [*heights, room] if room > 0 else heights
         grid = spec[0, index].subgridspec(len(ratios), 1, height_ratios=ratios)
         cells |= {id(panel): grid[place, 0] for place, panel in enumerate(column)}
