@@ -210,6 +210,23 @@ async def test_each_hit_ratio_says_what_it_counts(demo_run: DemoRun) -> None:
     assert len(mentions) == 3, mentions  # the two labelled notes and the counter's row
 
 
+@pytest.mark.parametrize("model", ["policy", "ranked"])
+async def test_one_user_in_more_domains_than_users_is_a_demo_too(
+    valkey: GlideClient, database_url: str, model: str
+) -> None:
+    """The smallest numbers the options allow, domains outnumbering users: no error."""
+    out = io.StringIO()
+    run = run_ranked_demo if model == "ranked" else run_demo
+    report = await run(
+        valkey, database_url, Console(file=out, width=WIDTH), SeedPlan(domains=3, users=1), 5
+    )
+    assert [p.calls for p in (report.cold, report.warm, report.sql_only)] == [1, 1, 1]
+    lines = out.getvalue().splitlines()
+    heading = next(line for line in lines if line.startswith(READS_HEADING))
+    assert heading.endswith(" for 1 user, 1 call at a time")
+    assert lines[0].startswith("seeded ") and " 3 domains, 1 user, " in lines[0]
+
+
 def test_a_time_is_in_ms_or_s_when_it_is_large() -> None:
     us = (0.4, 812.4, 999.7, 1_000, 12_345.6, 9_999_949, 9_999_951, 12_345_678)
     assert [duration(value) for value in us] == [

@@ -75,6 +75,11 @@ def counting_sql(engine: AsyncEngine) -> Iterator[SqlCounter]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
+def counted(n: int, thing: str) -> str:
+    """``n`` things, in words: "1 user", "5,000 users"."""
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
 def percentile(samples: Sequence[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -320,8 +325,8 @@ async def _demo(
             await reset(engine)
         rows = plan_rows(plan)
         seeded = (
-            f"{plan.domains:,} domains, {plan.users:,} users, {len(POLICIES)} policies,"
-            f" {rows.data.fragments:,} fragments"
+            f"{counted(plan.domains, 'domain')}, {counted(plan.users, 'user')},"
+            f" {len(POLICIES)} policies, {rows.data.fragments:,} fragments"
         )
         began = time.monotonic()
         with steps.counted(f"seeding {seeded}", rows.total, "rows") as advance:
@@ -339,7 +344,7 @@ async def _demo(
         users = list(data.users)
         console.print(
             f"\n[bold]{READS_HEADING}[/]: my_app_configs ({len(POLICIES)} names) for"
-            f" {len(users):,} users, {readers} calls at a time"
+            f" {counted(len(users), 'user')}, {counted(min(readers, len(users)), 'call')} at a time"
         )
         report = await read_passes(
             client,

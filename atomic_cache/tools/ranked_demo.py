@@ -38,6 +38,7 @@ from .demo import (
     DemoReport,
     Steps,
     Write,
+    counted,
     keys_left,
     measure_writes,
     notes,
@@ -144,8 +145,8 @@ async def _demo(
         # Seeded without the cache (a fresh database: no cache follows it yet).
         seeding_defs, seeding_grants = DefinitionRepository(engine), AllowListRepository(engine)
         seeded = (
-            f"{len(NAMES)} definitions x 3 grants, {plan.domains:,} domains,"
-            f" {plan.users:,} users, {len(data.fragments):,} fragments"
+            f"{len(NAMES)} definitions x 3 grants, {counted(plan.domains, 'domain')},"
+            f" {counted(plan.users, 'user')}, {len(data.fragments):,} fragments"
         )
         began = time.monotonic()
         total = len(NAMES) + len(data.fragments)
@@ -167,7 +168,7 @@ async def _demo(
         users = list(data.users)
         console.print(
             f"\n[bold]{READS_HEADING}[/]: resolve(user, domain, {len(NAMES)} names) for"
-            f" {len(users):,} users, {readers} calls at a time"
+            f" {counted(len(users), 'user')}, {counted(min(readers, len(users)), 'call')} at a time"
         )
 
         def resolve(via: AppConfigRepository) -> Callable[[uuid.UUID], Awaitable[object]]:

@@ -434,6 +434,7 @@ def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
 # Eager: a bad number or model stops the command before the database is connected to.
 @click.option(
     "--users",
+    metavar="N",
     default="5000",
     show_default=True,
     is_eager=True,
@@ -442,6 +443,7 @@ def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--domains",
+    metavar="N",
     default="20",
     show_default=True,
     is_eager=True,
@@ -450,6 +452,7 @@ def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--readers",
+    metavar="N",
     default="50",
     show_default=True,
     is_eager=True,
@@ -460,6 +463,7 @@ def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--model",
+    metavar="[policy|ranked]",
     default="policy",
     show_default=True,
     is_eager=True,
@@ -471,9 +475,9 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
     """Seed a realistic data set into PostgreSQL, read it through the cache, write at
     every scope, and show what the cache did. Embedded servers unless URLs are given
     (the policy demo resets the BEP-1052 tables of the database it is given; the ranked
-    one creates a database of its own on that server and drops it at the end). Its
-    progress goes to stderr (a bar on a terminal); given a server, it ends by saying what
-    it leaves there."""
+    one creates a database of its own on that server and drops it at the end). While it
+    runs: a bar on a terminal, else a line on stderr every few seconds. Given a server, it
+    ends by saying what it leaves there."""
     from ..demo import policy_database_lines, print_left_behind, run_demo
     from ..ranked_demo import ranked_database_lines, run_ranked_demo
     from ..seed import SeedPlan
@@ -503,7 +507,12 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
 @main.command()
 @valkey_url_option
 @optional_database_url_option
-@click.option("--quick", is_flag=True, help="A reduced run, well under a minute (CI).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A reduced run (CI, a first look): about a minute on 2 CPUs, 15 s of it in g, whose"
+    " glide-breaker reads wait out their 250 ms timeouts. Its figures are rough.",
+)
 @click.option("--tiny", is_flag=True, hidden=True, help="A few seconds: for the test suite.")
 @click.option(
     "--out",
