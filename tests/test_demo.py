@@ -19,28 +19,40 @@ from glide import GlideClient
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from atomic_cache import CacheStats
+from atomic_cache.cache.client import redact_url
+from atomic_cache.tools import demo
 from atomic_cache.tools.cli import database_server, main
 from atomic_cache.tools.demo import (
     COUNTERS_HEADING,
     COUNTERS_NOTES,
+    DEMO_PREFIX,
+    LEFT_HEADING,
+    NOT_APPLICABLE,
     READS_HEADING,
     WRITES_HEADING,
     WRITES_NOTES,
     DemoReport,
+    Steps,
     counters,
+    duration,
     reads_notes,
     reads_table,
     run_demo,
     writes_table,
 )
+from atomic_cache.tools.embedded import free_port
 from atomic_cache.tools.ranked_demo import (
     PUBLIC_READ_HEADING,
+    RANKED_DEMO_PREFIX,
     RANKED_WRITES_NOTES,
     run_ranked_demo,
 )
-from atomic_cache.tools.seed import SeedPlan
+from atomic_cache.tools.seed import SeedPlan, plan_rows
+
+from .valkey_tools import keys_under
 
 PLAN = SeedPlan(domains=3, users=60)
 READERS = 5
@@ -54,6 +66,7 @@ HEADER_CELLS = ("pass", "write", "counter")  # the first column of each section'
 class DemoRun:
     report: DemoReport
     output: str
+    log: str  # its progress, as a pipe gets it
     left_running: list[asyncio.Task[Any]]  # tasks the demo started and did not end
 
 
@@ -67,11 +80,15 @@ def replayers() -> set[asyncio.Task[Any]]:
 
 @pytest.fixture(scope="module")
 async def demo_run(valkey: GlideClient, database_url: str) -> DemoRun:
-    out = io.StringIO()
+    out, log = io.StringIO(), io.StringIO()
     console = Console(file=out, width=WIDTH)
     before = replayers()
-    report = await run_demo(valkey, database_url, console, PLAN, readers=READERS)
-    return DemoRun(report, out.getvalue(), list(replayers() - before))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "PROGRESS_EVERY_S", 0.0)  # a progress line after every call
+        report = await run_demo(
+            valkey, database_url, console, PLAN, readers=READERS, log=Console(file=log)
+        )
+    return DemoRun(report, out.getvalue(), log.getvalue(), list(replayers() - before))
 
 
 def cells(text: str) -> set[str]:
@@ -159,7 +176,11 @@ async def test_no_number_or_note_is_broken_across_lines(demo_run: DemoRun) -> No
     assert f"{READS_HEADING}: my_app_configs (5 names) for 60 users, 5 calls at a time" in lines
     assert all(note in lines for note in notes)
     prose = [line for line in lines if line and line[0] not in "┏┃┡│└"]
-    assert prose[0].startswith("seeding 3 domains, 60 users, ")
+    assert re.fullmatch(
+        rf"seeded 3 domains, 60 users, 5 policies, {report.seeded.split(', ')[3]} in \d+\.\d s",
+        prose[0],
+    )
+    assert report.seeded.startswith("3 domains, 60 users, 5 policies, ")
     assert [line for line in prose[1:] if line not in notes] == [
         lines[heading_line(lines, heading)] for heading in HEADINGS
     ]
@@ -187,6 +208,138 @@ async def test_each_hit_ratio_says_what_it_counts(demo_run: DemoRun) -> None:
     assert "hits, misses, fills: config names (5 per call), over the whole demo" in lines
     mentions = [line for line in lines if re.search(r"hit[ _]ratio", line)]
     assert len(mentions) == 3, mentions  # the two labelled notes and the counter's row
+
+
+@pytest.mark.parametrize("model", ["policy", "ranked"])
+async def test_one_user_in_more_domains_than_users_is_a_demo_too(
+    valkey: GlideClient, database_url: str, model: str
+) -> None:
+    """The smallest numbers the options allow, domains outnumbering users: no error."""
+    out = io.StringIO()
+    run = run_ranked_demo if model == "ranked" else run_demo
+    report = await run(
+        valkey, database_url, Console(file=out, width=WIDTH), SeedPlan(domains=3, users=1), 5
+    )
+    assert [p.calls for p in (report.cold, report.warm, report.sql_only)] == [1, 1, 1]
+    lines = out.getvalue().splitlines()
+    heading = next(line for line in lines if line.startswith(READS_HEADING))
+    assert heading.endswith(" for 1 user, 1 call at a time")
+    assert lines[0].startswith("seeded ") and " 3 domains, 1 user, " in lines[0]
+
+
+def test_a_time_is_in_ms_or_s_when_it_is_large() -> None:
+    us = (0.4, 812.4, 999.7, 1_000, 12_345.6, 9_999_949, 9_999_951, 12_345_678)
+    assert [duration(value) for value in us] == [
+        "0 µs", "812 µs", "1.0 ms", "1.0 ms", "12.3 ms", "9,999.9 ms", "10.0 s", "12.3 s",
+    ]  # fmt: skip
+
+
+async def test_the_reads_table_gives_each_time_with_its_unit(demo_run: DemoRun) -> None:
+    report, lines = demo_run.report, demo_run.output.splitlines()
+    header = next(line for line in lines if line.startswith("┃ pass"))
+    assert [cell.strip() for cell in header.strip("┃").split("┃")][1:3] == ["p50", "p99"]
+    passes = (report.cold, report.warm, report.sql_only)
+    rows = [line for line in lines if line.startswith("│") and "pass" not in line]
+    for read, row in zip(passes, rows[:3], strict=True):
+        cells = [cell.strip() for cell in row.strip("│").split("│")]
+        assert cells[1:3] == [duration(read.p50()), duration(read.p99())]
+        assert all(re.fullmatch(r"[\d,]+(\.\d)? (µs|ms|s)", cell) for cell in cells[1:3])
+
+
+def counter_names(table: Table) -> list[str]:
+    return [str(cell) for cell in table.columns[0].cells]
+
+
+async def test_only_the_counters_that_apply_are_shown(demo_run: DemoRun) -> None:
+    """No local cache and no sampled checks in the demo: none of their counters."""
+    applying = [name for name in CacheStats.model_fields if name not in NOT_APPLICABLE]
+    assert counter_names(counters(demo_run.report.stats)) == [*applying, "hit_ratio"]
+    assert {"local_hits", "local_flushes", "consistency_checks"} <= set(NOT_APPLICABLE)
+    assert len([name for name in NOT_APPLICABLE if name.startswith("local_")]) == 8
+    rows = [line for line in demo_run.output.splitlines() if line.startswith("│")]
+    assert not [row for row in rows if "local_" in row or "consistency_" in row]
+    note = "not shown: local_* (no local cache here), consistency_* (no sampled checks)"
+    assert note in demo_run.output.splitlines()
+
+
+def said(log: str) -> list[str]:
+    """The progress lines of a pipe, without the seconds before each."""
+    found = [re.fullmatch(r" *\d+\.\ds (.+)", line) for line in log.splitlines()]
+    assert all(found), log
+    return [match.group(1) for match in found if match]
+
+
+PROGRESS = re.compile(r"(.+): ([\d,]+) of ([\d,]+) (\w+)")
+
+
+async def test_a_pipe_hears_of_every_step_and_every_call(demo_run: DemoRun) -> None:
+    """With a line every 0 s (the fixture's setting), a pipe hears of each step as it
+    starts and of every call while it runs: no stretch of the demo is silent."""
+    report, lines = demo_run.report, said(demo_run.log)
+    rows = plan_rows(PLAN).total
+    starts = [line for line in lines if not PROGRESS.fullmatch(line)]
+
+    def calls(n: int) -> str:
+        return "1 call" if n == 1 else f"{n:,} calls"
+
+    writes = []
+    for number, row in enumerate(report.writes, 1):
+        step = f"write {number} of 5, {row.label}"
+        writes += [
+            f"{step}: the write, and the clean-up of what it covered",
+            f"{step}: re-read: {calls(row.users)}",
+        ]
+    assert starts == [
+        "creating the BEP-1052 tables where missing, emptying them",
+        f"seeding {report.seeded}: {rows:,} rows",
+        "registering the demo's cache with the database",
+        "cold pass (misses, fills): 60 calls",
+        "warm pass (hits): 60 calls",
+        "SQL merged view, no cache: 60 calls",
+        *writes,
+        f"counting the keys under {DEMO_PREFIX}:",
+    ]
+    # Under each counted step, a line after every call but its last.
+    counted = {match.group(1): int(match.group(2).replace(",", "")) for line in starts
+               if (match := re.fullmatch(r"(.+): ([\d,]+) (calls?|rows)", line))}  # fmt: skip
+    progress = [match.groups() for line in lines if (match := PROGRESS.fullmatch(line))]
+    for step, total in counted.items():
+        done = [int(n.replace(",", "")) for name, n, of, _ in progress if name == step]
+        assert all(int(of.replace(",", "")) == total for name, _, of, _ in progress
+                   if name == step)  # fmt: skip
+        if step.startswith("seeding"):  # a line per batch of rows
+            assert done == sorted(done) and done and done[-1] < total
+        else:
+            assert done == list(range(1, total)), step
+
+
+def test_progress_is_live_on_a_terminal_else_lines_on_the_log_else_nothing() -> None:
+    pipe, log = Console(file=io.StringIO()), Console(file=io.StringIO())
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    for out, err, live, logged in (
+        (terminal, log, terminal, None),  # the output's terminal first
+        (pipe, terminal, terminal, None),  # else the log's
+        (pipe, log, None, log),  # else lines on the log
+        (pipe, None, None, None),  # else nothing
+    ):
+        steps = Steps(out, err)
+        assert (steps.live, steps.log) == (live, logged)
+    quiet = Steps(pipe)
+    with quiet.status("a step"), quiet.counted("another", 3) as advance:
+        advance(3)
+    assert pipe.file.getvalue() == ""  # type: ignore[attr-defined]
+
+
+async def test_the_demo_leaves_no_cache_registered(demo_run: DemoRun, engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        registered = await conn.scalar(
+            text("SELECT count(*) FROM app_config_cache_prefixes WHERE prefix = :prefix"),
+            {"prefix": DEMO_PREFIX},
+        )
+    assert registered == 0
+    left = demo_run.report.keys_left
+    assert left is not None and left.prefix == DEMO_PREFIX and left.keys > 0
+    assert left.persistent == [f"{DEMO_PREFIX}:seq", f"{DEMO_PREFIX}:stamp:public"]
 
 
 def test_a_given_database_url_is_used_and_nothing_is_announced(
@@ -232,6 +385,56 @@ def test_the_piped_demo_on_embedded_servers_reads_in_order() -> None:
     rows = [line for line in lines if re.fullmatch(write, line)]
     assert len(rows) == 5, lines
     assert all(note in lines for note in (*WRITES_NOTES, *COUNTERS_NOTES))
+    # The embedded servers are removed on exit: nothing is left to speak of.
+    assert LEFT_HEADING not in result.stdout
+    # Its progress went to stderr, a line per step at least.
+    steps = [line.strip() for line in announced if re.fullmatch(r" *\d+\.\ds .+", line)]
+    assert len(steps) >= 13, announced
+
+
+def left_section(lines: list[str]) -> list[str]:
+    """The demo's last section, from its heading to the end."""
+    return lines[heading_line(lines, LEFT_HEADING) :]
+
+
+async def test_the_policy_demo_on_given_servers_says_what_it_leaves_there(
+    valkey_url: str, database_url: str, valkey: GlideClient
+) -> None:
+    command = [str(Path(sys.executable).with_name("atomic-cache")), "demo"]
+    args = ["--users", "20", "--domains", "2", "--readers", str(READERS)]
+    servers = ["--valkey-url", valkey_url, "--database-url", database_url]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*command, *args, *servers],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    seeded = re.fullmatch(r"seeded (.+) in \d+\.\d s", lines[0])
+    assert seeded is not None, lines[0]
+    # What is there now, as the server says.
+    keys = await keys_under(valkey, DEMO_PREFIX)
+    ttls = {key: await valkey.custom_command(["PTTL", key]) for key in keys}
+    persistent = sorted(key for key, ttl in ttls.items() if ttl == -1)
+    longest = max(ttl for ttl in ttls.values() if isinstance(ttl, int))
+    assert persistent == [f"{DEMO_PREFIX}:seq", f"{DEMO_PREFIX}:stamp:public"]
+    assert 600_000 < longest <= 660_000  # the stamps outlive the entries by 60 s
+    assert left_section(lines) == [
+        LEFT_HEADING,
+        f"Valkey {redact_url(valkey_url)}, database 0: {len(keys):,} keys under {DEMO_PREFIX}:",
+        f"  2 never expire: {DEMO_PREFIX}:seq, {DEMO_PREFIX}:stamp:public",
+        f"  the other {len(keys) - 2:,} expire within 11 min",
+        f"  to remove them all: SCAN MATCH '{DEMO_PREFIX}:*', then UNLINK",
+        f"PostgreSQL {redact_url(database_url)}:",
+        "  domains, users, app_config_policies, app_config_fragments and",
+        "  app_config_invalidation_outbox were emptied (TRUNCATE ... CASCADE) and, where",
+        "  missing, created with their triggers; the first four hold the demo's data set:",
+        f"  {seeded.group(1)};",
+        "  its cache is no longer registered there (app_config_cache_prefixes)",
+    ]
 
 
 # -- the ranked model: atomic-cache demo --model ranked -------------------------------------
@@ -291,11 +494,12 @@ async def test_the_ranked_demo_reports_exact_invalidations_and_matches_sql(
     assert await demo_databases(database_url) == before
 
 
-def test_the_ranked_demo_from_the_command_line(valkey_url: str, database_url: str) -> None:
+async def test_the_ranked_demo_from_the_command_line(valkey_url: str, database_url: str) -> None:
     command = [str(Path(sys.executable).with_name("atomic-cache")), "demo", "--model", "ranked"]
     args = ["--users", "20", "--domains", "2", "--readers", str(READERS)]
     servers = ["--valkey-url", valkey_url, "--database-url", database_url]
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [*command, *args, *servers],
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -304,13 +508,29 @@ def test_the_ranked_demo_from_the_command_line(valkey_url: str, database_url: st
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("seeding 5 definitions x 3 grants, 2 domains, 20 users, ")
+    assert lines[0].startswith("seeded 5 definitions x 3 grants, 2 domains, 20 users, ")
     for heading in (*HEADINGS, PUBLIC_READ_HEADING):
         assert sum(line.startswith(heading) for line in lines) == 1, heading
     write = r"│ ([^│]+?) +(│ +[\d,]+ ){4}│ (\S+) +│"
     rows = [match for line in lines if (match := re.fullmatch(write, line))]
     assert [row.group(1).split(":")[0] for row in rows] == list(RANKED_WRITES)
     assert [row.group(3) for row in rows] == ["yes"] * 6  # each re-read matched SQL
+    left = left_section(lines)
+    assert left[1] == f"Valkey {redact_url(valkey_url)}, database 0: {left[1].split(': ')[1]}"
+    assert left[1].endswith(f" keys under {RANKED_DEMO_PREFIX}:")
+    assert left[2] == (
+        f"  2 never expire: {RANKED_DEMO_PREFIX}:seq, {RANKED_DEMO_PREFIX}:stamp:public"
+    )
+    dropped = re.fullmatch(
+        r"  nothing; the demo's own database, (atomic_cache_demo_ranked_[0-9a-f]{10}),"
+        r" was dropped at the end",
+        left[-1],
+    )
+    assert left[-2] == f"PostgreSQL {redact_url(database_url)}:" and dropped is not None, left
+    assert dropped.group(1) not in await demo_databases(database_url)
+
+
+IN_MEMORY = "(the data set is built in memory before it is written)"
 
 
 @pytest.mark.parametrize(
@@ -318,7 +538,19 @@ def test_the_ranked_demo_from_the_command_line(valkey_url: str, database_url: st
     [
         (["--model", "nonsense"], "Error: --model: 'nonsense' is not one of policy, ranked"),
         (["--users", "0"], "Error: --users: 0 is not a positive number"),
+        (["--users", "-5"], "Error: --users: -5 is not a positive number"),
+        (["--domains", "0"], "Error: --domains: 0 is not a positive number"),
         (["--model", "ranked", "--domains", "-1"], "Error: --domains: -1 is not a positive number"),
+        (["--readers", "0"], "Error: --readers: 0 is not a positive number"),
+        (["--users", "many"], "Error: --users: 'many' is not a whole number"),
+        (["--readers", "2.5"], "Error: --readers: '2.5' is not a whole number"),
+        (
+            ["--readers", "81"],
+            "Error: --readers: 81 is more than 80 (each holds a PostgreSQL connection;"
+            " the default limit is 100)",
+        ),
+        (["--users", "1000001"], f"Error: --users: 1,000,001 is more than 1,000,000 {IN_MEMORY}"),
+        (["--domains", "10001"], f"Error: --domains: 10,001 is more than 10,000 {IN_MEMORY}"),
     ],
 )
 def test_a_bad_demo_option_is_one_usage_line(args: list[str], line: str) -> None:
@@ -328,3 +560,14 @@ def test_a_bad_demo_option_is_one_usage_line(args: list[str], line: str) -> None
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert result.output.splitlines() == [line]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["database first", "database last"])
+def test_a_bad_number_is_named_before_the_database_is_connected_to(first: bool) -> None:
+    """However the options are ordered, a bad number stops the demo before it reaches
+    for PostgreSQL (here refused: that would be exit 1, 'cannot reach')."""
+    refused = ["--database-url", f"postgresql://app@127.0.0.1:{free_port()}/app"]
+    args = [*refused, "--users", "0"] if first else ["--users", "0", *refused]
+    result = CliRunner().invoke(main, ["demo", *args], env={"VALKEY_URL": None})
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == ["Error: --users: 0 is not a positive number"]

@@ -122,11 +122,14 @@ class EmbeddedSentinelGroup:
                 if self.password
                 else []
             )
-            primary = EmbeddedValkey(extra_args=auth).start()
+            # A primary's first full sync of a replica waits 5 s for more replicas by
+            # default: every node may become a primary, each starts it at once.
+            common = [*auth, "--repl-diskless-sync-delay", "0"]
+            primary = EmbeddedValkey(extra_args=common).start()
             self.nodes.append(primary)
             for _ in range(self.replicas):
                 follow = ["--replicaof", "127.0.0.1", str(primary.port)]
-                replica = EmbeddedValkey(extra_args=follow + auth)
+                replica = EmbeddedValkey(extra_args=follow + common)
                 self.nodes.append(replica.start())
             for _ in range(self.sentinels):
                 watcher = EmbeddedSentinel(

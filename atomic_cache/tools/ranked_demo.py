@@ -8,16 +8,18 @@ columns, so the two cannot share a database.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from glide import GlideClient
 from rich.console import Console
-from rich.progress import Progress
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..cache.client import redact_url
 from ..cache.scripts import ScriptRegistry
 from ..cache.source import AppConfigFragmentCacheSource
 from ..keys import KeySchema
@@ -30,10 +32,14 @@ from ..ranked import (
 )
 from .databases import ranked_database
 from .demo import (
+    DEMO_TTL_S,
     READS_HEADING,
     WRITES_HEADING,
     DemoReport,
+    Steps,
     Write,
+    counted,
+    keys_left,
     measure_writes,
     notes,
     print_final_counters,
@@ -100,22 +106,36 @@ async def run_ranked_demo(
     console: Console,
     plan: SeedPlan | None = None,
     readers: int = 50,
+    log: Console | None = None,
 ) -> DemoReport:
-    """Run the ranked demo in a database of its own on ``database_url``'s server."""
+    """Run the ranked demo in a database of its own on ``database_url``'s server; what it
+    is doing meanwhile as :func:`~atomic_cache.tools.demo.run_demo` shows it."""
     plan = plan or SeedPlan()
-    async with ranked_database(
-        database_url, "demo_ranked", pool_size=readers, max_overflow=10
-    ) as engine:
-        return await _demo(client, engine, console, plan, readers)
+    steps = Steps(console, log)
+    async with contextlib.AsyncExitStack() as stack:
+        with steps.status("creating a database of its own, with the ranked model's tables"):
+            engine = await stack.enter_async_context(
+                ranked_database(database_url, "demo_ranked", pool_size=readers, max_overflow=10)
+            )
+        name = engine.url.database
+        stack.callback(steps.line, f"dropping its database, {name}")  # said before the drop
+        report = await _demo(client, engine, console, steps, plan, readers)
+    report.database = name
+    return report
 
 
 async def _demo(
-    client: GlideClient, engine: AsyncEngine, console: Console, plan: SeedPlan, readers: int
+    client: GlideClient,
+    engine: AsyncEngine,
+    console: Console,
+    steps: Steps,
+    plan: SeedPlan,
+    readers: int,
 ) -> DemoReport:
     keys = KeySchema(RANKED_DEMO_PREFIX)
     registry = ScriptRegistry()
     await registry.load(client)
-    cache = AppConfigFragmentCacheSource(client, registry, ttl_seconds=600, keys=keys)
+    cache = AppConfigFragmentCacheSource(client, registry, ttl_seconds=DEMO_TTL_S, keys=keys)
     repo = AppConfigRepository(engine, cache=cache)
     sql_only = AppConfigRepository(engine)
     definitions = DefinitionRepository(engine, cache=cache)
@@ -124,36 +144,48 @@ async def _demo(
         data = plan_ranked(plan)
         # Seeded without the cache (a fresh database: no cache follows it yet).
         seeding_defs, seeding_grants = DefinitionRepository(engine), AllowListRepository(engine)
-        with Progress(console=console, transient=False) as progress:
-            task = progress.add_task(
-                f"seeding {len(NAMES)} definitions x 3 grants, {plan.domains} domains,"
-                f" {plan.users:,} users, {len(data.fragments):,} fragments",
-                total=len(NAMES) + len(data.fragments),
-            )
+        seeded = (
+            f"{len(NAMES)} definitions x 3 grants, {counted(plan.domains, 'domain')},"
+            f" {counted(plan.users, 'user')}, {len(data.fragments):,} fragments"
+        )
+        began = time.monotonic()
+        total = len(NAMES) + len(data.fragments)
+        with steps.counted(f"seeding {seeded}", total, "rows") as advance:
             for name in NAMES:
                 await seeding_defs.create(name)
                 for scope in Scope:
                     await seeding_grants.create(name, scope)
-                progress.advance(task)
+                advance(1)
             for i in range(0, len(data.fragments), 1000):
                 batch = data.fragments[i : i + 1000]
                 await sql_only.bulk_upsert(batch)
-                progress.advance(task, len(batch))
-        await repo.start()  # registers the cache now, not inside the timed passes
-        await cache.reclaiming()
+                advance(len(batch))
+        console.print(f"seeded {seeded} in {time.monotonic() - began:.1f} s", highlight=False)
+        with steps.status("registering the demo's cache with the database"):
+            await repo.start()  # registers the cache now, not inside the timed passes
+            await cache.reclaiming()
 
         users = list(data.users)
         console.print(
             f"\n[bold]{READS_HEADING}[/]: resolve(user, domain, {len(NAMES)} names) for"
-            f" {len(users):,} users, {readers} calls at a time"
+            f" {counted(len(users), 'user')}, {counted(min(readers, len(users)), 'call')} at a time"
         )
 
         def resolve(via: AppConfigRepository) -> Callable[[uuid.UUID], Awaitable[object]]:
             return lambda user: via.resolve(user, data.users[user], NAMES)
 
         report = await read_passes(
-            client, engine, console, users, resolve(repo), resolve(sql_only), repo.stats, readers
+            client,
+            engine,
+            steps,
+            console,
+            users,
+            resolve(repo),
+            resolve(sql_only),
+            repo.stats,
+            readers,
         )
+        report.seeded = seeded
 
         public = await repo.resolve_public(NAMES)
         same = public == await sql_only.resolve_public(NAMES)
@@ -163,21 +195,17 @@ async def _demo(
             f" {'matches' if same else 'DIFFERS FROM'} SQL"
         )
 
-        async def matches_sql(affected: Sequence[uuid.UUID]) -> bool:
-            for user in affected:
-                domain = data.users[user]
-                if await repo.resolve(user, domain, NAMES) != await sql_only.resolve(
-                    user, domain, NAMES
-                ):
-                    return False
-            return True
+        async def matches_sql(user: uuid.UUID) -> bool:
+            domain = data.users[user]
+            cached = await repo.resolve(user, domain, NAMES)
+            return cached == await sql_only.resolve(user, domain, NAMES)
 
         console.print(f"\n[bold]{WRITES_HEADING}[/], each followed by a re-read of its users")
         rows = await measure_writes(
             client,
             keys,
             engine,
-            console,
+            steps,
             cache,
             _writes(data, repo, definitions, grants),
             resolve(repo),
@@ -190,10 +218,19 @@ async def _demo(
 
         report.stats = repo.stats()
         print_final_counters(console, report.stats)
-        return report
     finally:
         for each in (repo, sql_only, definitions, grants):
             await each.close()
+    report.keys_left = await keys_left(client, keys, steps, DEMO_TTL_S)
+    return report
+
+
+def ranked_database_lines(database_url: str, report: DemoReport) -> list[str]:
+    """What the ranked demo leaves in the PostgreSQL server at ``database_url``."""
+    return [
+        f"PostgreSQL {redact_url(database_url)}:",
+        f"  nothing; the demo's own database, {report.database}, was dropped at the end",
+    ]
 
 
 def _writes(

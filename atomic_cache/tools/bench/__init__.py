@@ -7,7 +7,7 @@ same rounds, with p50/p99 and throughput; server-side costs come from the server
 
 The benchmark is a list of :class:`Scenario` objects (``SCENARIOS``). Each is an async
 function taking a :class:`BenchContext` and returning :class:`BenchRow` objects, all of one
-shape, so the report (markdown, JSON, PNG) needs nothing per scenario. To add one, write
+shape, so the report (markdown, JSON, PNGs) needs nothing per scenario. To add one, write
 the function in a module of its own and append a ``Scenario`` here; one that needs
 PostgreSQL (b, g) is marked ``needs_database=True``: it receives ``ctx.database_url`` and
 is skipped, and listed as skipped, when there is none. A scenario that finds something else
@@ -26,7 +26,7 @@ the server says of itself), ``legacy`` (the one-script design), ``data`` (config
 the seeded database); one module per scenario (``reads`` a, ``sql`` b, ``writes`` c,
 ``fanout`` d, ``memory`` e, ``server_cost`` f, ``outage`` g, ``refusals`` h,
 ``index_churn`` i, ``cluster`` j, ``local`` k, ``following`` l, ``sentinel`` m, ``ranked`` n);
-``report`` (markdown, JSON) and ``plot`` (PNG).
+``report`` (markdown, JSON) and ``plot`` (a PNG per scenario).
 Scenarios import the kit, never each other; this module puts them together.
 """
 
@@ -36,7 +36,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -84,6 +84,7 @@ __all__ = [
     "BenchSizes",
     "LegacyCache",
     "LegacyKeys",
+    "Results",
     "Scenario",
     "ScenarioSkipped",
     "plot",
@@ -210,15 +211,22 @@ async def run_bench(
     return report
 
 
-def write_results(report: BenchReport, directory: Path) -> dict[str, Path]:
-    """bench.md, bench.json and bench.png in ``directory`` (created if needed)."""
+@dataclass(frozen=True, slots=True)
+class Results:
+    """What a run wrote: bench.md, bench.json, and the plots (one PNG per scenario, then
+    bench-plots.md, which shows them)."""
+
+    markdown: Path
+    json: Path
+    plots: list[Path]
+
+
+def write_results(report: BenchReport, directory: Path) -> Results:
+    """bench.md, bench.json and the plots in ``directory`` (created if needed)."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": directory / "bench.md",
-        "json": directory / "bench.json",
-        "plot": directory / "bench.png",
-    }
-    paths["markdown"].write_text(to_markdown(report), encoding="utf-8")
-    paths["json"].write_text(to_json(report), encoding="utf-8")
-    plot(report, paths["plot"])
-    return paths
+    results = Results(directory / "bench.md", directory / "bench.json", [])
+    results.markdown.write_text(to_markdown(report), encoding="utf-8")
+    results.json.write_text(to_json(report), encoding="utf-8")
+    titles = {scenario.key: scenario.title for scenario in SCENARIOS}
+    results.plots.extend(plot(report, directory, titles))
+    return results

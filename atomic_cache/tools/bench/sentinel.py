@@ -96,7 +96,8 @@ async def _failovers(ctx: BenchContext) -> list[BenchRow]:
                 kill_to_hit.append(hit_at - killed_at)
                 for way in during:
                     during[way] += served[way] - at_kill[way]
-                await asyncio.to_thread(_bring_back, group, old)
+                if n + 1 < ctx.sizes.failovers:  # after the last one the group is stopped
+                    await asyncio.to_thread(_bring_back, group, old)
         finally:
             stop.set()
             await asyncio.gather(*readers)

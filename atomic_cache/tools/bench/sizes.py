@@ -12,6 +12,7 @@ class BenchSizes:
 
     name: str
     rounds: int  # interleaved rounds per latency comparison
+    outage_rounds: int  # rounds of g's one-task reads (each timeout costs 250 ms of them)
     ops_per_round: int  # operations per variant per round, one task
     tasks: int  # concurrent tasks in the concurrent comparisons
     ops_per_task: int  # operations per task per variant per round
@@ -41,6 +42,7 @@ class BenchSizes:
 FULL = BenchSizes(
     name="full",
     rounds=20,
+    outage_rounds=20,
     ops_per_round=500,
     tasks=50,
     ops_per_task=40,
@@ -67,35 +69,37 @@ FULL = BenchSizes(
 )
 QUICK = BenchSizes(
     name="quick",
-    rounds=8,
-    ops_per_round=200,
+    rounds=3,
+    outage_rounds=2,
+    ops_per_round=100,
     tasks=50,
-    ops_per_task=20,
-    races=200,
+    ops_per_task=10,
+    races=100,
     race_wave=20,
-    fanout_users=(1_000, 10_000),
+    fanout_users=(200, 2_000),
     fanout_names=5,
-    follow_writes=200,
-    memory_users=2_000,
-    server_cost_calls=1_000,
-    refusal_fills=400,
+    follow_writes=30,
+    memory_users=1_000,
+    server_cost_calls=500,
+    refusal_fills=200,
     refusal_writers=20,
     churn_users=1_000,
     churn_traffic_users=20,
-    churn_ttl_s=3,
-    churn_extra_s=2,
-    cluster_users=2_000,
-    cluster_user_invalidations=30,
-    cluster_domain_users=1_000,
-    local_users=2_000,
-    local_window_writes=1_000,
-    failovers=2,
-    ranked_users=1_000,
+    churn_ttl_s=2,
+    churn_extra_s=1,
+    cluster_users=500,
+    cluster_user_invalidations=20,
+    cluster_domain_users=300,
+    local_users=500,
+    local_window_writes=200,
+    failovers=1,
+    ranked_users=200,
 )
 # For the test suite: every scenario, every code path, in seconds.
 TINY = BenchSizes(
     name="tiny",
     rounds=2,
+    outage_rounds=2,
     ops_per_round=20,
     tasks=50,
     ops_per_task=2,

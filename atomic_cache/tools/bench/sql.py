@@ -80,7 +80,7 @@ async def scenario_sql(ctx: BenchContext) -> list[BenchRow]:
         for title, variants in groups:
             for tasks, ops in (
                 (1, max(20, ctx.sizes.ops_per_round // 5)),
-                (ctx.sizes.tasks, max(4, ctx.sizes.ops_per_task // 4)),
+                (ctx.sizes.tasks, max(2, ctx.sizes.ops_per_task // 4)),
             ):
                 scenario = with_tasks(title, tasks)
                 compared = await compare_rows(

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -396,18 +396,78 @@ def acl(prefix: str, user: str, password: str | None, cluster: bool, sentinel: b
 
 
 DEMO_MODELS = ("policy", "ranked")
+# Every reader holds a PostgreSQL connection (the engine's pool: readers + 10 more), and
+# PostgreSQL allows 100 connections by default, a few of them reserved.
+MAX_READERS = 80
+# The data set is built in memory before it is written.
+MAX_USERS, MAX_DOMAINS = 1_000_000, 10_000
+BUILT_IN_MEMORY = "the data set is built in memory before it is written"
+
+
+def _count_option(name: str, maximum: int, why: str) -> Callable[..., int]:
+    """The check of a demo count: a whole number from 1 to ``maximum``, else one
+    ``Error:`` line and exit status 2 (never click's usage block)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadOption(f"{name}: {value!r} is not a whole number") from None
+        if number < 1:
+            raise BadOption(f"{name}: {number} is not a positive number")
+        if number > maximum:
+            raise BadOption(f"{name}: {number:,} is more than {maximum:,} ({why})")
+        return number
+
+    return check
+
+
+def _model_given(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value not in DEMO_MODELS:
+        raise BadOption(f"--model: {value!r} is not one of {', '.join(DEMO_MODELS)}")
+    return value
 
 
 @main.command()
 @valkey_url_option
 @database_url_option
-@click.option("--users", default=5000, show_default=True, help="Users to seed.")
-@click.option("--domains", default=20, show_default=True, help="Domains to seed.")
-@click.option("--readers", default=50, show_default=True, help="Concurrent readers.")
+# Eager: a bad number or model stops the command before the database is connected to.
+@click.option(
+    "--users",
+    metavar="N",
+    default="5000",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option("--users", MAX_USERS, BUILT_IN_MEMORY),
+    help=f"Users to seed, 1 to {MAX_USERS:,}.",
+)
+@click.option(
+    "--domains",
+    metavar="N",
+    default="20",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option("--domains", MAX_DOMAINS, BUILT_IN_MEMORY),
+    help=f"Domains to seed, 1 to {MAX_DOMAINS:,}; the users are spread over them.",
+)
+@click.option(
+    "--readers",
+    metavar="N",
+    default="50",
+    show_default=True,
+    is_eager=True,
+    callback=_count_option(
+        "--readers", MAX_READERS, "each holds a PostgreSQL connection; the default limit is 100"
+    ),
+    help=f"Concurrent readers, 1 to {MAX_READERS} (each holds a PostgreSQL connection).",
+)
 @click.option(
     "--model",
+    metavar="[policy|ranked]",
     default="policy",
     show_default=True,
+    is_eager=True,
+    callback=_model_given,
     help="policy, or ranked: the ranked model in a database of its own, dropped at the end.",
 )
 @click.pass_obj
@@ -415,17 +475,15 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
     """Seed a realistic data set into PostgreSQL, read it through the cache, write at
     every scope, and show what the cache did. Embedded servers unless URLs are given
     (the policy demo resets the BEP-1052 tables of the database it is given; the ranked
-    one creates a database of its own on that server and drops it at the end)."""
-    from ..demo import run_demo
-    from ..ranked_demo import run_ranked_demo
+    one creates a database of its own on that server and drops it at the end). While it
+    runs: a bar on a terminal, else a line on stderr every few seconds. Given a server, it
+    ends by saying what it leaves there."""
+    from ..demo import policy_database_lines, print_left_behind, run_demo
+    from ..ranked_demo import ranked_database_lines, run_ranked_demo
     from ..seed import SeedPlan
 
-    if model not in DEMO_MODELS:
-        raise BadOption(f"--model: {model!r} is not one of {', '.join(DEMO_MODELS)}")
-    for option, value in (("--users", users), ("--domains", domains), ("--readers", readers)):
-        if value < 1:
-            raise BadOption(f"{option}: {value} is not a positive number")
     demo_run = run_ranked_demo if model == "ranked" else run_demo
+    database_lines = ranked_database_lines if model == "ranked" else policy_database_lines
     plan = SeedPlan(domains=domains, users=users)
     # Each section prints as it completes. A pipe or a log gets one width for all of it,
     # wide enough for every table (rich would use 80); a terminal keeps its own.
@@ -434,7 +492,14 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
 
         async def body() -> None:
             async with connected(url) as client:
-                await demo_run(client, db, out_console, plan, readers)
+                report = await demo_run(client, db, out_console, plan, readers, log=err_console)
+            given = options.database_url
+            print_left_behind(
+                out_console,
+                report,
+                options.valkey_url,
+                database_lines(given, report) if given is not None else [],
+            )
 
         run(body(), url=url)
 
@@ -442,14 +507,20 @@ def demo(options: ServerOptions, users: int, domains: int, readers: int, model: 
 @main.command()
 @valkey_url_option
 @optional_database_url_option
-@click.option("--quick", is_flag=True, help="A reduced run, well under a minute (CI).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A reduced run (CI, a first look): about a minute on 2 CPUs, 15 s of it in g, whose"
+    " glide-breaker reads wait out their 250 ms timeouts. Its figures are rough.",
+)
 @click.option("--tiny", is_flag=True, hidden=True, help="A few seconds: for the test suite.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench-results"),
     show_default=True,
-    help="Directory for bench.md, bench.json and bench.png.",
+    help="Directory for bench.md, bench.json and the plots: bench-<scenario>.png, one per"
+    " scenario, shown in order by bench-plots.md.",
 )
 @click.option(
     "--scenario",
@@ -476,13 +547,15 @@ def bench(
     3+3 Valkey Cluster beside the server: hits on the shard's primary and replica,
     invalidation with and without the replica wait, one shard's memory; k. a hit from
     the local cache vs Valkey vs a raw GET vs cashews' client-side cache, and the window
-    before another process's local cache drops what a write covered. b and g need
-    PostgreSQL (embedded unless a URL is given). Writes bench.md, bench.json, bench.png.
+    before another process's local cache drops what a write covered; l. the cache
+    following plain-SQL writes; m. a Sentinel failover, and TLS; n. the ranked model.
+    b, g, l, m and n need PostgreSQL (embedded unless a URL is given). Writes bench.md,
+    bench.json, and one picture per scenario (bench-a.png ...; bench-plots.md shows them).
 
     Use a server of its own: the run resets INFO commandstats and the slow log and
     briefly lowers slowlog-log-slower-than (restored). Its keys are removed at the end.
 
-    bench.png needs the 'bench' extra (matplotlib), the embedded servers the 'embedded'
+    The plots need the 'bench' extra (matplotlib), the embedded servers the 'embedded'
     extra: without them the command stops before measuring anything, naming the extra.
     A given --database-url is connected to first, when a selected scenario needs it.
     """
@@ -510,4 +583,10 @@ def bench(
     out_console.print(_report_table(report))
     for reason in report.skipped:
         console.print(f"[yellow]skipped[/] {reason}")
-    console.print("wrote " + ", ".join(str(path) for path in paths.values()))
+    pictures = [path for path in paths.plots if path.suffix == ".png"]
+    shown = f", {len(pictures)} plots" if pictures else ", no plot (no rows)"
+    console.print(
+        f"wrote {paths.markdown}, {paths.json}{shown}; {paths.plots[-1]} shows them",
+        soft_wrap=True,  # paths are never broken across lines
+        highlight=False,
+    )

