@@ -18,6 +18,7 @@ from .valkey_tools import monitor
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {"get", "get_all", "set", "invalidate"}
+LEGACY = {"get", "get_all", "set", "invalidate"}  # the bench's one-script design
 
 
 def test_registry_reads_every_packaged_script() -> None:
@@ -35,6 +36,25 @@ def test_each_script_header_states_keys_argv_and_reply(name: str) -> None:
     header = "\n".join(line for line in source.splitlines() if line.startswith("--"))
     for word in ("KEYS[1]", "ARGV", "Reply"):
         assert word in header, f"{name}.lua header lacks {word}"
+
+
+def test_no_legacy_script_is_among_the_library_scripts() -> None:
+    root = Path(str(packaged_scripts_dir()))
+    assert not (root / "legacy").exists()
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.lua")) == sorted(
+        f"{name}.lua" for name in EXPECTED
+    )
+
+
+def test_the_bench_keeps_its_own_copy_of_the_legacy_scripts() -> None:
+    from atomic_cache.tools.bench.legacy import legacy_scripts
+
+    legacy = legacy_scripts()
+    assert set(legacy.scripts) == LEGACY
+    library = ScriptRegistry()
+    assert not {s.sha1 for s in legacy.scripts.values()} & {
+        s.sha1 for s in library.scripts.values()
+    }
 
 
 def test_unknown_script_name() -> None:
@@ -122,5 +142,9 @@ def test_wheel_carries_the_lua_scripts(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("atomic_cache-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    assert {f"atomic_cache/lua/{name}.lua" for name in EXPECTED} <= names
+    # The library's scripts, and no other: the legacy ones ship with the bench alone.
+    library = {n for n in names if n.startswith("atomic_cache/lua/") and n.endswith(".lua")}
+    assert library == {f"atomic_cache/lua/{name}.lua" for name in EXPECTED}
+    bench = {n for n in names if n.endswith(".lua") and not n.startswith("atomic_cache/lua/")}
+    assert bench == {f"atomic_cache/tools/bench/legacy_lua/{name}.lua" for name in LEGACY}
     assert "atomic_cache/py.typed" in names

@@ -15,7 +15,7 @@ it needs missing raises :class:`ScenarioSkipped`, and is listed as skipped too.
 
 Where a scenario compares with the former one-script design (one script deletes every
 entry an invalidation covers; one global epoch is the fill token), it runs that design's
-scripts (``lua/legacy/``, :class:`LegacyCache`) under a prefix of its own, in the same run.
+scripts (``legacy_lua/``, :class:`LegacyCache`) under a prefix of its own, in the same run.
 
 Bench keys live under a prefix of their own per run and scenario and are removed after
 each scenario, but the run is meant for a server of its own: it resets ``INFO

@@ -1,16 +1,18 @@
 """The former one-script design, for side-by-side rows: one script deletes every entry an
 invalidation covers, and one global epoch is every fill token. Its scripts are
-``lua/legacy/``; the bench runs them under a prefix of their own, in the same run."""
+``legacy_lua/`` beside this module (the bench's own copy: they are not the library's
+scripts); the bench runs them under a prefix of their own, in the same run."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from glide import Batch, ExpirySet, ExpiryType, GlideClient
 
-from ...cache.scripts import ScriptRegistry, packaged_scripts_dir
+from ...cache.scripts import ScriptRegistry
 from ...keys import encode_component, user_component
 from ...models import PUBLIC_SCOPE_ID, AppConfigData, ScopeType
 from ...targets import ScriptArg
@@ -18,8 +20,8 @@ from .server import as_text
 
 
 def legacy_scripts() -> ScriptRegistry:
-    """The one-script design's scripts (``lua/legacy/``), for side-by-side runs."""
-    return ScriptRegistry(packaged_scripts_dir() / "legacy")
+    """The one-script design's scripts (``legacy_lua/``), for side-by-side runs."""
+    return ScriptRegistry(resources.files("atomic_cache.tools.bench") / "legacy_lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,7 @@ def _legacy_target(scope: ScopeType, scope_id: str, names: Sequence[str] | None)
 
 @dataclass
 class LegacyCache:
-    """The one-script design's calls (``lua/legacy/*.lua``, KEYS/ARGV as in their headers),
+    """The one-script design's calls (``legacy_lua/*.lua``, KEYS/ARGV as in their headers),
     without the decoding and checks of a cache source: what the bench times."""
 
     client: GlideClient

@@ -63,9 +63,9 @@ def to_markdown(report: BenchReport) -> str:
         "",
         "Variants of one scenario ran interleaved in rounds; `p50 ratio` is the p50 relative to"
         " the scenario's baseline. Rows named legacy run the former one-script design"
-        " (lua/legacy/) in the same run. For d. (one invalidation per row, n = 1) the p50"
-        " column is the call's wall time and ops/s the entries deleted per second until"
-        " reclaimed; longest_call_us and longest_cleanup_us are the longest script runs (slow"
+        " (tools/bench/legacy_lua/) in the same run. For d. (one invalidation per row, n = 1)"
+        " the p50 column is the call's wall time and ops/s the entries deleted per second"
+        " until reclaimed; longest_call_us and longest_cleanup_us are the longest script runs (slow"
         " log) of the call and of its clean-up steps (cleanup_step_p50_us / _p99_us: the"
         " usual steps), reclaimed_ms the time from the call's"
         " start until the covered entries were deleted, served_after_call how many of the"
