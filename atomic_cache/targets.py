@@ -18,9 +18,6 @@ from .models import PUBLIC_SCOPE_ID, ScopeType
 # An argument of a script call (the registry turns numbers and booleans into strings).
 ScriptArg: TypeAlias = str | bytes | int | float
 
-# invalidate.lua's target that starts a new life of the index (a corrupt index).
-RESET_TARGET_ARGS: list[ScriptArg] = ["reset", "-", -1]
-
 # The scope words invalidate.lua understands; both domain scopes use the domain's users.
 _SCRIPT_SCOPE = {
     ScopeType.USER: "user",

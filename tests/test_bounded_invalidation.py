@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
+import pytest
 from glide import GlideClient
 
 from atomic_cache import (
@@ -20,6 +21,7 @@ from atomic_cache import (
 )
 from atomic_cache.cache.source import INVALIDATE_CLEANUP_BUDGET, STEP_CLEANUP_BUDGET
 
+from .repo_tools import CountingRegistry
 from .valkey_tools import keys_under, text
 
 NAMES = ("n0", "n1", "n2", "n3", "n4")
@@ -187,3 +189,53 @@ async def test_the_clean_up_spares_entries_filled_after_the_invalidation(
     left = {key for key in await keys_under(valkey, keys.prefix) if ":merged:" in key}
     assert left == {keys.entry(user, "n0") for user in refilled}
     assert await members(valkey, keys.domain_index("d")) == {str(user) for user in refilled}
+
+
+async def test_a_clean_up_step_that_meets_a_corrupt_index_starts_a_new_life(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """The invalidation found the index sound; a key of another type written since is met
+    by a clean-up step (reclaim.lua). The step starts a new life of the index instead
+    (reset.lua): every entry of the old one is refused, and the sweep that follows
+    (sweep.lua) deletes them and the wrong-typed key."""
+    users = await fill_domain(cache, "d", 1_000)
+    others = await fill_domain(cache, "e", 5)
+    await cache.invalidate_for_scope(ScopeType.DOMAIN, "d")
+    hold_clean_up(cache)
+    corrupt = keys.user_index(users[0])  # a user the domain's job walks to
+    await valkey.delete([corrupt])
+    await valkey.custom_command(["SADD", corrupt, "someone else's"])
+    sequence = int(text(await valkey.hget(keys.seq, "n")))
+    await cache.reclaim()
+    assert int(text(await valkey.hget(keys.seq, "n"))) > sequence  # a new life...
+    assert await served(cache, others) == set()  # ...refuses the old one's entries
+    assert await valkey.llen(keys.cleanup_queue) == 0
+    left = await keys_under(valkey, keys.prefix)
+    assert not any(":merged:" in key for key in left)
+    assert corrupt not in left
+
+
+async def test_the_sweep_after_a_new_life_runs_after_the_jobs_queued_above_it(
+    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+) -> None:
+    """A new life queues its sweep (reset.lua); a large invalidation then queues a job
+    above it. Another process's clean-up steps run the job (reclaim.lua), then the sweep
+    (sweep.lua): each step's reply names the script the job at the head needs."""
+    old = await fill_domain(cache, "d", 50)
+    await cache.reset_index()
+    hold_clean_up(cache)
+    new = await fill_domain(cache, "d", 1_000)  # filled in the new life
+    await cache.invalidate_for_scope(ScopeType.DOMAIN, "d")
+    hold_clean_up(cache)
+    assert await valkey.llen(keys.cleanup_queue) == 2
+    registry = CountingRegistry()
+    other = AppConfigFragmentCacheSource(valkey, registry, keys=keys)
+    for _ in range(1_000):
+        deleted, queued = await other.cleanup_step()
+        assert deleted <= STEP_CLEANUP_BUDGET
+        if not queued:
+            break
+    else:
+        pytest.fail(f"the clean-up never ended: {registry.calls}")
+    assert registry.calls.keys() == {"reclaim", "sweep"}
+    assert await valkey.exists([keys.entry(u, name) for u in old + new for name in NAMES]) == 0

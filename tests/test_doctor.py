@@ -35,7 +35,7 @@ VALKEY_INFO = (
 )
 ALL_COMMANDS = frozenset(command.lower() for command in REQUIRED_COMMANDS) | {"ping", "del"}
 NO_PERSISTENCE = {"save": "", "appendonly": "no", "appendfsync": "everysec"}
-LOADED = {"get": True, "get_all": True, "invalidate": True, "set": True}
+LOADED = dict.fromkeys(ScriptRegistry().scripts, True)
 
 
 def facts(
@@ -218,10 +218,12 @@ def test_policy_from_info_when_config_is_refused() -> None:
 
 
 def test_scripts_not_loaded_warn_and_name_the_missing_ones() -> None:
-    loaded = {"get": True, "get_all": False, "invalidate": True, "set": False}
+    loaded = {**LOADED, "get_all": False, "set": False}
     check = by_name(run_checks(facts(loaded=loaded)))["scripts"]
     assert check.status is Status.WARN
-    assert check.detail.startswith("2/4 loaded; not loaded: get_all, set.")
+    assert check.detail.startswith(
+        f"{len(LOADED) - 2}/{len(LOADED)} loaded; not loaded: get_all, set."
+    )
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,8 @@ NO_PERSISTENCE = {
     "maxmemory-policy": "noeviction",
 }
 ALL_COMMANDS = frozenset(command.lower() for command in CLUSTER_REQUIRED_COMMANDS)
-LOADED = {"get": True, "get_all": True, "invalidate": True, "set": True}
+LOADED = dict.fromkeys(ScriptRegistry().scripts, True)
+EVERY_SCRIPT = ", ".join(sorted(LOADED))
 
 
 def node_info(node: ListedNode, *, ack_lag: int = 0, **fields: str) -> dict[str, str]:
@@ -210,7 +211,7 @@ def test_healthy_cluster_passes_every_check() -> None:
         " 0-5460): 127.0.0.1:7003; 127.0.0.1:7001 (slots 5461-10922): 127.0.0.1:7004;"
         " 127.0.0.1:7002 (slots 10923-16383): 127.0.0.1:7005"
     )
-    assert found["scripts"].detail == "all 4 scripts on all 6 nodes"
+    assert found["scripts"].detail == f"all {len(LOADED)} scripts on all 6 nodes"
     assert exit_code(checks, strict=True) == 0
 
 
@@ -317,25 +318,25 @@ def test_a_replica_marked_failed_warns(flags: str) -> None:
     )
     # Not asked, so neither its cluster_state nor its scripts are counted.
     assert checks["cluster"].detail.endswith("(3 primaries, 2 replicas); 1 listed node(s) not read")
-    assert checks["scripts"].detail == "all 4 scripts on all 5 nodes"
+    assert checks["scripts"].detail == f"all {len(LOADED)} scripts on all 5 nodes"
 
 
 def test_scripts_missing_on_a_node_warn_naming_it() -> None:
-    partial = {"get": True, "get_all": True, "invalidate": True, "set": False}
+    partial = {**LOADED, "set": False}
     none = dict.fromkeys(LOADED, False)
     checks = run_cluster_checks(cluster_facts(scripts={"7004": partial, "7002": none}))
     check = by_name(checks)["scripts"]
     assert check.status is Status.WARN
     assert check.detail.startswith(
         "4/6 nodes hold every script; 127.0.0.1:7004 (replica) lacks set;"
-        " 127.0.0.1:7002 (primary) lacks get, get_all, invalidate, set. A node loads them on"
+        f" 127.0.0.1:7002 (primary) lacks {EVERY_SCRIPT}. A node loads them on"
         " the first call"
     )
     assert exit_code(checks) == 0
     ports = [*REPLICA_OF, *REPLICA_OF.values()]
     everywhere = by_name(run_cluster_checks(cluster_facts(scripts=dict.fromkeys(ports, none))))
     assert everywhere["scripts"].detail.startswith(
-        "0/6 nodes hold every script; every node lacks get, get_all, invalidate, set."
+        f"0/6 nodes hold every script; every node lacks {EVERY_SCRIPT}."
     )
     unknown = by_name(run_cluster_checks(cluster_facts(scripts={"7003": None})))["scripts"]
     assert unknown.status is Status.WARN
@@ -451,7 +452,9 @@ def shard_of(cluster: EmbeddedCluster, shard: int) -> tuple[ClusterNode, Cluster
 async def test_scripts_load_list_and_doctor_per_node(cluster: EmbeddedCluster) -> None:
     loaded = await load_scripts(cluster)
     for node in cluster.nodes:
-        assert f"on 127.0.0.1:{node.port} ({node.role}): 4/4 scripts" in loaded.output
+        assert f"on 127.0.0.1:{node.port} ({node.role}): {len(LOADED)}/{len(LOADED)} scripts" in (
+            loaded.output
+        )
     # One replica loses its scripts (a restart, a SCRIPT FLUSH).
     _, replica = shard_of(cluster, 1)
     replica.command("SCRIPT", "FLUSH")
@@ -463,14 +466,12 @@ async def test_scripts_load_list_and_doctor_per_node(cluster: EmbeddedCluster) -
         assert re.search(rf"│ {name}\s+│ [0-9a-f]{{40}}\s+│ [^│]+│ 5/6 nodes\s+│", listed.output)
     for node in cluster.nodes:
         held = "no" if node is replica else "yes"
-        row = rf"│ 127\.0\.0\.1:{node.port} \({node.role}\)\s+│" + rf" {held}\s+│" * 4
+        row = rf"│ 127\.0\.0\.1:{node.port} \({node.role}\)\s+│" + rf" {held}\s+│" * len(LOADED)
         assert re.search(row, listed.output), listed.output
     result = await doctor(cluster)
     assert result.exit_code == 0, result.output
     assert status_of(result.output, "scripts") == "WARN"
-    assert (
-        f"127.0.0.1:{replica.port} (replica) lacks get, get_all, invalidate, set" in result.output
-    )
+    assert f"127.0.0.1:{replica.port} (replica) lacks {EVERY_SCRIPT}" in result.output
     assert (await doctor(cluster, "--strict")).exit_code == 1
     await load_scripts(cluster)
     assert (await doctor(cluster, "--strict")).exit_code == 0
@@ -499,12 +500,13 @@ async def test_doctor_on_a_healthy_cluster(cluster: EmbeddedCluster) -> None:
         primary, replica = shard_of(cluster, shard)
         assert f"127.0.0.1:{primary.port} (slots {low}-{high}): 127.0.0.1:{replica.port}" in out
         assert re.search(
-            rf"│ 127\.0\.0\.1:{primary.port}\s+│ primary\s+│ {low}-{high}\s+│ serving\s+│ 4/4\s+│",
+            rf"│ 127\.0\.0\.1:{primary.port}\s+│ primary\s+│ {low}-{high}\s+│ serving\s+│"
+            rf" {len(LOADED)}/{len(LOADED)}\s+│",
             out,
         ), out
         assert re.search(
             rf"│ 127\.0\.0\.1:{replica.port}\s+│ replica\s+│ of 127\.0\.0\.1:{primary.port}\s+│"
-            r" link up, last I/O \d+ s ago\s+│ 4/4\s+│",
+            rf" link up, last I/O \d+ s ago\s+│ {len(LOADED)}/{len(LOADED)}\s+│",
             out,
         ), out
 
@@ -683,7 +685,7 @@ async def test_doctor_cluster_without_a_url_runs_an_embedded_cluster(
     assert status_of(result.output, "cluster") == "OK"
     assert status_of(result.output, "replicas") == "OK"
     assert status_of(result.output, "scripts") == "WARN"  # a fresh cluster holds none
-    assert "every node lacks get, get_all, invalidate, set" in result.output
+    assert f"every node lacks {EVERY_SCRIPT}" in result.output
     assert_no_cluster_leftovers(tmp_path)
 
 

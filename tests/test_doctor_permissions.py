@@ -34,7 +34,8 @@ COMMANDS = acl_commands()
 KEYED = {
     "del", "evalsha", "evalsha_ro", "exists", "get", "hget", "hgetall", "hincrby", "hmget",
     "hset", "lindex", "llen", "lpop", "lpush", "lset", "pexpire", "pttl", "sadd", "set",
-    "smembers", "smismember", "type", "unlink", "zadd", "zrange", "zrangebyscore", "zrem", "zscan",
+    "smembers", "smismember", "type", "unlink", "zadd", "zcard", "zrange", "zrangebyscore", "zrem",
+    "zscan",
 }  # fmt: skip
 # Of those, the ones that write (what a read-only key pattern, %R~, refuses).
 WRITING = {

@@ -58,7 +58,7 @@ class CountingRegistry(ScriptRegistry):
         args: Iterable[ScriptArg] = (),
     ) -> object:
         args = list(args)
-        if name == "invalidate" and len(args) > 5:  # not a clean-up step: it has targets
+        if name == "invalidate" and len(args) > 5:  # it names targets (not the catalogue alone)
             self.invalidations.append(args)
         return await super().call(client, name, keys, args)  # type: ignore[arg-type]
 

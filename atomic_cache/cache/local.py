@@ -618,9 +618,6 @@ class LocalCache:
                 None if count < 0 else {decode_component(n) for n in words[i + 3 : i + 3 + count]}
             )
             i += 3 + max(count, 0)
-            if scope == "reset":
-                self.flush("new_life")
-                continue
             dropped += self._drop_target(scope, scope_id, names)
         self.counters.drops += dropped
         self.counters.entries = len(self._entries)

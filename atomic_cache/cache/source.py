@@ -5,7 +5,8 @@ found on a read, is removed with one more, and that an invalidation of more targ
 one call carries (``MAX_TARGETS_PER_CALL``) is sent as several calls, one after another.
 An invalidation that leaves clean-up work queued (a large domain or PUBLIC scope, many
 users) returns at once; a background task of this source then runs the clean-up steps,
-each a bounded script call (``reclaim``).
+each a bounded script call (``reclaim``). A key of another type in the index (someone
+else's) makes a call start a new life of the index (``reset.lua``) with one more.
 
 With a ``LocalCache`` (``local.py``), a read is answered from process memory when it
 holds everything the read needs (for ``lookup_all``, the catalogue of names and every
@@ -39,7 +40,7 @@ from ..models import PUBLIC_SCOPE_ID, AppConfigData, CacheLookup, ScopeType
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.errors import CACHE_ERRORS, CacheError
 from ..resilience.logs import LogThrottle
-from ..targets import RESET_TARGET_ARGS, InvalidationTarget, ScriptArg, pack_calls
+from ..targets import InvalidationTarget, ScriptArg, pack_calls
 from .local import LocalCache, announce_command
 from .replicas import DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicaBarrier
 from .scripts import ScriptRegistry, ValkeyClient
@@ -171,6 +172,8 @@ class AppConfigFragmentCacheSource:
             self.metrics.local = local_cache.counters
         self._log_throttle = LogThrottle()
         self._reclaimer: asyncio.Task[None] | None = None  # held, so it is not collected
+        # The script the next clean-up step calls: the job at the head of the queue says.
+        self._next_step = "reclaim"
 
     @property
     def local_cache(self) -> LocalCache | None:
@@ -552,10 +555,22 @@ class AppConfigFragmentCacheSource:
         )
 
     async def reset_index(self) -> int:
-        """Start a new life of the index, in one round trip: every entry and fill token of
-        the old one is refused, and a queued sweep removes keys of the wrong type under
-        the prefix. What a corrupt index (a key of the wrong type) calls for."""
-        return await self._invalidate([RESET_TARGET_ARGS], drop_catalogue=True)
+        """Start a new life of the index, in one round trip (``reset.lua``): every entry
+        and fill token of the old one is refused, and a sweep, run in the background,
+        removes what is left, keys of the wrong type under the prefix included. What a
+        corrupt index (a key of the wrong type) calls for. Returns the entries this call
+        deleted: none, the sweep deletes them."""
+        try:
+            sequence = await self._new_life()
+            self._highest_sequence = max(self._highest_sequence, sequence)
+            if self._replicas is not None:
+                await self._replicas.wait()
+            self._start_reclaiming()
+            return 0
+        finally:
+            if self._local is not None:
+                # Once Valkey (and its replicas) have it, or the call failed.
+                self._local.flush("new_life")
 
     async def invalidate_many(
         self,
@@ -627,7 +642,7 @@ class AppConfigFragmentCacheSource:
             INVALIDATE_CLEANUP_BUDGET, drop_catalogue, args
         )
         if sequence <= reached:
-            deleted += await self._writes_were_lost(reached, sequence)
+            await self._writes_were_lost(reached, sequence)
             queued = True
         else:
             self._highest_sequence = max(self._highest_sequence, sequence)
@@ -635,7 +650,7 @@ class AppConfigFragmentCacheSource:
 
     async def _writes_were_lost(
         self, reached: int, sequence: int, client: ValkeyClient | None = None
-    ) -> int:
+    ) -> None:
         """The primary's sequence went back: a failover promoted a replica that lacked
         invalidations acknowledged before it (or the server's data was replaced). Its
         stamps may be missing, so nothing of the index can be trusted: start a new life,
@@ -650,10 +665,8 @@ class AppConfigFragmentCacheSource:
         self.metrics.index_resets += 1
         if self._local is not None:
             self._local.flush("went_back")
-        deleted, _, self._highest_sequence = await self._call_invalidate(
-            INVALIDATE_CLEANUP_BUDGET, True, list(RESET_TARGET_ARGS), client
-        )
-        return deleted  # the sweep it queued is run by the caller's reclaimer
+        # The sweep it queues is run by the caller's reclaimer.
+        self._highest_sequence = await self._new_life(client)
 
     async def _primary_changed(self, client: GlideClient) -> None:
         """Run by a ``SentinelClient`` before calls go to a newly named primary: load the
@@ -680,16 +693,13 @@ class AppConfigFragmentCacheSource:
             await hook()
 
     async def _call_invalidate(
-        self,
-        budget: int,
-        drop_catalogue: bool,
-        targets: list[ScriptArg],
-        client: ValkeyClient | None = None,
+        self, budget: int, drop_catalogue: bool, targets: list[ScriptArg]
     ) -> tuple[int, int, int]:
-        """(entries deleted, clean-up jobs queued, the sequence now); on ``client``, by
-        default the source's."""
+        """One invalidate.lua call: (entries deleted, clean-up jobs queued, the sequence
+        now). If a key of another type blocked it, a new life of the index (reset.lua)
+        follows, and the sequence is the new life's."""
         reply = await self._registry.call(
-            client or self._client,
+            self._client,
             "invalidate",
             [self.keys.seq, self.keys.catalogue, self.keys.cleanup_queue],
             [
@@ -703,17 +713,60 @@ class AppConfigFragmentCacheSource:
         )
         if (
             not isinstance(reply, list)
-            or len(reply) != 3
+            or len(reply) != 4
             or not all(isinstance(part, int) for part in reply)
         ):
             raise CacheError(f"invalidate.lua answered {reply!r:.200}")
-        return reply[0], reply[1], reply[2]
+        deleted, queued, sequence, blocked = reply
+        if blocked:
+            sequence, queued = await self._new_life(), queued + 1
+        return deleted, queued, sequence
+
+    async def _new_life(self, client: ValkeyClient | None = None) -> int:
+        """One reset.lua call, on ``client`` (by default the source's): a new life of the
+        index, and its sweep queued; returns the new life's sequence."""
+        reply = await self._registry.call(
+            client or self._client,
+            "reset",
+            [self.keys.seq, self.keys.catalogue, self.keys.cleanup_queue],
+            [
+                self.keys.prefix,
+                self._announce,
+                self.ttl_seconds * 1000 + FILL_TOKEN_MAX_AGE_MS,
+            ],
+        )
+        if not isinstance(reply, int):
+            raise CacheError(f"reset.lua answered {reply!r:.200}")
+        return reply
 
     # -- clean-up ------------------------------------------------------------------------
 
     async def cleanup_step(self) -> tuple[int, int]:
-        """One bounded clean-up step: (entries deleted, jobs still queued)."""
-        deleted, queued, _ = await self._call_invalidate(STEP_CLEANUP_BUDGET, False, [])
+        """One bounded clean-up step: (entries deleted, jobs still queued). The job at the
+        head of the queue says which script runs it (each step's reply names the next):
+        reclaim.lua an invalidation's, sweep.lua the sweep after a new life of the index.
+        A step that meets a key of another type in the index starts a new life instead
+        (reset.lua), which leaves its sweep queued."""
+        reply = await self._registry.call(
+            self._client,
+            self._next_step,
+            [self.keys.cleanup_queue],
+            [self.keys.prefix, STEP_CLEANUP_BUDGET],
+        )
+        if not (
+            isinstance(reply, list)
+            and len(reply) == 3
+            and isinstance(reply[0], int)
+            and isinstance(reply[1], int)
+            and isinstance(reply[2], str | bytes)
+        ):
+            raise CacheError(f"{self._next_step}.lua answered {reply!r:.200}")
+        deleted, queued, head = reply[0], reply[1], _text(reply[2])
+        if head == "reset":
+            sequence = await self._new_life()
+            self._highest_sequence = max(self._highest_sequence, sequence)
+            queued, head = 1, "sweep"
+        self._next_step = "sweep" if head == "sweep" else "reclaim"
         return deleted, queued
 
     async def reclaim(self) -> int:

@@ -30,7 +30,6 @@ from .kit import (
 )
 from .legacy import LegacyCache
 from .server import (
-    ScriptRun,
     as_text,
     command,
     command_stats,
@@ -50,8 +49,8 @@ FANOUT_SAMPLE_USERS = 200
 # of the thousands of commands the scripts run, and the server time that costs would
 # land in the figures.
 FANOUT_SLOWLOG_US = 20
-# The scope words of invalidate.lua: a call names a target, a clean-up step none.
-INVALIDATE_SCOPES = frozenset(("user", "domain", "public", "reset"))
+# The scripts of the clean-up steps (invalidate.lua is the call's).
+CLEANUP_SCRIPTS = ("reclaim", "sweep")
 
 
 async def scenario_fanout(ctx: BenchContext) -> list[BenchRow]:
@@ -244,7 +243,12 @@ async def _measure_fanout(
         await cache.reclaiming()
         reclaimed_ns = time.perf_counter_ns() - began
         runs = await script_runs(client, sha1)
-        calls = sum(1 for run in runs if _names_a_target(run))
+        step_runs = [
+            run
+            for name in CLEANUP_SCRIPTS
+            for run in await script_runs(client, ctx.registry[name].sha1)
+        ]
+        calls = len(runs)
         steps = await _evalsha_calls(client) - calls_before - calls
     await cache.reclaim()  # one more step, which finds the queue empty
     deleted += cache.metrics.entries_reclaimed - reclaimed_before
@@ -255,8 +259,8 @@ async def _measure_fanout(
         reclaimed_us=reclaimed_ns / 1000,
         deleted=deleted,
         cleanup_steps=steps,
-        longest_call_us=longest_us(run for run in runs if _names_a_target(run)),
-        cleanup_us=sorted(run.duration_us for run in runs if not _names_a_target(run)),
+        longest_call_us=longest_us(runs),
+        cleanup_us=sorted(run.duration_us for run in step_runs),
         sampled=len(sample) * len(names),
         served=served,
         stored=stored,
@@ -264,10 +268,6 @@ async def _measure_fanout(
         index_keys_left=await count_keys(client, f"{prefix}:idx:*"),
         stall_us=stall.longest_ns / 1000,
     )
-
-
-def _names_a_target(run: ScriptRun) -> bool:
-    return not INVALIDATE_SCOPES.isdisjoint(run.args)
 
 
 async def _evalsha_calls(client: GlideClient) -> int:

@@ -13,8 +13,8 @@ if TYPE_CHECKING:  # permissions.py imports this module
     from .permissions import PermissionFacts
 
 # What the Lua scripts call (redis.call / redis.pcall in lua/*.lua; a test reads the
-# sources, so this list cannot drift from them). invalidate.lua announces with PUBLISH, or
-# with SPUBLISH on a cluster (below).
+# sources, so this list cannot drift from them). invalidate.lua, reset.lua and set.lua
+# announce with PUBLISH, or with SPUBLISH on a cluster (below).
 SCRIPT_COMMANDS: tuple[str, ...] = (
     "DEL",
     "EXISTS",
@@ -41,6 +41,7 @@ SCRIPT_COMMANDS: tuple[str, ...] = (
     "TYPE",
     "UNLINK",
     "ZADD",
+    "ZCARD",
     "ZRANGE",
     "ZRANGEBYSCORE",
     "ZREM",

@@ -76,6 +76,7 @@ PROBE_ARGS: Mapping[str, tuple[str, ...]] = {
     "type": (KEY,),
     "unlink": (KEY,),
     "zadd": (KEY, "1", "x"),
+    "zcard": (KEY,),
     "zrange": (KEY, "0", "1"),
     "zrangebyscore": (KEY, "0", "1"),
     "zrem": (KEY, "x"),
