@@ -27,6 +27,7 @@ from atomic_cache.tools.doctor.checks import SCRIPT_COMMANDS
 
 from .test_cli import invoke
 from .test_local_cache import settled
+from .valkey_tools import text
 
 LUA = Path(__file__).resolve().parent.parent / "lua"
 
@@ -77,6 +78,7 @@ async def test_a_user_made_from_the_line_runs_everything_and_nothing_else(
         users = [uuid.uuid4() for _ in range(150)]
         await cache.invalidate_for_scope(ScopeType.USER, str(users[0]))  # a first life
         await settled(local, client, keys)
+        first = int(text(await client.hget(keys.seq, "n")))
         for user in users:
             token = (await cache.lookup_many(user, ["a", "b"]))["a"].fill_token
             stored = await cache.set_many(user, [value(user, "a"), value(user, "b")], token,
@@ -88,6 +90,9 @@ async def test_a_user_made_from_the_line_runs_everything_and_nothing_else(
         await cache.invalidate_for_scope(ScopeType.USER, str(users[1]))
         await cache.invalidate_for_scope(ScopeType.DOMAIN, "d", ["a"])
         await cache.invalidate_for_policy("b")
+        # Each moved the sequence by one: none was refused a command, which a script's
+        # pcall would take for a corrupt index and answer with a new life.
+        assert int(text(await client.hget(keys.seq, "n"))) == first + 3
         await cache.reclaim()
         await cache.reset_index()  # a new life and its sweep (SCAN) of the prefix
         await cache.reclaim()

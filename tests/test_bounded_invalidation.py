@@ -112,6 +112,7 @@ async def test_large_domain_and_public_invalidations_in_bounded_steps(
     # The clean-up deletes them all, in steps that each delete at most their budget (a
     # scan page can hold far more while the index's hash table resizes). Work, not time,
     # is what is bounded and checked: a step's server time follows from it.
+    sequence = await valkey.hget(keys.seq, "n")
     per_step: list[int] = []
     while True:
         deleted, queued = await cache.cleanup_step()
@@ -120,6 +121,7 @@ async def test_large_domain_and_public_invalidations_in_bounded_steps(
             break
     assert sum(per_step) > 0 and max(per_step) <= STEP_CLEANUP_BUDGET
     assert await valkey.llen(keys.cleanup_queue) == 0
+    assert await valkey.hget(keys.seq, "n") == sequence  # the index was sound: no new life
     remaining = {key for key in await keys_under(valkey, keys.prefix) if ":merged:" in key}
     assert remaining == {keys.entry(user, name) for user in small for name in NAMES[1:]}
     # The index lists live entries only.

@@ -397,6 +397,27 @@ async def test_another_process_serves_the_new_value_once_announced(
     assert local_b.counters.hits == hits + 2  # the others stayed local
 
 
+async def test_an_invalidation_that_starts_a_new_life_is_heard_by_another_process(
+    on_shared: OnShared,
+) -> None:
+    """A key of another type where the sequence belongs blocks an invalidation, which then
+    starts a new life of the index (reset.lua) before it returns. Its announcement is the
+    only message: another process's local cache must empty itself on it, long before its
+    own check of the sequence (check_interval_s) would notice."""
+    s = await on_shared(life_from="writer", check_interval_s=10 * BOUND_S, poll_s=0.02)
+    local, reader, writer = s.local, s.cache, s.writer
+    user = uuid.uuid4()
+    await fill(reader, value(user, 0))
+    assert version_of(await reader.get_merged_config(user, "webui")) == 0
+    assert len(local) == 1
+    await s.client.delete([s.keys.seq])
+    await s.client.custom_command(["SADD", s.keys.seq, "someone else's"])
+    await writer.invalidate_for_scope(ScopeType.USER, str(user), ["webui"])
+    await until(lambda: len(local) == 0, "the other process's local cache emptied itself")
+    assert dict(local.counters.flushes) == {"new_life": 2}  # the first life's, and this one
+    assert await reader.get_merged_config(user, "webui") is None
+
+
 async def test_domain_and_public_announcements_drop_what_they_cover(on_shared: OnShared) -> None:
     s = await on_shared(life_from="writer", **FAST)
     local, reader, writer = s.local, s.cache, s.writer
