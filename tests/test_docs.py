@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # A path in backquotes under one of the project's folders, e.g. `atomic_cache/keys.py`.
-_PATH = re.compile(r"`((?:atomic_cache|lua|tests|examples|docs)/[\w/.\-]*[\w])`")
+_PATH = re.compile(r"`((?:atomic_cache|lua|tests|examples|docs)/[\w/.\-]*[\w/])`")
 
 
 def test_every_file_the_pages_name_exists() -> None:
