@@ -89,6 +89,13 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _distinct(names: Sequence[str]) -> list[str]:
+    """The names of a read of several, each once, in their first order."""
+    if isinstance(names, str):
+        raise ValueError("names must be a list of names, not a single string")
+    return list(dict.fromkeys(names))
+
+
 def _required(domain: str | None) -> str:
     """The required-domain argument of get.lua and get_all.lua: "" for any domain."""
     return "" if domain is None else encode_component(domain, what="domain")
@@ -273,20 +280,14 @@ class AppConfigFragmentCacheSource:
 
         With ``domain``, an entry filled under another domain is a miss (its token lets
         the next fill overwrite it); None serves an entry of any domain."""
-        if isinstance(names, str):
-            raise ValueError("names must be a list of names, not a single string")
-        names = list(dict.fromkeys(names))
+        names = _distinct(names)
         if not names:
             return {}
         if self._local is not None:
             held = self._local.get_many(user_id, names, domain=domain)
             if held is not None:
                 return {value.name: CacheLookup(value=value) for value in held}
-        ticket, began = self._ticket()
-        user = user_component(user_id)
-        encoded = [encode_component(name, what="name") for name in names]
-        reply = await self._read(user, _required(domain), "names", encoded)
-        values = await self._served(user, names, reply, ticket, began)
+        reply, values = await self._read_names(user_id, names, domain, "names")
         token = _text(reply[0])
         return {
             name: CacheLookup(value=value) if value is not None else CacheLookup(fill_token=token)
@@ -300,9 +301,7 @@ class AppConfigFragmentCacheSource:
         not hold is not looked up (``unregistered``). Without a cached catalogue,
         ``unregistered`` is None and every name is looked up. One round trip; none when
         the local cache holds the catalogue and every registered name."""
-        if isinstance(names, str):
-            raise ValueError("names must be a list of names, not a single string")
-        names = list(dict.fromkeys(names))
+        names = _distinct(names)
         if not names:
             return RegisteredLookup(fill_token="", values={}, unregistered=set())
         local = self._local
@@ -317,16 +316,11 @@ class AppConfigFragmentCacheSource:
                         values={value.name: value for value in held},
                         unregistered={name for name in names if name not in catalogue},
                     )
-        ticket, began = self._ticket()
-        user = user_component(user_id)
-        encoded = [encode_component(name, what="name") for name in names]
-        reply = await self._read(user, _required(domain), "registered", encoded)
-        values = await self._served(user, names, reply, ticket, began)
+        reply, values = await self._read_names(user_id, names, domain, "registered")
         if len(reply) == 3:
             return RegisteredLookup(fill_token=_text(reply[0]), values=values, unregistered=None)
         flags = reply[3]
         assert isinstance(flags, list)  # _read checked the shape
-        self._keep_catalogue(ticket, began, reply)
         unregistered = {name for name, flag in zip(names, flags, strict=True) if flag != 1}
         return RegisteredLookup(
             fill_token=_text(reply[0]),
@@ -361,9 +355,19 @@ class AppConfigFragmentCacheSource:
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
         names = [decode_component(_text(encoded)) for encoded in encoded_names]
         values = await self._served(user, names, reply, ticket, began)
-        self._keep_catalogue(ticket, began, reply)
         ordered = dict(sorted(values.items()))
         return AllLookup(fill_token=token, names=list(ordered), values=ordered)
+
+    async def _read_names(
+        self, user_id: uuid.UUID | str, names: list[str], domain: str | None, mode: str
+    ) -> tuple[list[object], dict[str, AppConfigData | None]]:
+        """One get_all.lua call for ``names`` (distinct) in ``mode`` ("names" or
+        "registered"): the reply and its values by name, what was served copied locally."""
+        ticket, began = self._ticket()
+        user = user_component(user_id)
+        encoded = [encode_component(name, what="name") for name in names]
+        reply = await self._read(user, _required(domain), mode, encoded)
+        return reply, await self._served(user, names, reply, ticket, began)
 
     async def _served(
         self,
@@ -375,7 +379,7 @@ class AppConfigFragmentCacheSource:
     ) -> dict[str, AppConfigData | None]:
         """The values of a get_all.lua reply by name (None for a miss), undecodable ones
         removed; what was served is copied into the local cache, each for at most its
-        PTTL."""
+        PTTL, and so is the catalogue when the reply carries it."""
         raws, pttls = reply[1], reply[2]
         if not isinstance(raws, list) or not isinstance(pttls, list) or len(raws) != len(names):
             raise CacheError(f"get_all.lua answered an unexpected shape: {reply!r:.200}")
@@ -385,6 +389,7 @@ class AppConfigFragmentCacheSource:
             for value, raw, pttl in zip(values.values(), raws, pttls, strict=True):
                 if value is not None and isinstance(raw, bytes | str):
                     local.store(ticket, began, value, raw, pttl if isinstance(pttl, int) else 0)
+            self._keep_catalogue(ticket, began, reply)
         return values
 
     def _keep_catalogue(self, ticket: int | None, began: float, reply: list[object]) -> None:
