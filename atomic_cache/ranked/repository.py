@@ -75,6 +75,12 @@ MAX_CACHED_CATALOGUE = 10_000
 _NO_CACHE = GuardedCache(None)  # what reads use while the cache does not follow yet
 
 
+def _cached_catalogue(every: list[str]) -> list[str] | None:
+    """The catalogue to cache: every registered name, or None (not cached) beyond
+    ``MAX_CACHED_CATALOGUE``."""
+    return every if len(every) <= MAX_CACHED_CATALOGUE else None
+
+
 def _public(name: str) -> InvalidationTarget:
     return InvalidationTarget.of(ScopeType.PUBLIC, PUBLIC_SCOPE_ID, [name])
 
@@ -201,8 +207,8 @@ class AppConfigRepository(_Repository):
         token = await self._cache.read(lambda source: source.ping())
         if not token:
             return
-        names = await self._db.definitions()
-        if len(names) <= MAX_CACHED_CATALOGUE:
+        names = _cached_catalogue(await self._db.definitions())
+        if names is not None:
             await self._cache.call(
                 "fill",
                 lambda source: source.set_many(
@@ -311,7 +317,7 @@ class AppConfigRepository(_Repository):
             loaded = await load(missing, conn)
             if with_catalogue:
                 every = await self._db.definitions(conn=conn)
-                catalogue = every if len(every) <= MAX_CACHED_CATALOGUE else None
+                catalogue = _cached_catalogue(every)
                 registered = set(every).intersection(loaded)
             else:
                 empty = [name for name, config in loaded.items() if not config]
