@@ -303,6 +303,16 @@ async def run_demo(
         await engine.dispose()
 
 
+async def demo_cache(client: GlideClient, prefix: str) -> AppConfigFragmentCacheSource:
+    """The demos' cache source: the scripts loaded, entries under ``prefix`` living
+    ``DEMO_TTL_S``."""
+    registry = ScriptRegistry()
+    await registry.load(client)
+    return AppConfigFragmentCacheSource(
+        client, registry, ttl_seconds=DEMO_TTL_S, keys=KeySchema(prefix)
+    )
+
+
 async def _demo(
     client: GlideClient,
     engine: AsyncEngine,
@@ -311,10 +321,8 @@ async def _demo(
     plan: SeedPlan,
     readers: int,
 ) -> DemoReport:
-    keys = KeySchema(DEMO_PREFIX)
-    registry = ScriptRegistry()
-    await registry.load(client)
-    cache = AppConfigFragmentCacheSource(client, registry, ttl_seconds=DEMO_TTL_S, keys=keys)
+    cache = await demo_cache(client, DEMO_PREFIX)
+    keys = cache.keys
     # No sampled consistency checks: their SQL would blur the counts the demo reports.
     repo = AppConfigFragmentRepository(engine, cache=cache, verify_sample=0)
     sql_only = AppConfigFragmentRepository(engine)

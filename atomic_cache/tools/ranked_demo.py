@@ -20,9 +20,6 @@ from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..cache.client import redact_url
-from ..cache.scripts import ScriptRegistry
-from ..cache.source import AppConfigFragmentCacheSource
-from ..keys import KeySchema
 from ..ranked import (
     AllowListRepository,
     AppConfigRepository,
@@ -39,6 +36,7 @@ from .demo import (
     Steps,
     Write,
     counted,
+    demo_cache,
     keys_left,
     measure_writes,
     notes,
@@ -132,10 +130,8 @@ async def _demo(
     plan: SeedPlan,
     readers: int,
 ) -> DemoReport:
-    keys = KeySchema(RANKED_DEMO_PREFIX)
-    registry = ScriptRegistry()
-    await registry.load(client)
-    cache = AppConfigFragmentCacheSource(client, registry, ttl_seconds=DEMO_TTL_S, keys=keys)
+    cache = await demo_cache(client, RANKED_DEMO_PREFIX)
+    keys = cache.keys
     repo = AppConfigRepository(engine, cache=cache)
     sql_only = AppConfigRepository(engine)
     definitions = DefinitionRepository(engine, cache=cache)
