@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from atomic_cache import CacheStats
-from atomic_cache.cache.client import redact_url
+from atomic_cache.cache.client import create_valkey_client, redact_url
 from atomic_cache.tools import demo
 from atomic_cache.tools.cli import database_server, main
 from atomic_cache.tools.demo import (
@@ -43,7 +44,7 @@ from atomic_cache.tools.demo import (
     run_demo,
     writes_table,
 )
-from atomic_cache.tools.embedded import free_port
+from atomic_cache.tools.embedded import EmbeddedValkey, free_port
 from atomic_cache.tools.ranked_demo import (
     PUBLIC_READ_HEADING,
     RANKED_DEMO_PREFIX,
@@ -79,14 +80,25 @@ def replayers() -> set[asyncio.Task[Any]]:
 
 
 @pytest.fixture(scope="module")
-async def demo_run(valkey: GlideClient, database_url: str) -> DemoRun:
+async def own_valkey() -> AsyncIterator[GlideClient]:
+    """A Valkey of this module's own: the demos count every script call the server sees
+    (INFO commandstats), so no other test's background work (a replayer, a clean-up
+    step) may reach it."""
+    with EmbeddedValkey() as server:
+        client = await create_valkey_client(server.url, request_timeout_ms=5000)
+        yield client
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+async def demo_run(own_valkey: GlideClient, database_url: str) -> DemoRun:
     out, log = io.StringIO(), io.StringIO()
     console = Console(file=out, width=WIDTH)
     before = replayers()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(demo, "PROGRESS_EVERY_S", 0.0)  # a progress line after every call
         report = await run_demo(
-            valkey, database_url, console, PLAN, readers=READERS, log=Console(file=log)
+            own_valkey, database_url, console, PLAN, readers=READERS, log=Console(file=log)
         )
     return DemoRun(report, out.getvalue(), log.getvalue(), list(replayers() - before))
 
@@ -463,12 +475,12 @@ async def demo_databases(server_url: str) -> set[str]:
 
 
 async def test_the_ranked_demo_reports_exact_invalidations_and_matches_sql(
-    valkey: GlideClient, database_url: str
+    own_valkey: GlideClient, database_url: str
 ) -> None:
     out = io.StringIO()
     before = await demo_databases(database_url)
     report = await run_ranked_demo(
-        valkey, database_url, Console(file=out, width=WIDTH), RANKED_PLAN, readers=READERS
+        own_valkey, database_url, Console(file=out, width=WIDTH), RANKED_PLAN, readers=READERS
     )
     lines = out.getvalue().splitlines()
     passes = (report.cold, report.warm, report.sql_only)
