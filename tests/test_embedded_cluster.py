@@ -50,9 +50,10 @@ def lagging() -> Iterator[EmbeddedCluster]:
         yield cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def failing() -> Iterator[EmbeddedCluster]:
-    """A cluster the tests break: each test breaks a shard of its own."""
+    """A cluster each test breaks: a new one per test, so that a failover that goes wrong
+    fails that test alone."""
     with EmbeddedCluster() as cluster:
         yield cluster
 
@@ -165,13 +166,17 @@ def config_epochs(node: ClusterNode) -> dict[str, int]:
     return {fields[0]: int(fields[6]) for fields in (line.split() for line in lines) if fields}
 
 
-def test_primaries_start_with_distinct_config_epochs(lagging: EmbeddedCluster) -> None:
-    # Set before the nodes meet, as the CLI's cluster create does: no collision is left
-    # to settle later, when it could race a failover.
+def test_every_node_starts_with_a_config_epoch_of_its_own(lagging: EmbeddedCluster) -> None:
+    # Epochs 1..N set on every node, replicas included, before they meet, as the CLI's
+    # cluster create does: no two nodes ever share one, so no collision is settled by a
+    # bump, which could race a failover or leave a replica with its primary's epoch. The
+    # highest epoch any node has heard of is then the node count.
     primaries = lagging.primaries_now()
     for node in lagging.nodes:
         epochs = config_epochs(node)
         assert [epochs[primary.node_id] for primary in primaries] == [1, 2, 3]
+        state = info_fields(str(node.command("CLUSTER", "INFO")))
+        assert state["cluster_current_epoch"] == str(len(lagging.nodes))
 
 
 async def test_cluster_client_reaches_every_shard(lagging: EmbeddedCluster) -> None:
@@ -330,6 +335,26 @@ async def test_failover_after_a_crash(failing: EmbeddedCluster) -> None:
     for node in failing.live_nodes:
         assert info_fields(str(node.command("CLUSTER", "INFO")))["cluster_state"] == "ok"
     assert new.command("GET", key) == "after"
+
+
+def test_outbid_raises_a_promoted_node_above_every_epoch(failing: EmbeddedCluster) -> None:
+    old = failing.primaries_now()[0]
+    new = failing.failover(old)
+    before = config_epochs(new)[new.node_id]
+    # Promoted, its epoch is the highest it knows: BUMPEPOCH alone answers STILL.
+    assert str(new.command("CLUSTER", "BUMPEPOCH")).startswith("STILL")
+    failing.outbid(new)
+    after = config_epochs(new)[new.node_id]
+    assert after > before
+    failing.until(
+        lambda: all(config_epochs(node)[new.node_id] == after for node in failing.live_nodes),
+        "every node to hear the new epoch",
+    )
+    for node in failing.live_nodes:
+        epochs = config_epochs(node)
+        assert max(epochs.values()) == after
+        assert list(epochs.values()).count(after) == 1
+    assert failing.problem() is None
 
 
 async def test_coordinated_failover_keeps_the_old_primary_as_replica(

@@ -616,13 +616,16 @@ class EmbeddedCluster:
         return ClusterNode(shard=shard, server=server, bus_port=bus_port, role=role, proxy=proxy)
 
     def _join(self) -> None:
-        # Distinct config epochs from the start, as `valkey-cli --cluster create` sets
-        # them: otherwise the primaries all begin at 0 and settle their collision by
-        # bumping epochs after the cluster is ok. A replica that takes over before it has
-        # heard of such a bump can claim its slots with the epoch its dead primary already
-        # had, and a node that knew that epoch never gives it the slots (seen in failovers).
-        for epoch, primary in enumerate(self.primaries_now(), start=1):
-            primary.command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+        # A distinct config epoch for every node from the start, replicas included, as
+        # `valkey-cli --cluster create` sets them. Nodes that share an epoch (every fresh node
+        # has 0) settle it by bumping one of them, at whatever epoch that node has heard of
+        # so far: a replica-to-be can end with its primary's epoch, and a replica whose own
+        # epoch is already the highest it knows claims its dead primary's slots at that
+        # epoch, which nodes that knew the primary at the same epoch never accept (a node
+        # kept the promoted replica without its slots). Seen in failovers under load.
+        primaries_first = sorted(self.nodes, key=lambda node: node.role != "primary")
+        for epoch, node in enumerate(primaries_first, start=1):
+            node.command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
         first = self.nodes[0]
         for node in self.nodes[1:]:
             node.command("CLUSTER", "MEET", HOST, first.port, first.bus_port)
@@ -722,13 +725,31 @@ class EmbeddedCluster:
         try:
             self.wait_ok(timeout=FAILOVER_SETTLE_S)
         except TimeoutError:
-            # A node kept the promoted replica without its slots: its epoch did not win
-            # there. The cause seen so far, an epoch equal to the dead primary's, is
-            # prevented in _join; should it come another way, a fresh, higher epoch makes
-            # the promoted node's next ping win.
-            chosen.command("CLUSTER", "BUMPEPOCH")
-            self.wait_ok()
+            self.outbid(chosen)
         return chosen
+
+    def outbid(self, chosen: ClusterNode) -> None:
+        """Give the primary ``chosen`` a config epoch above every other node's and wait until
+        the cluster is ok.
+
+        What ``failover`` does when a node keeps the promoted replica without its slots:
+        its epoch did not win there. The cause seen so far, an epoch equal to the dead
+        primary's, is prevented in ``_join``; should it come another way, a fresh epoch
+        above every other makes the promoted node's next ping win. BUMPEPOCH declines
+        (STILL) on a node whose epoch is already the highest it knows, as a promoted
+        replica's is: another primary's bump first raises what it knows."""
+        replies = [chosen.command("CLUSTER", "BUMPEPOCH")]
+        others = [node for node in self.primaries_now() if node is not chosen]
+        if str(replies[0]).startswith("STILL") and others:
+            replies.append(others[0].command("CLUSTER", "BUMPEPOCH"))
+            self.until(
+                lambda: str(chosen.command("CLUSTER", "BUMPEPOCH")).startswith("BUMPED"),
+                f"{chosen!r} to take an epoch above every other",
+            )
+        try:
+            self.wait_ok()
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; after BUMPEPOCH {replies}; {self.epochs()}") from None
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -764,6 +785,28 @@ class EmbeddedCluster:
             except (OSError, CommandError) as error:
                 return f"{node!r}: {error}"
         return None
+
+    def epochs(self) -> str:
+        """Each live node's current epoch and the config epoch it holds for every node it
+        knows (flagged ones included): what decides who owns a slot after a failover."""
+        views = []
+        for node in self.live_nodes:
+            try:
+                current = info_fields(str(node.command("CLUSTER", "INFO"))).get(
+                    "cluster_current_epoch"
+                )
+                lines = str(node.command("CLUSTER", "NODES")).splitlines()
+            except (OSError, CommandError) as error:
+                views.append(f"{node.port}: {error}")
+                continue
+            seen = []
+            for line in lines:
+                fields = line.split()
+                if len(fields) >= 8:
+                    port = fields[1].split("@")[0].rsplit(":", 1)[-1]
+                    seen.append(f"{port} {fields[2]} epoch {fields[6]} {' '.join(fields[8:])}")
+            views.append(f"{node.port} (current epoch {current}) sees [{'; '.join(seen)}]")
+        return "epochs: " + " | ".join(views)
 
     def until(
         self, check: Callable[[], bool], what: str, timeout: float = DEFAULT_TIMEOUT_S
