@@ -5,6 +5,7 @@ cannot touch a key outside its prefix."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -105,5 +106,37 @@ async def test_a_user_made_from_the_line_runs_everything_and_nothing_else(
             await client.custom_command(["FLUSHALL"])
     finally:
         await local.close()
+        await client.close()
+        await valkey.custom_command(["ACL", "DELUSER", user_name])
+
+
+async def test_a_grant_missing_from_the_line_is_said_not_silent(
+    valkey: GlideClient, valkey_url: str, keys: KeySchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-written ACL without ZCARD: the script's pcall takes the refusal for a corrupt
+    index and answers with a new life of the index, which is safe (every older entry is
+    refused) but would empty the cache at every such invalidation; it is counted and
+    said, naming the ACL."""
+    user_name, password = f"acl-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    line = acl_setuser(user_name, keys.prefix, password=password) + " -zcard"
+    assert await valkey.custom_command(line.split()) == "OK"
+    parsed = ValkeyURL.parse(valkey_url)
+    url = f"valkey://{user_name}:{password}@{parsed.host}:{parsed.port}/{parsed.database}"
+    client = await create_valkey_client(url, request_timeout_ms=5000)
+    try:
+        registry = ScriptRegistry()
+        await registry.load(client, required=True)
+        cache = AppConfigFragmentCacheSource(client, registry, keys=keys)
+        await cache.invalidate_for_scope(ScopeType.USER, str(uuid.uuid4()))  # no ZCARD
+        assert cache.metrics.index_resets == 0
+        with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+            await cache.invalidate_for_scope(ScopeType.DOMAIN, "d")  # ZCARD of its index
+        assert cache.metrics.index_resets == 1
+        assert [r.getMessage() for r in caplog.records if "new life" in r.getMessage()] == [
+            f"an invalidation under prefix {keys.prefix!r} met a key of another type in the"
+            " cache's index, or a command the server refused (an ACL without a grant the"
+            " scripts need?): starting a new life of the index"
+        ]
+    finally:
         await client.close()
         await valkey.custom_command(["ACL", "DELUSER", user_name])

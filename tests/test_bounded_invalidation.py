@@ -5,6 +5,7 @@ entries (no call examines the whole scope)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -194,7 +195,10 @@ async def test_the_clean_up_spares_entries_filled_after_the_invalidation(
 
 
 async def test_a_clean_up_step_that_meets_a_corrupt_index_starts_a_new_life(
-    cache: AppConfigFragmentCacheSource, valkey: GlideClient, keys: KeySchema
+    cache: AppConfigFragmentCacheSource,
+    valkey: GlideClient,
+    keys: KeySchema,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The invalidation found the index sound; a key of another type written since is met
     by a clean-up step (reclaim.lua). The step starts a new life of the index instead
@@ -208,7 +212,16 @@ async def test_a_clean_up_step_that_meets_a_corrupt_index_starts_a_new_life(
     await valkey.delete([corrupt])
     await valkey.custom_command(["SADD", corrupt, "someone else's"])
     sequence = int(text(await valkey.hget(keys.seq, "n")))
-    await cache.reclaim()
+    with caplog.at_level(logging.WARNING, logger="atomic_cache"):
+        await cache.reclaim()
+    assert cache.metrics.index_resets == 1
+    assert [
+        record.getMessage() for record in caplog.records if "new life" in record.getMessage()
+    ] == [
+        f"a clean-up step (reclaim.lua) under prefix {keys.prefix!r} met a key of another"
+        " type in the cache's index, or a command the server refused (an ACL without a"
+        " grant the scripts need?): starting a new life of the index"
+    ]
     assert int(text(await valkey.hget(keys.seq, "n"))) > sequence  # a new life...
     assert await served(cache, others) == set()  # ...refuses the old one's entries
     assert await valkey.llen(keys.cleanup_queue) == 0

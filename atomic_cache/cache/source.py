@@ -724,8 +724,24 @@ class AppConfigFragmentCacheSource:
             raise CacheError(f"invalidate.lua answered {reply!r:.200}")
         deleted, queued, sequence, blocked = reply
         if blocked:
+            self._index_blocked("an invalidation")
             sequence, queued = await self._new_life(), queued + 1
         return deleted, queued, sequence
+
+    def _index_blocked(self, what: str) -> None:
+        """A script met a key of another type in the index, or the server refused one of
+        its commands inside ``pcall`` (a missing ACL grant reads the same): a new life of
+        the index follows. Safe either way, but said and counted: a missing grant would
+        otherwise empty the cache at every invalidation without a word."""
+        self.metrics.index_resets += 1
+        if self._log_throttle.due("blocked") is not None:
+            log.warning(
+                "%s under prefix %r met a key of another type in the cache's index, or a"
+                " command the server refused (an ACL without a grant the scripts need?):"
+                " starting a new life of the index",
+                what,
+                self.keys.prefix,
+            )
 
     async def _new_life(self, client: ValkeyClient | None = None) -> int:
         """One reset.lua call, on ``client`` (by default the source's): a new life of the
@@ -768,6 +784,7 @@ class AppConfigFragmentCacheSource:
             raise CacheError(f"{self._next_step}.lua answered {reply!r:.200}")
         deleted, queued, head = reply[0], reply[1], _text(reply[2])
         if head == "reset":
+            self._index_blocked(f"a clean-up step ({self._next_step}.lua)")
             sequence = await self._new_life()
             self._highest_sequence = max(self._highest_sequence, sequence)
             queued, head = 1, "sweep"
