@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +21,10 @@ from atomic_cache import (
 )
 
 from .repo_tools import make_world
+
+# After a load's writes, how long its readers may go on until every process has served
+# from the path under test.
+SERVE_WAIT_S = 30.0
 
 
 class RacyRepository(AppConfigFragmentRepository):
@@ -85,12 +89,17 @@ async def test_fill_that_raced_a_write_never_lands(
 
 
 async def run_mixed_load(
-    engine: AsyncEngine, caches: Sequence[AppConfigFragmentCacheSource], use_tokens: bool
+    engine: AsyncEngine,
+    caches: Sequence[AppConfigFragmentCacheSource],
+    use_tokens: bool,
+    served: Callable[[], bool] = lambda: True,
 ) -> tuple[int, int]:
     """Writers bump versions while readers read, through one repository per cache source
     (several sources on one server stand for several processes); returns (reads, stale
     reads), where a read is stale if it returns a version older than one whose write had
-    returned before the read began."""
+    returned before the read began. Once the writes are done, the readers go on (at most
+    SERVE_WAIT_S) until ``served()``: whether an entry lives long enough under the write
+    load to be served again depends on the machine's pace, and the test asserts it."""
     world = await make_world(engine, caches[0])
     users = world.users[:2]
     names = ["webui", "theme"]
@@ -103,6 +112,7 @@ async def run_mixed_load(
     floor = {(u, n): 0 for u in users for n in names}
     done = asyncio.Event()
     reads = stale = 0
+    give_up_at = 0.0
 
     async def write(user: uuid.UUID, name: str, writer: AppConfigFragmentRepository) -> None:
         for v in range(1, 16):
@@ -121,7 +131,8 @@ async def run_mixed_load(
     async def read(seed: int) -> None:
         nonlocal reads, stale
         rng = random.Random(seed)
-        while not done.is_set():
+        loop = asyncio.get_running_loop()
+        while not (done.is_set() and (served() or loop.time() > give_up_at)):
             user, name, reader = rng.choice(users), rng.choice(names), rng.choice(readers)
             expected_at_least = floor[(user, name)]
             if rng.random() < 0.5:
@@ -135,6 +146,7 @@ async def run_mixed_load(
     await asyncio.gather(
         *(write(u, n, writers[i % len(writers)]) for i, (u, n) in enumerate(floor))
     )
+    give_up_at = asyncio.get_running_loop().time() + SERVE_WAIT_S
     done.set()
     await asyncio.gather(*reader_tasks)
     # After everything settled, every cache agrees with the database.

@@ -263,7 +263,9 @@ async def test_same_process_load_never_reads_stale(
     clean_db: AsyncEngine, on_shared: OnShared
 ) -> None:
     s = await on_shared(life_from=None, **FAST)
-    reads, stale = await run_mixed_load(clean_db, [s.cache], use_tokens=True)
+    reads, stale = await run_mixed_load(
+        clean_db, [s.cache], use_tokens=True, served=lambda: s.local.counters.hits > 0
+    )
     assert reads > 100
     assert stale == 0
     stats = AppConfigFragmentRepository(clean_db, cache=s.cache).stats()
@@ -1013,10 +1015,14 @@ async def test_two_processes_load_with_my_app_configs_never_reads_stale(
     s = await on_shared(life_from=None, **FAST)
     local_b = await open_local(**FAST)
     b = s.source(local_b)
-    reads, stale = await run_mixed_load(clean_db, [s.cache, b], use_tokens=True)
+
+    def served() -> bool:
+        return s.local.counters.hits > 0 and local_b.counters.hits > 0
+
+    reads, stale = await run_mixed_load(clean_db, [s.cache, b], use_tokens=True, served=served)
     assert reads > 100
     assert stale == 0
-    assert s.local.counters.hits > 0 and local_b.counters.hits > 0
+    assert served()
 
 
 async def test_another_process_write_reaches_my_app_configs_once_announced(
