@@ -411,3 +411,38 @@ async def test_corrupt_entries_on_a_read_only_node_are_misses_logged_once(
     removals = [r for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(removals) == 1
     assert rig.cache.metrics.corrupt_entries_removed == 0
+
+
+async def test_a_read_that_a_replay_overlapped_is_answered_by_the_database(rig: Rig) -> None:
+    """A write's invalidation failed (READONLY), so its slice is pending. A read goes out
+    and the server runs it before the replay: it holds the older value. The replay lands
+    and clears the slice before that reply is looked at, so the pending check alone would
+    let the older value through, after the write had returned."""
+    a1 = rig.world.users[0]
+    await seed(rig, a1)
+    guard = GuardedCache.of(rig.cache)
+    guard.breaker = CircuitBreaker(cooldown_s=30.0)  # no replay from the read itself
+    await make_read_only(rig)
+    await write(rig, a1, 2)  # committed; its invalidation refused, kept pending
+    assert len(guard.pending) == 1
+    real_lookup = rig.cache.lookup
+    ran, release = asyncio.Event(), asyncio.Event()
+
+    async def lookup_held(*args: Any, **kwargs: Any) -> Any:
+        found = await real_lookup(*args, **kwargs)  # run by the server now: the older value
+        ran.set()
+        await release.wait()
+        return found
+
+    rig.cache.lookup = lookup_held  # type: ignore[method-assign]
+    reader = asyncio.create_task(rig.repo.app_config(a1, "webui"))
+    await ran.wait()
+    await raw_command(rig.server.port, "REPLICAOF", "NO", "ONE")
+    assert await guard.replay(retry_now=True)  # landed: nothing pending any more
+    before = guard.metrics.fall_throughs["pending_invalidation"]
+    release.set()
+    assert (await reader).config == {"v": 2}
+    assert guard.metrics.fall_throughs["pending_invalidation"] == before + 1
+    rig.cache.lookup = real_lookup  # type: ignore[method-assign]
+    await until_cached(rig, a1, "webui")
+    assert (await rig.repo.app_config(a1, "webui")).config == {"v": 2}

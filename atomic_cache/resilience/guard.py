@@ -238,14 +238,23 @@ class GuardedCache:
         the cache, so a slice that cannot be invalidated (a failover to a read-only node)
         does not turn the whole cache off. Only when the replay met an unwell server
         (a timeout, BUSY...) is the read skipped, so that no request waits twice. While
-        the breaker is open no replay is tried here: the probe replays.
-        """
+        the breaker is open no replay is tried here: the probe replays. A read that a
+        replay overlapped answers None (its values may predate the replay)."""
         if self.pending and self.breaker.state is BreakerState.CLOSED:
             error = await self._replay_attempt()
             if error is not None and counts_against_health(error):
                 self.metrics.fall_throughs["pending_invalidation"] += 1
                 return None
-        return await self.call("read", operation)
+        clears = self.pending.clears
+        result = await self.call("read", operation)
+        if self.pending.clears != clears:
+            # A replay landed while this read was out. The server may have run the read
+            # before that invalidation, and what it covered is no longer pending, so
+            # ``servable`` would let an older value through: the database answers instead.
+            # (Only after a missed invalidation, and only reads that overlap its replay.)
+            self.metrics.fall_throughs["pending_invalidation"] += 1
+            return None
+        return result
 
     def servable(self, value: AppConfigData) -> bool:
         """False for a value that a still-pending invalidation covers (counted as a

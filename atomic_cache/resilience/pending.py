@@ -65,6 +65,9 @@ class PendingInvalidations:
         self.targets: list[InvalidationTarget] = []
         self.drop_catalogue = False
         self._version = 0  # bumped on every change: a replay clears only what it sent
+        # How many times a replay cleared what was pending: a read that was out meanwhile
+        # may carry a value that was read before that replay landed (``GuardedCache.read``).
+        self.clears = 0
         # The targets by what a value is matched on: (scope word, id) -> names (None: all).
         self._by_slice: dict[tuple[str, str], frozenset[str] | None] = {}
 
@@ -107,6 +110,7 @@ class PendingInvalidations:
             self.targets, self.drop_catalogue = [], False
             self._version += 1
             self._by_slice = {}
+            self.clears += 1
 
     def covers(self, value: AppConfigData) -> bool:
         """Whether a pending target would drop ``value``: its user's names, its domain's
