@@ -27,6 +27,23 @@ from .repo_tools import make_world
 SERVE_WAIT_S = 30.0
 
 
+class ReadersStop:
+    """When a load's readers stop: once the writes are done and ``served()`` holds (the
+    test asserts it afterwards), or SERVE_WAIT_S after the writes if it never does."""
+
+    def __init__(self, served: Callable[[], bool]) -> None:
+        self.served = served
+        self._give_up_at: float | None = None
+
+    def writes_done(self) -> None:
+        self._give_up_at = asyncio.get_running_loop().time() + SERVE_WAIT_S
+
+    def now(self) -> bool:
+        if self._give_up_at is None:
+            return False
+        return self.served() or asyncio.get_running_loop().time() > self._give_up_at
+
+
 class RacyRepository(AppConfigFragmentRepository):
     """Widens the window between the database read and the fill, and can drop the fill
     token (the unsafe, classic cache-aside)."""
@@ -110,9 +127,8 @@ async def run_mixed_load(
         )
     readers = [RacyRepository(engine, cache=cache, use_tokens=use_tokens) for cache in caches]
     floor = {(u, n): 0 for u in users for n in names}
-    done = asyncio.Event()
+    stop = ReadersStop(served)
     reads = stale = 0
-    give_up_at = 0.0
 
     async def write(user: uuid.UUID, name: str, writer: AppConfigFragmentRepository) -> None:
         for v in range(1, 16):
@@ -131,8 +147,7 @@ async def run_mixed_load(
     async def read(seed: int) -> None:
         nonlocal reads, stale
         rng = random.Random(seed)
-        loop = asyncio.get_running_loop()
-        while not (done.is_set() and (served() or loop.time() > give_up_at)):
+        while not stop.now():
             user, name, reader = rng.choice(users), rng.choice(names), rng.choice(readers)
             expected_at_least = floor[(user, name)]
             if rng.random() < 0.5:
@@ -146,8 +161,7 @@ async def run_mixed_load(
     await asyncio.gather(
         *(write(u, n, writers[i % len(writers)]) for i, (u, n) in enumerate(floor))
     )
-    give_up_at = asyncio.get_running_loop().time() + SERVE_WAIT_S
-    done.set()
+    stop.writes_done()
     await asyncio.gather(*reader_tasks)
     # After everything settled, every cache agrees with the database.
     for user in users:

@@ -23,7 +23,7 @@ from atomic_cache.ranked import (
 )
 
 from .pg_tools import emptied, ranked_database
-from .test_concurrency import SERVE_WAIT_S
+from .test_concurrency import ReadersStop
 
 DOMAINS = [uuid.UUID(int=0xD1), uuid.UUID(int=0xD2)]
 USERS = [(uuid.UUID(int=i), DOMAINS[i % 2]) for i in range(1, 5)]
@@ -80,8 +80,7 @@ async def run_load(
     ]
     floor = {(scope, scope_id, name): 0 for scope, scope_id in slices for name in NAMES}
     reads = stale = 0
-    done = asyncio.Event()
-    give_up_at = 0.0
+    stop = ReadersStop(served)
 
     async def write(scope: Scope, scope_id: uuid.UUID | None, name: str) -> None:
         for v in range(1, VERSIONS + 1):
@@ -105,8 +104,7 @@ async def run_load(
     async def read(seed: int) -> None:
         nonlocal reads, stale
         rng = random.Random(seed)
-        loop = asyncio.get_running_loop()
-        while not (done.is_set() and (served() or loop.time() > give_up_at)):
+        while not stop.now():
             repo = rng.choice(repos)
             if rng.random() < 0.2:
                 at_least = {name: floor[(Scope.PUBLIC, None, name)] for name in NAMES}
@@ -123,8 +121,7 @@ async def run_load(
 
     readers = [asyncio.create_task(read(seed)) for seed in range(10)]
     await asyncio.gather(*(write(*key) for key in floor))
-    give_up_at = asyncio.get_running_loop().time() + SERVE_WAIT_S
-    done.set()
+    stop.writes_done()
     await asyncio.gather(*readers)
     assert reads > 100
     for repo in repos:
